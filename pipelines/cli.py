@@ -1,0 +1,178 @@
+"""The ``wsi`` command line: ``wsi info``, ``wsi tile``, ``wsi demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsi.errors import WsiError
+
+__all__ = ["main"]
+
+log = logging.getLogger("wsi")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("wsi", "pipelines"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.addHandler(handler)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from wsi.slide import open_slide
+
+    rows, failed = [], 0
+    for path in args.slides:
+        try:
+            with open_slide(path, mpp=args.mpp) as slide:
+                rows.append(slide.info().as_dict())
+        except WsiError as err:
+            failed += 1
+            rows.append({"path": str(path), "error": str(err)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(row["path"])
+            if "error" in row:
+                print(f"  error: {row['error']}")
+                continue
+            mpp = row["mpp"]
+            mpp_s = "missing (give --mpp)" if mpp is None else (
+                f"{mpp['x']:.4f} x {mpp['y']:.4f} um/px ({mpp['source']})")
+            print(f"  vendor:            {row['vendor']}")
+            print(f"  mpp:               {mpp_s}")
+            print(f"  objective power:   {row['objective_power']}")
+            print(f"  associated images: {', '.join(row['associated_images']) or '-'}")
+            print("  levels:")
+            for i, (dims, ds) in enumerate(
+                zip(row["level_dimensions"], row["level_downsamples"], strict=True)
+            ):
+                print(f"    {i}: {dims[0]} x {dims[1]} px, downsample {ds:.3f}")
+    return 1 if failed else 0
+
+
+def _tiling_config(args: argparse.Namespace):  # noqa: ANN202 - TilingConfig
+    from wsi.config import load_config
+
+    return load_config(
+        args.config,
+        tile_size=args.tile_size,
+        target_mpp=args.target_mpp,
+        stride=args.stride,
+        min_tissue=args.min_tissue,
+        codec=args.codec,
+        quality=args.quality,
+        backend=args.backend,
+    )
+
+
+def _run_tiling(args: argparse.Namespace, slides: Sequence[str]) -> int:
+    from pipelines.cluster import dask_client
+    from pipelines.tiling import tile_slides
+
+    config = _tiling_config(args)
+    progress = False if args.quiet else None
+    with dask_client(args.scheduler, args.workers) as client:
+        results = tile_slides(
+            slides, args.out, config, client=client, mpp=args.mpp, overwrite=args.overwrite,
+            progress=progress,
+        )
+    ok = [r for r in results if r.status == "ok"]
+    failed = [r for r in results if r.status != "ok"]
+    print(f"tiled {len(ok)} of {len(results)} slide(s) into {args.out}")
+    for r in ok:
+        print(f"  ok      {r.slide} -> {r.store} ({r.seconds:.1f} s)")
+    for r in failed:
+        print(f"  FAILED  {r.slide}: {r.error}")
+    return 1 if failed else 0
+
+
+def _cmd_tile(args: argparse.Namespace) -> int:
+    return _run_tiling(args, args.slides)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from wsi.synthetic import make_synthetic_slide
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slide_path = out / "synthetic_demo.tiff"
+    if not slide_path.exists():
+        log.info("making a %d x %d synthetic slide at %s", args.size, args.size, slide_path)
+        make_synthetic_slide(slide_path, width=args.size, height=args.size, mpp=0.25, seed=0)
+    args.slides = [str(slide_path)]
+    args.out = str(out / "stores")
+    rc = _run_tiling(args, args.slides)
+    if rc == 0:
+        from wsi.store import open_store
+
+        group = open_store(Path(args.out) / "synthetic_demo.zarr")
+        print(group.tree())
+    return rc
+
+
+def _add_tiling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mpp", type=float, help="level-0 micrometres per pixel, for slides without it")
+    p.add_argument("--config", help="YAML config (section `tiling`), see configs/default.yaml")
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (default 256)")
+    p.add_argument("--target-mpp", type=float, help="tile resolution in um/px (default 0.5)")
+    p.add_argument("--stride", type=int, help="step between tiles in pixels (default tile size)")
+    p.add_argument("--min-tissue", type=float, help="minimum tissue fraction (default 0.5)")
+    p.add_argument("--codec", choices=["jpeg", "zstd"], help="tile codec (zstd is lossless)")
+    p.add_argument("--quality", type=int, help="JPEG quality or zstd level")
+    p.add_argument("--backend", choices=["pyvips", "openslide"], help="tile reader")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: cores)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    p.add_argument("--overwrite", action="store_true", help="redo stages made with other params")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsi", description="Whole-slide pathology pipeline")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="print slide metadata")
+    p.add_argument("slides", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--mpp", type=float, help="override the level-0 mpp")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("tile", help="tile slides into per-slide Zarr stores")
+    p.add_argument("slides", nargs="+")
+    p.add_argument("--out", required=True, help="output folder for <slide_id>.zarr stores")
+    _add_tiling_options(p)
+    p.set_defaults(func=_cmd_tile)
+
+    p = sub.add_parser("demo", help="tile a generated synthetic slide (no files needed)")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--size", type=int, default=12000, help="synthetic slide side, pixels")
+    _add_tiling_options(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except WsiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

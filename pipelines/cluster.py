@@ -1,0 +1,58 @@
+"""The Dask client of a batch job: an embedded LocalCluster or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["dask_client"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None, workers: int | None = None, memory_limit: str = "2GiB"
+) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler`` if given, else a LocalCluster.
+
+    The LocalCluster has ``workers`` single-threaded worker processes (default: the
+    number of cores), started with ``spawn`` so no open slide handle crosses a fork.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        log.info("using the Dask scheduler at %s", scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or os.cpu_count() or 1
+    with dask.config.set(
+        {
+            "distributed.worker.multiprocessing-method": "spawn",
+            "distributed.worker.daemon": False,
+            "distributed.logging.distributed": "warning",
+        }
+    ):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # task errors are reported by the driver
+        )
+        client = Client(cluster)
+        log.info("started a LocalCluster with %d worker processes", n)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()

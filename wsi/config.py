@@ -1,0 +1,132 @@
+"""Frozen configuration dataclasses; ``configs/default.yaml`` maps onto them one to one."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from wsi.errors import ConfigError
+
+__all__ = ["TissueConfig", "TilingConfig", "load_config", "params_hash", "CODECS"]
+
+#: Tile codecs: ``jpeg`` (lossy, per-tile JPEG; default) and ``zstd`` (lossless).
+CODECS = ("jpeg", "zstd")
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """Tissue detection on a low-resolution image (see ``wsi.tissue``).
+
+    Areas are in square micrometres so they mean the same at any mask resolution.
+    """
+
+    mask_mpp: float = 8.0  #: resolution of the tissue mask, micrometres per pixel
+    median_size: int = 7  #: median blur window, mask pixels
+    min_saturation: float = 0.04  #: floor of the Otsu saturation threshold (0..1)
+    max_saturation: float = 0.15  #: ceiling of the Otsu threshold, so pale tissue is kept
+    closing_um: float = 32.0  #: radius of the morphological closing, micrometres
+    min_object_um2: float = 20_000.0  #: tissue pieces smaller than this are dropped
+    max_hole_um2: float = 50_000.0  #: holes smaller than this are filled
+    exclude_pen: bool = True  #: remove pen-ink pixels (and a margin) from the mask
+    pen_margin_um: float = 48.0  #: dilation of the pen mask before it is removed
+    min_pen_um2: float = 5_000.0  #: ink strokes smaller than this are not pen
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How tiles are cut and stored (see ``wsi.tiling``)."""
+
+    tile_size: int = 256  #: output tile side, pixels
+    target_mpp: float = 0.5  #: output resolution, micrometres per pixel
+    stride: int | None = None  #: step between tiles in output pixels; None = tile_size
+    min_tissue: float = 0.5  #: minimum tissue fraction under a tile (0..1)
+    chunk_tiles: int = 64  #: tiles per Zarr chunk and per Dask task
+    codec: str = "jpeg"  #: "jpeg" (lossy) or "zstd" (lossless)
+    quality: int = 90  #: JPEG quality (1..100) or zstd level (1..22)
+    backend: str = "pyvips"  #: slide reader for tile reads: "pyvips" or "openslide"
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"tiling.{name} = {getattr(self, name)!r}: {why}")
+
+        if not 16 <= self.tile_size <= 4096:
+            raise bad("tile_size", "must be between 16 and 4096 pixels")
+        if not 0.05 <= self.target_mpp <= 50:
+            raise bad("target_mpp", "must be between 0.05 and 50 micrometres per pixel")
+        if self.stride is not None and not 1 <= self.stride <= 4 * self.tile_size:
+            raise bad("stride", "must be between 1 and 4 x tile_size pixels, or null")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise bad("min_tissue", "is a fraction between 0 and 1")
+        if not 1 <= self.chunk_tiles <= 1024:
+            raise bad("chunk_tiles", "must be between 1 and 1024")
+        if self.codec not in CODECS:
+            raise bad("codec", f"choose one of {CODECS}")
+        hi = 100 if self.codec == "jpeg" else 22
+        if not 1 <= self.quality <= hi:
+            raise bad("quality", f"must be between 1 and {hi} for codec {self.codec}")
+        if self.backend not in ("pyvips", "openslide"):
+            raise bad("backend", "choose 'pyvips' or 'openslide'")
+
+    @property
+    def step(self) -> int:
+        """Stride between tiles, in output pixels."""
+        return self.stride if self.stride is not None else self.tile_size
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "tissue" and cls is TilingConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.tissue: expected a mapping, got {value!r}")
+            value = _build(TissueConfig, value, f"{where}.tissue")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TilingConfig:
+    """Read a YAML config (section ``tiling``) into a TilingConfig; None gives the defaults."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"{p}: config file not found.") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({err}).") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level.")
+        unknown = sorted(set(raw) - {"tiling"})
+        if unknown:
+            raise ConfigError(f"{p}: unknown section(s) {unknown}; known: ['tiling']")
+        data = dict(raw.get("tiling") or {})
+        where = f"{p}: tiling"
+    else:
+        where = "tiling"
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(TilingConfig, data, where)
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """A stable short hash of JSON-able parameters."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

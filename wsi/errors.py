@@ -1,0 +1,51 @@
+"""One root exception for everything a user can see.
+
+Each subclass also inherits the matching built-in, so callers can catch either
+``WsiError`` or, say, ``FileNotFoundError``. Messages say what failed, on which
+file, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WsiError",
+    "SlideOpenError",
+    "SlideReadError",
+    "MppError",
+    "ConfigError",
+    "StoreError",
+    "StageConflictError",
+    "BackendUnavailableError",
+]
+
+
+class WsiError(Exception):
+    """Root of every error raised on purpose by wsi."""
+
+
+class SlideOpenError(WsiError, OSError):
+    """A file could not be opened as a slide (missing, not a slide, corrupt)."""
+
+
+class SlideReadError(WsiError, OSError):
+    """A region of an opened slide could not be read (truncated or corrupt data)."""
+
+
+class MppError(WsiError, ValueError):
+    """The slide's resolution (micrometres per pixel) is missing or implausible."""
+
+
+class ConfigError(WsiError, ValueError):
+    """A configuration value or file is wrong."""
+
+
+class StoreError(WsiError, RuntimeError):
+    """A slide store is missing, unreadable, or belongs to another slide."""
+
+
+class StageConflictError(StoreError):
+    """A stage is already complete with other parameters; pass overwrite=True to redo it."""
+
+
+class BackendUnavailableError(WsiError, ImportError):
+    """An optional reader or library is not installed."""

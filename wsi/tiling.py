@@ -1,0 +1,402 @@
+"""Tile a slide into its store: tissue mask, tile grid, then Dask tasks per chunk of tiles.
+
+Each task opens the slide itself (one cached handle per worker process), reads its
+tiles, computes their QC, and writes its own Zarr chunk; no pixels pass through the
+scheduler. ``tiles/done`` is written last per chunk, and the stage record last of all,
+so a killed run resumes where it stopped and never trusts a half-written chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.config import TilingConfig, params_hash
+from wsi.errors import StageConflictError, StoreError, WsiError
+from wsi.grid import TileGrid, make_grid
+from wsi.qc import QC_COLUMNS, tile_qc
+from wsi.slide import open_slide
+from wsi.slide.base import LevelChoice, Slide
+from wsi.tissue import TissueMask, detect_tissue
+
+__all__ = ["tile_slide", "NoTissueError", "ChunkJob", "tile_chunk", "STAGE"]
+
+log = logging.getLogger(__name__)
+
+STAGE = "tiles"
+
+
+class NoTissueError(WsiError, ValueError):
+    """No tile of the slide has enough tissue."""
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One task: read, check and write the tiles of one chunk. Small enough to pickle."""
+
+    slide_path: str
+    mpp_override: float | None
+    backend: str
+    store_path: str
+    chunk: int
+    start: int
+    coords: np.ndarray  #: int32 (n, 2) level-0 top-left of this chunk's tiles
+    tile_size: int
+    choice: LevelChoice
+
+    def __repr__(self) -> str:
+        return f"ChunkJob({Path(self.store_path).name} chunk {self.chunk}, {len(self.coords)} tiles)"
+
+
+# -- worker side ------------------------------------------------------------------------
+
+_SLIDES: dict[tuple[str, float | None, str], Slide] = {}
+_ARRAYS: dict[str, tuple[Any, Any, Any]] = {}
+_MAX_CACHED = 4
+
+
+def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
+    key = (path, mpp, backend)
+    slide = _SLIDES.get(key)
+    if slide is None:
+        while len(_SLIDES) >= _MAX_CACHED:
+            _SLIDES.pop(next(iter(_SLIDES))).close()
+        slide = _SLIDES[key] = open_slide(path, mpp=mpp, backend=backend)
+    return slide
+
+
+def _worker_arrays(store_path: str) -> tuple[Any, Any, Any]:
+    arrays = _ARRAYS.get(store_path)
+    if arrays is None:
+        while len(_ARRAYS) >= _MAX_CACHED:
+            _ARRAYS.pop(next(iter(_ARRAYS)))
+        group = st.open_store(store_path, mode="r+")
+        arrays = _ARRAYS[store_path] = (
+            group[st.TILES_PIXELS],
+            group[st.TILES_QC],
+            group[st.TILES_DONE],
+        )
+    return arrays
+
+
+def tile_chunk(job: ChunkJob) -> dict[str, Any]:
+    """Run one chunk job in this process; returns small counts for the driver."""
+    t0 = time.perf_counter()
+    slide = _worker_slide(job.slide_path, job.mpp_override, job.backend)
+    n, size = len(job.coords), job.tile_size
+    tiles = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, (x, y) in enumerate(job.coords):
+        tiles[i] = slide.read_scaled((int(x), int(y)), (size, size), job.choice)
+    t_read = time.perf_counter()
+    qc = tile_qc(tiles)
+    pixels, qc_arr, done = _worker_arrays(job.store_path)
+    pixels[job.start : job.start + n] = tiles
+    qc_arr[job.start : job.start + n] = qc
+    done[job.chunk] = True  # last: the chunk is trusted from here on
+    return {
+        "chunk": job.chunk,
+        "tiles": n,
+        "read_s": t_read - t0,
+        "total_s": time.perf_counter() - t0,
+        "pid": os.getpid(),
+        "rss": _rss(),
+    }
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return 0
+
+
+# -- driver side ------------------------------------------------------------------------
+
+
+def _stage_params(config: TilingConfig, slide: Slide, mpp_override: float | None) -> dict[str, Any]:
+    return {
+        "config": dataclasses.asdict(config),
+        "mpp_override": mpp_override,
+        "slide_mpp": [slide.mpp.x, slide.mpp.y],
+    }
+
+
+def _slide_meta(slide: Slide, source: dict[str, Any]) -> dict[str, Any]:
+    info = slide.info().as_dict()
+    info.pop("path")
+    return {
+        "schema_version": st.SCHEMA_VERSION,
+        "slide_id": st.slide_id_for(slide.path),
+        "source": source,
+        "slide": info,
+        "versions": st.package_versions(),
+        "stages": {},
+        "pending": {},
+    }
+
+
+def _write_layout(
+    group: Any, grid: TileGrid, mask: TissueMask, config: TilingConfig
+) -> None:
+    """(Re)create the tissue and tiles arrays; pixels start empty, done all False."""
+    import zarr
+
+    from wsi.codecs import JpegTilesCodec
+
+    for name in ("tissue", "tiles"):
+        if name in group:
+            del group[name]
+    m = group.create_array(
+        st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024)
+    )
+    m.attrs.update(
+        {
+            "method": "otsu-saturation",
+            "threshold": mask.threshold,
+            "downsample": mask.downsample,
+            "mpp": mask.mpp,
+            "tissue_fraction": mask.fraction,
+        }
+    )
+    n, k, s = len(grid), config.chunk_tiles, config.tile_size
+    nrows = max(n, 1)
+    coords = group.create_array(
+        st.TILES_COORDS, shape=(n, 2), dtype="int32", chunks=(max(1, min(n, 65536)), 2)
+    )
+    if n:
+        coords[:] = grid.coords
+    coords.attrs.update({"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint})
+    if config.codec == "jpeg":
+        serializer: Any = JpegTilesCodec(quality=config.quality)
+        compressors: Any = None
+    else:
+        serializer = "auto"
+        compressors = zarr.codecs.ZstdCodec(level=config.quality)
+    pixels = group.create_array(
+        st.TILES_PIXELS,
+        shape=(n, s, s, 3),
+        dtype="uint8",
+        chunks=(k, s, s, 3),
+        serializer=serializer,
+        compressors=compressors,
+        fill_value=255,
+    )
+    pixels.attrs.update(
+        {
+            "codec": config.codec,
+            "quality": config.quality,
+            "lossless": config.codec != "jpeg",
+            "tile_size": s,
+            "tile_mpp": grid.tile_mpp,
+            "target_mpp": config.target_mpp,
+            "level": grid.choice.level,
+            "level_downsample": grid.choice.level_downsample,
+            "scale": grid.choice.scale,
+        }
+    )
+    qc = group.create_array(
+        st.TILES_QC, shape=(n, len(QC_COLUMNS)), dtype="float32", chunks=(k, len(QC_COLUMNS))
+    )
+    qc.attrs["columns"] = list(QC_COLUMNS)
+    group.create_array(
+        st.TILES_DONE, shape=(math.ceil(n / k),), dtype="bool", chunks=(1,), fill_value=False
+    )
+    del nrows
+
+
+def _resumable(group: Any, phash: str, n_expected: int | None = None) -> bool:
+    pending = st.read_meta(group).get("pending", {}).get(STAGE)
+    if not pending or pending.get("params_hash") != phash:
+        return False
+    return all(k in group for k in (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS,
+                                    st.TILES_QC, st.TILES_DONE))
+
+
+def _prepare_store(
+    slide: Slide, path: Path, config: TilingConfig, mpp_override: float | None, overwrite: bool
+) -> tuple[Any, str, bool]:
+    """Open or create the store; returns (group, params hash, already complete)."""
+    source = st.source_record(slide.path)
+    params = _stage_params(config, slide, mpp_override)
+    phash = params_hash(params)
+    if path.exists():
+        if not (path / "zarr.json").exists():
+            raise StoreError(
+                f"{path}: exists but is not a slide store. Move it away or choose another --out."
+            )
+        group = st.open_store(path, mode="r+")
+        meta = st.read_meta(group)
+        old = meta.get("source", {})
+        if old and old.get("fingerprint") != source["fingerprint"]:
+            if not overwrite:
+                raise StoreError(
+                    f"{path}: the store was made from another file ({old.get('path')}) with "
+                    f"the same name as {slide.path}. Use another --out, or --overwrite."
+                )
+            shutil.rmtree(path)
+        else:
+            entry = meta.get("stages", {}).get(STAGE)
+            if entry and entry.get("params_hash") == phash:
+                return group, phash, True
+            if entry and not overwrite:
+                raise StageConflictError(
+                    f"{path}: tiles exist with other parameters ({entry.get('params_hash')}, "
+                    f"now {phash}). Pass --overwrite (overwrite=True) to redo them, "
+                    "or use another --out."
+                )
+            if meta.get("source", {}).get("fingerprint") == source["fingerprint"]:
+                meta["source"] = source  # mtime may differ after a copy; content does not
+                st.write_meta(group, meta)
+            return group, phash, False
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    st.write_meta(group, _slide_meta(slide, source))
+    return group, phash, False
+
+
+def _progress_reporter(
+    total: int, slide_name: str, progress: bool | None
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    use_bar = sys.stderr.isatty() if progress is None else progress
+    if use_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=slide_name, unit="tile", leave=False)
+        return bar.update, bar.close
+    state = {"done": 0, "next": 0.1}
+
+    def update(n: int) -> None:
+        state["done"] += n
+        frac = state["done"] / max(total, 1)
+        if frac >= state["next"] or state["done"] == total:
+            log.info("%s: %d/%d tiles (%.0f%%)", slide_name, state["done"], total, 100 * frac)
+            state["next"] = math.floor(frac * 10 + 1) / 10
+
+    return update, lambda: None
+
+
+def _run_jobs(
+    jobs: list[ChunkJob], client: Any, update: Callable[[int], None]
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    if client is None:
+        for job in jobs:
+            results.append(tile_chunk(job))
+            update(results[-1]["tiles"])
+        return results
+    from distributed import as_completed
+
+    futures = client.map(tile_chunk, jobs, pure=False, key=[
+        f"tile-{Path(j.store_path).stem}-{j.chunk}-{os.urandom(4).hex()}" for j in jobs
+    ])
+    try:
+        for fut in as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            update(res["tiles"])
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def tile_slide(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TilingConfig | None = None,
+    *,
+    mpp: float | None = None,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Tile one slide into ``<out_dir>/<slide_id>.zarr`` and return the store path.
+
+    ``mpp`` overrides the slide's level-0 micrometres per pixel. ``client`` is a
+    ``dask.distributed.Client`` (tasks per chunk of tiles on its workers); None runs
+    the chunks in this process. Re-running a complete slide with the same parameters
+    returns at once; an interrupted run resumes from ``tiles/done``.
+    """
+    config = config or TilingConfig()
+    out = Path(out_dir)
+    slide_path = Path(path)
+    with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
+        _ = slide.mpp  # no resolution: stop here, before anything is written
+        store_path = st.store_path_for(slide_path, out)
+        out.mkdir(parents=True, exist_ok=True)
+        group, phash, complete = _prepare_store(slide, store_path, config, mpp, overwrite)
+        if complete:
+            log.info("%s: tiles already complete (%s), nothing to do", store_path, phash)
+            return store_path
+        resuming = _resumable(group, phash)
+        if not resuming:
+            mask = detect_tissue(slide, config.tissue)
+            grid = make_grid(slide, mask, config)
+            if len(grid) == 0:
+                raise NoTissueError(
+                    f"{slide_path}: no tile has {config.min_tissue:.0%} tissue "
+                    f"(tissue covers {mask.fraction:.1%} of the slide at threshold "
+                    f"{mask.threshold:.3f}). Check the slide, or lower tiling.min_tissue / "
+                    "tiling.tissue.min_saturation."
+                )
+            st.begin_stage(group, STAGE, _stage_params(config, slide, mpp), phash)
+            _write_layout(group, grid, mask, config)
+            choice = grid.choice
+        else:
+            attrs = group[st.TILES_PIXELS].attrs
+            choice = LevelChoice(
+                int(attrs["level"]), float(attrs["level_downsample"]), float(attrs["scale"])
+            )
+            log.info("%s: resuming an interrupted run", store_path)
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    done = np.asarray(group[st.TILES_DONE][:])
+    k = config.chunk_tiles
+    jobs = [
+        ChunkJob(
+            str(slide_path.resolve()), mpp, config.backend, str(store_path.resolve()), c,
+            c * k, coords[c * k : (c + 1) * k], config.tile_size, choice,
+        )
+        for c in range(len(done))
+        if not done[c]
+    ]
+    update, close = _progress_reporter(len(coords), st.slide_id_for(slide_path), progress)
+    update(len(coords) - sum(len(j.coords) for j in jobs))
+    t0 = time.perf_counter()
+    try:
+        results = _run_jobs(jobs, client, update)
+    finally:
+        close()
+    seconds = time.perf_counter() - t0
+    counts = {
+        "tiles": int(len(coords)),
+        "chunks": int(len(done)),
+        "chunks_written_this_run": len(results),
+        "resumed": resuming,
+        "tiles_per_s_this_run": round(sum(r["tiles"] for r in results) / seconds, 1)
+        if results and seconds > 0 else None,
+        "peak_worker_rss_mb": round(max((r["rss"] for r in results), default=0) / 2**20, 1),
+    }
+    st.complete_stage(group, STAGE, counts)
+    log.info("%s: %d tiles in %.1f s", store_path, len(coords), seconds)
+    return store_path
+
+
+def done_chunks(store_path: str | os.PathLike[str]) -> Iterable[int]:
+    """Indices of the chunks of ``tiles/pixels`` that are written."""
+    group = st.open_store(store_path)
+    return [int(i) for i in np.flatnonzero(np.asarray(group[st.TILES_DONE][:]))]
