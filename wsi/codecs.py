@@ -20,30 +20,44 @@ from zarr.core.buffer import Buffer, NDBuffer
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
 
-__all__ = ["JpegTilesCodec", "CODEC_NAME", "register"]
+__all__ = ["JpegTilesCodec", "CODEC_NAME", "SUBSAMPLING", "register"]
 
 CODEC_NAME = "wsi.jpeg"
 _MAGIC = b"WSJ1"
+SUBSAMPLING = ("444", "420")
 
 
 @dataclass(frozen=True)
 class JpegTilesCodec(ArrayBytesCodec):
-    """Per-tile JPEG (libjpeg-turbo via imagecodecs), 4:2:0 chroma subsampling."""
+    """Per-tile JPEG (libjpeg-turbo via imagecodecs).
+
+    ``subsampling`` is the chroma subsampling: "444" (none; the default, because
+    H&E stain information lives in the chroma) or "420".
+    """
 
     is_fixed_size = False
     quality: int = 90
+    subsampling: str = "444"
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.quality) <= 100:
             raise ValueError(f"JPEG quality must be 1..100, got {self.quality}")
+        if self.subsampling not in SUBSAMPLING:
+            raise ValueError(f"JPEG subsampling must be one of {SUBSAMPLING}, got {self.subsampling}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JpegTilesCodec:
         config = data.get("configuration") or {}
-        return cls(quality=int(config.get("quality", 90)))
+        return cls(
+            quality=int(config.get("quality", 90)),
+            subsampling=str(config.get("subsampling", "444")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": CODEC_NAME, "configuration": {"quality": self.quality}}
+        return {
+            "name": CODEC_NAME,
+            "configuration": {"quality": self.quality, "subsampling": self.subsampling},
+        }
 
     def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
         if len(shape) != 4 or shape[-1] != 3 or np.dtype(dtype.to_native_dtype()) != np.uint8:
@@ -54,7 +68,10 @@ class JpegTilesCodec(ArrayBytesCodec):
 
         tiles = np.asarray(chunk_array.as_numpy_array())
         parts = [
-            imagecodecs.jpeg8_encode(np.ascontiguousarray(t), level=self.quality) for t in tiles
+            imagecodecs.jpeg8_encode(
+                np.ascontiguousarray(t), level=self.quality, subsampling=self.subsampling
+            )
+            for t in tiles
         ]
         header = _MAGIC + struct.pack(f"<I{len(parts)}I", len(parts), *map(len, parts))
         return chunk_spec.prototype.buffer.from_bytes(header + b"".join(parts))

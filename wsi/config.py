@@ -47,7 +47,7 @@ class TilingConfig:
     min_tissue: float = 0.5  #: minimum tissue fraction under a tile (0..1)
     chunk_tiles: int = 64  #: tiles per Zarr chunk and per Dask task
     codec: str = "jpeg"  #: "jpeg" (lossy) or "zstd" (lossless)
-    quality: int = 90  #: JPEG quality (1..100) or zstd level (1..22)
+    quality: int | None = None  #: JPEG quality (1..100) or zstd level (1..22); None: 90 / 1
     backend: str = "pyvips"  #: slide reader for tile reads: "pyvips" or "openslide"
     tissue: TissueConfig = field(default_factory=TissueConfig)
 
@@ -68,10 +68,17 @@ class TilingConfig:
         if self.codec not in CODECS:
             raise bad("codec", f"choose one of {CODECS}")
         hi = 100 if self.codec == "jpeg" else 22
-        if not 1 <= self.quality <= hi:
+        if self.quality is not None and not 1 <= self.quality <= hi:
             raise bad("quality", f"must be between 1 and {hi} for codec {self.codec}")
         if self.backend not in ("pyvips", "openslide"):
             raise bad("backend", "choose 'pyvips' or 'openslide'")
+
+    @property
+    def level(self) -> int:
+        """The codec's quality (JPEG) or level (zstd), with the codec's default filled in."""
+        if self.quality is not None:
+            return self.quality
+        return 90 if self.codec == "jpeg" else 1
 
     @property
     def step(self) -> int:

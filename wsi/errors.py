@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "WsiError",
     "SlideOpenError",
+    "SlideNotFoundError",
     "SlideReadError",
     "MppError",
     "ConfigError",
@@ -25,6 +26,10 @@ class WsiError(Exception):
 
 class SlideOpenError(WsiError, OSError):
     """A file could not be opened as a slide (missing, not a slide, corrupt)."""
+
+
+class SlideNotFoundError(SlideOpenError, FileNotFoundError):
+    """The slide path does not exist."""
 
 
 class SlideReadError(WsiError, OSError):

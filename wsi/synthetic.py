@@ -222,12 +222,11 @@ def _resize_bilinear_rows(
     wx = (xs - x0).astype(np.float32)[None, :]
     top = src[y0][:, x0] * (1 - wx) + src[y0][:, x1] * wx
     bot = src[y1][:, x0] * (1 - wx) + src[y1][:, x1] * wx
-    return top * (1 - wy) + bot * wy
+    out: np.ndarray = top * (1 - wy) + bot * wy
+    return out
 
 
-def _make_tissue_mask(
-    rng: np.random.Generator, mask_h: int, mask_w: int
-) -> np.ndarray:
+def _make_tissue_mask(rng: np.random.Generator, mask_h: int, mask_w: int) -> np.ndarray:
     """Seeded random tissue layout as a ``mask_h`` x ``mask_w`` uint8 array (0 / 255).
 
     A few elliptical blobs with ragged, noisy outlines and a few holes, kept
@@ -330,7 +329,7 @@ def _procedural_he(rng: np.random.Generator, side: int = _PROCEDURAL_SIDE) -> np
     if rng.random() < 0.5:
         fib = fib.T.copy()
     eosin = np.array([232.0, 160.0, 196.0], dtype=np.float32)
-    img = np.empty((side, side, 3), dtype=np.float32)
+    img: np.ndarray = np.empty((side, side, 3), dtype=np.float32)
     shade = (10.0 * low + 6.0 * mid + 5.0 * fib)[..., None]
     img[:] = eosin
     img += shade * np.array([0.4, 1.0, 0.7], dtype=np.float32)
@@ -380,9 +379,7 @@ def _list_sources(tile_dir: Path) -> list[Path]:
         found.update(
             p for p in tile_dir.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
         )
-    return sorted(
-        p for p in found if not any(part in p.name for part in _EXCLUDED_NAME_PARTS)
-    )
+    return sorted(p for p in found if not any(part in p.name for part in _EXCLUDED_NAME_PARTS))
 
 
 def _load_rgb(path: Path) -> np.ndarray | None:
@@ -495,9 +492,9 @@ def _build_pipeline(
     # map, so that the texture never repeats with a short period.
     tex_a = _repeat_to(_vips_from_numpy(_mosaic(rng, sources)), width, height)
     tex_b = _repeat_to(_vips_from_numpy(_mosaic(rng, sources)), width, height)
-    sel_np = np.where(
-        rng.random((-(-height // _CELL), -(-width // _CELL))) < 0.5, 255, 0
-    ).astype(np.uint8)
+    sel_np = np.where(rng.random((-(-height // _CELL), -(-width // _CELL))) < 0.5, 255, 0).astype(
+        np.uint8
+    )
     selector = _vips_from_numpy(sel_np).zoom(_CELL, _CELL).crop(0, 0, width, height)
     texture = selector.ifthenelse(tex_a, tex_b)
 
@@ -527,9 +524,7 @@ def _upscale_mask(mask_img: pyvips.Image, ds: int, width: int, height: int) -> p
     if ds // k > 1:
         cond = cond.zoom(ds // k, ds // k)
     if cond.width < width or cond.height < height:
-        cond = cond.embed(
-            0, 0, max(width, cond.width), max(height, cond.height), extend="copy"
-        )
+        cond = cond.embed(0, 0, max(width, cond.width), max(height, cond.height), extend="copy")
     return cond.crop(0, 0, width, height)
 
 
@@ -610,7 +605,12 @@ def make_synthetic_slide(
     sources, origin = _load_sources(tile_dir, np.random.default_rng(texture_ss))
     logger.info(
         "synthetic slide %s: %dx%d px, mpp %.4g, tissue %.1f%%, texture: %s",
-        out_path, w, h, mpp_f, 100 * fraction, origin,
+        out_path,
+        w,
+        h,
+        mpp_f,
+        100 * fraction,
+        origin,
     )
     image = _build_pipeline(mask, w, h, ds, sources, np.random.default_rng(pipeline_ss))
 

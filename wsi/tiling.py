@@ -55,6 +55,7 @@ class ChunkJob:
     coords: np.ndarray  #: int32 (n, 2) level-0 top-left of this chunk's tiles
     tile_size: int
     choice: LevelChoice
+    params_hash: str  #: the run's identity: cached array handles never outlive it
 
     def __repr__(self) -> str:
         return f"ChunkJob({Path(self.store_path).name} chunk {self.chunk}, {len(self.coords)} tiles)"
@@ -62,13 +63,14 @@ class ChunkJob:
 
 # -- worker side ------------------------------------------------------------------------
 
-_SLIDES: dict[tuple[str, float | None, str], Slide] = {}
-_ARRAYS: dict[str, tuple[Any, Any, Any]] = {}
+_SLIDES: dict[tuple[str, int, int, float | None, str], Slide] = {}
+_ARRAYS: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 _MAX_CACHED = 4
 
 
 def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
-    key = (path, mpp, backend)
+    stat = os.stat(path)  # a replaced file gets a new handle
+    key = (path, stat.st_size, stat.st_mtime_ns, mpp, backend)
     slide = _SLIDES.get(key)
     if slide is None:
         while len(_SLIDES) >= _MAX_CACHED:
@@ -77,13 +79,14 @@ def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
     return slide
 
 
-def _worker_arrays(store_path: str) -> tuple[Any, Any, Any]:
-    arrays = _ARRAYS.get(store_path)
+def _worker_arrays(store_path: str, phash: str) -> tuple[Any, Any, Any]:
+    key = (store_path, phash)
+    arrays = _ARRAYS.get(key)
     if arrays is None:
         while len(_ARRAYS) >= _MAX_CACHED:
             _ARRAYS.pop(next(iter(_ARRAYS)))
         group = st.open_store(store_path, mode="r+")
-        arrays = _ARRAYS[store_path] = (
+        arrays = _ARRAYS[key] = (
             group[st.TILES_PIXELS],
             group[st.TILES_QC],
             group[st.TILES_DONE],
@@ -101,7 +104,7 @@ def tile_chunk(job: ChunkJob) -> dict[str, Any]:
         tiles[i] = slide.read_scaled((int(x), int(y)), (size, size), job.choice)
     t_read = time.perf_counter()
     qc = tile_qc(tiles)
-    pixels, qc_arr, done = _worker_arrays(job.store_path)
+    pixels, qc_arr, done = _worker_arrays(job.store_path, job.params_hash)
     pixels[job.start : job.start + n] = tiles
     qc_arr[job.start : job.start + n] = qc
     done[job.chunk] = True  # last: the chunk is trusted from here on
@@ -181,11 +184,11 @@ def _write_layout(
         coords[:] = grid.coords
     coords.attrs.update({"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint})
     if config.codec == "jpeg":
-        serializer: Any = JpegTilesCodec(quality=config.quality)
+        serializer: Any = JpegTilesCodec(quality=config.level, subsampling="444")
         compressors: Any = None
     else:
         serializer = "auto"
-        compressors = zarr.codecs.ZstdCodec(level=config.quality)
+        compressors = zarr.codecs.ZstdCodec(level=config.level)
     pixels = group.create_array(
         st.TILES_PIXELS,
         shape=(n, s, s, 3),
@@ -198,7 +201,8 @@ def _write_layout(
     pixels.attrs.update(
         {
             "codec": config.codec,
-            "quality": config.quality,
+            "quality": config.level,
+            "chroma_subsampling": "444" if config.codec == "jpeg" else None,
             "lossless": config.codec != "jpeg",
             "tile_size": s,
             "tile_mpp": grid.tile_mpp,
@@ -218,55 +222,51 @@ def _write_layout(
     del nrows
 
 
-def _resumable(group: Any, phash: str, n_expected: int | None = None) -> bool:
+def _resumable(group: Any, phash: str) -> bool:
     pending = st.read_meta(group).get("pending", {}).get(STAGE)
     if not pending or pending.get("params_hash") != phash:
         return False
-    return all(k in group for k in (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS,
-                                    st.TILES_QC, st.TILES_DONE))
+    keys = (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
+    return all(k in group for k in keys)
 
 
-def _prepare_store(
-    slide: Slide, path: Path, config: TilingConfig, mpp_override: float | None, overwrite: bool
-) -> tuple[Any, str, bool]:
-    """Open or create the store; returns (group, params hash, already complete)."""
-    source = st.source_record(slide.path)
-    params = _stage_params(config, slide, mpp_override)
-    phash = params_hash(params)
-    if path.exists():
-        if not (path / "zarr.json").exists():
+def _existing_store(
+    path: Path, source: dict[str, Any], phash: str, overwrite: bool
+) -> tuple[Any, str]:
+    """The store at ``path`` and what to do with it: "complete", "resume" or "fresh".
+
+    Returns (None, "fresh") when there is no store (or it was removed for overwrite).
+    """
+    if not path.exists():
+        return None, "fresh"
+    if not (path / "zarr.json").exists():
+        raise StoreError(
+            f"{path}: exists but is not a slide store. Move it away or choose another --out."
+        )
+    group = st.open_store(path, mode="r+")
+    meta = st.read_meta(group)
+    old = meta.get("source", {})
+    if old.get("fingerprint") != source["fingerprint"]:
+        if not overwrite:
             raise StoreError(
-                f"{path}: exists but is not a slide store. Move it away or choose another --out."
+                f"{path}: the store was made from another file ({old.get('path')}) with "
+                f"the same name as {source['path']}. Use another --out, or --overwrite."
             )
-        group = st.open_store(path, mode="r+")
-        meta = st.read_meta(group)
-        old = meta.get("source", {})
-        if old and old.get("fingerprint") != source["fingerprint"]:
-            if not overwrite:
-                raise StoreError(
-                    f"{path}: the store was made from another file ({old.get('path')}) with "
-                    f"the same name as {slide.path}. Use another --out, or --overwrite."
-                )
-            shutil.rmtree(path)
-        else:
-            entry = meta.get("stages", {}).get(STAGE)
-            if entry and entry.get("params_hash") == phash:
-                return group, phash, True
-            if entry and not overwrite:
-                raise StageConflictError(
-                    f"{path}: tiles exist with other parameters ({entry.get('params_hash')}, "
-                    f"now {phash}). Pass --overwrite (overwrite=True) to redo them, "
-                    "or use another --out."
-                )
-            if meta.get("source", {}).get("fingerprint") == source["fingerprint"]:
-                meta["source"] = source  # mtime may differ after a copy; content does not
-                st.write_meta(group, meta)
-            return group, phash, False
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w")
-    st.write_meta(group, _slide_meta(slide, source))
-    return group, phash, False
+        shutil.rmtree(path)
+        return None, "fresh"
+    entry = meta.get("stages", {}).get(STAGE)
+    if entry and entry.get("params_hash") == phash:
+        return group, "complete"
+    if entry and not overwrite:
+        raise StageConflictError(
+            f"{path}: tiles exist with other parameters ({entry.get('params_hash')}, "
+            f"now {phash}). Pass --overwrite (overwrite=True) to redo them, "
+            "or use another --out."
+        )
+    if old != source:  # same content, copied or touched: keep the record current
+        meta["source"] = source
+        st.write_meta(group, meta)
+    return group, "resume" if _resumable(group, phash) else "fresh"
 
 
 def _progress_reporter(
@@ -338,13 +338,14 @@ def tile_slide(
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
         store_path = st.store_path_for(slide_path, out)
-        out.mkdir(parents=True, exist_ok=True)
-        group, phash, complete = _prepare_store(slide, store_path, config, mpp, overwrite)
-        if complete:
+        source = st.source_record(slide_path)
+        params = _stage_params(config, slide, mpp)
+        phash = params_hash(params)
+        group, state = _existing_store(store_path, source, phash, overwrite)
+        if state == "complete":
             log.info("%s: tiles already complete (%s), nothing to do", store_path, phash)
             return store_path
-        resuming = _resumable(group, phash)
-        if not resuming:
+        if state == "fresh":
             mask = detect_tissue(slide, config.tissue)
             grid = make_grid(slide, mask, config)
             if len(grid) == 0:
@@ -354,7 +355,13 @@ def tile_slide(
                     f"{mask.threshold:.3f}). Check the slide, or lower tiling.min_tissue / "
                     "tiling.tissue.min_saturation."
                 )
-            st.begin_stage(group, STAGE, _stage_params(config, slide, mpp), phash)
+            if group is None:
+                import zarr
+
+                out.mkdir(parents=True, exist_ok=True)
+                group = zarr.open_group(str(store_path), mode="w")
+                st.write_meta(group, _slide_meta(slide, source))
+            st.begin_stage(group, STAGE, params, phash)
             _write_layout(group, grid, mask, config)
             choice = grid.choice
         else:
@@ -363,13 +370,14 @@ def tile_slide(
                 int(attrs["level"]), float(attrs["level_downsample"]), float(attrs["scale"])
             )
             log.info("%s: resuming an interrupted run", store_path)
+    resuming = state == "resume"
     coords = np.asarray(group[st.TILES_COORDS][:])
     done = np.asarray(group[st.TILES_DONE][:])
     k = config.chunk_tiles
     jobs = [
         ChunkJob(
             str(slide_path.resolve()), mpp, config.backend, str(store_path.resolve()), c,
-            c * k, coords[c * k : (c + 1) * k], config.tile_size, choice,
+            c * k, coords[c * k : (c + 1) * k], config.tile_size, choice, phash,
         )
         for c in range(len(done))
         if not done[c]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wsi.errors import ConfigError, SlideOpenError
+from wsi.errors import ConfigError, SlideNotFoundError, SlideOpenError
 from wsi.slide.base import LevelChoice, Slide, SlideInfo
 from wsi.slide.mpp import Mpp, check_mpp
 
@@ -28,7 +28,7 @@ def open_slide(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown slide backend {backend!r}; choose one of {BACKENDS}")
     if not p.exists():
-        raise SlideOpenError(f"{p}: no such file. Check the path.")
+        raise SlideNotFoundError(f"{p}: no such file. Check the path.")
     if p.is_dir():
         raise SlideOpenError(f"{p}: is a directory, not a slide file.")
     if p.stat().st_size == 0:

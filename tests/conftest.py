@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data in ../shared/data (skipped when absent), synthetic slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SLIDES = SHARED / "slides"
+TILES = SHARED / "tiles"
+SVS = SLIDES / "CMU-1-Small-Region.svs"
+PYRAMID = SLIDES / "CMU-1-Small-Region_pyramid_generic.tiff"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real test data not found: {path}")
+    return path
+
+
+@pytest.fixture(params=["openslide", "pyvips"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def svs() -> Path:
+    return need(SVS)
+
+
+@pytest.fixture
+def pyramid() -> Path:
+    return need(PYRAMID)
+
+
+@pytest.fixture(params=["svs", "pyramid"])
+def real_slide(request: pytest.FixtureRequest) -> Path:
+    return need(SVS if request.param == "svs" else PYRAMID)
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20000 x 16000 px pyramidal TIFF at 0.25 mpp (about 500 tiles of 256 px at 0.5 mpp)."""
+    from wsi.synthetic import make_synthetic_slide
+
+    path = tmp_path_factory.mktemp("synthetic") / "synth.tiff"
+    make_synthetic_slide(path, width=20000, height=16000, mpp=0.25, seed=3)
+    return path

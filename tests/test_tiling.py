@@ -1,0 +1,190 @@
+"""The tiler on real slides, a real LocalCluster, and kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import wsi
+from wsi import store as st
+from wsi.config import TilingConfig
+from wsi.errors import MppError, StageConflictError, StoreError
+from wsi.qc import tile_qc
+from wsi.slide import open_slide
+from wsi.tiling import NoTissueError, tile_slide
+
+LOSSLESS = TilingConfig(codec="zstd", backend="openslide")
+
+
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    g = st.open_store(store)
+    keys = (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
+    return {k: np.asarray(g[k][:]) for k in keys}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def test_lossless_tiles_equal_read_region(tmp_path, real_slide):
+    store = tile_slide(real_slide, tmp_path, LOSSLESS)
+    a = _arrays(store)
+    assert len(a[st.TILES_COORDS]) > 10 and a[st.TILES_DONE].all()
+    with open_slide(real_slide) as s:
+        for (x, y), tile in zip(a[st.TILES_COORDS], a[st.TILES_PIXELS], strict=True):
+            assert np.array_equal(tile, s.read_region((int(x), int(y)), (256, 256), mpp=0.5))
+    assert np.allclose(a[st.TILES_QC], tile_qc(a[st.TILES_PIXELS]))
+    meta = st.read_meta(st.open_store(store))
+    entry = meta["stages"]["tiles"]
+    assert entry["counts"]["tiles"] == len(a[st.TILES_COORDS])
+    assert meta["source"]["fingerprint"] and meta["slide"]["mpp"]["x"] == pytest.approx(0.499)
+    assert "label" not in str(st.open_store(store).tree())  # no associated images stored
+
+
+def test_tiles_only_over_tissue(tmp_path, real_slide):
+    store = tile_slide(real_slide, tmp_path, LOSSLESS)
+    g = st.open_store(store)
+    qc = np.asarray(g[st.TILES_QC][:])
+    background = qc[:, list(g[st.TILES_QC].attrs["columns"]).index("background")]
+    assert np.median(background) < 0.5
+    with open_slide(real_slide) as s:  # the glass in the corner is not tiled
+        assert s.read_region((0, 0), (256, 256), level=0).mean() > 225
+    assert not ((np.asarray(g[st.TILES_COORDS][:]) < 256).all(axis=1)).any()
+
+
+def test_jpeg_tiles_within_stated_loss(tmp_path, real_slide):
+    store = tile_slide(real_slide, tmp_path, TilingConfig(backend="openslide"))
+    g = st.open_store(store)
+    attrs = dict(g[st.TILES_PIXELS].attrs)
+    assert (attrs["codec"], attrs["quality"], attrs["lossless"]) == ("jpeg", 90, False)
+    assert attrs["chroma_subsampling"] == "444"
+    a = _arrays(store)
+    with open_slide(real_slide) as s:
+        for (x, y), tile in zip(a[st.TILES_COORDS], a[st.TILES_PIXELS], strict=True):
+            ref = s.read_region((int(x), int(y)), (256, 256), mpp=0.5)
+            assert _psnr(tile, ref) > 36.0  # docs/codecs.md: q90 4:4:4 gives about 40 dB
+
+
+def test_coarser_level_used(tmp_path, pyramid):
+    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd", backend="pyvips")
+    store = tile_slide(pyramid, tmp_path, cfg)
+    g = st.open_store(store)
+    assert g[st.TILES_PIXELS].attrs["level"] == 2
+    a = _arrays(store)
+    with open_slide(pyramid, backend="pyvips") as s:
+        x, y = (int(v) for v in a[st.TILES_COORDS][0])
+        assert np.array_equal(a[st.TILES_PIXELS][0], s.read_region((x, y), (64, 64), level=2))
+
+
+def test_rerun_is_a_no_op_and_params_conflict(tmp_path, svs):
+    store = tile_slide(svs, tmp_path, LOSSLESS)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    assert tile_slide(svs, tmp_path, LOSSLESS) == store
+    assert time.perf_counter() - t0 < 2.0
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+    other = TilingConfig(codec="zstd", backend="openslide", tile_size=128)
+    with pytest.raises(StageConflictError, match="--overwrite"):
+        tile_slide(svs, tmp_path, other)
+    tile_slide(svs, tmp_path, other, overwrite=True)
+    assert _arrays(store)[st.TILES_PIXELS].shape[1] == 128
+
+
+def test_same_name_other_slide_refused(tmp_path, svs, pyramid):
+    tile_slide(svs, tmp_path / "out", LOSSLESS)
+    impostor = tmp_path / svs.name
+    impostor.write_bytes(pyramid.read_bytes())
+    with pytest.raises(StoreError, match="another file"):
+        tile_slide(impostor, tmp_path / "out", LOSSLESS)
+
+
+def test_missing_mpp_writes_nothing(tmp_path, svs):
+    p = tmp_path / "no_mpp.svs"
+    p.write_bytes(svs.read_bytes().replace(b"|MPP = 0.4990", b"|XXX = 0.4990"))
+    with pytest.raises(MppError, match="no_mpp.svs.*--mpp"):
+        tile_slide(p, tmp_path / "out", LOSSLESS)
+    assert not (tmp_path / "out" / "no_mpp.zarr").exists()
+    store = tile_slide(p, tmp_path / "out", LOSSLESS, mpp=0.499)
+    assert st.stage_entry(st.open_store(store), "tiles")["params"]["mpp_override"] == 0.499
+
+
+def test_blank_slide_is_a_clear_error(tmp_path):
+    import pyvips
+
+    blank = tmp_path / "blank.tiff"
+    img = (pyvips.Image.black(3000, 3000, bands=3) + 243).cast("uchar")
+    img.tiffsave(str(blank), tile=True, pyramid=True, compression="jpeg",
+                 xres=4000.0, yres=4000.0, resunit="cm")
+    with pytest.raises(NoTissueError, match="blank.tiff.*no tile"):
+        tile_slide(blank, tmp_path / "out", LOSSLESS)
+    assert not (tmp_path / "out" / "blank.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    from pipelines.cluster import dask_client
+
+    with dask_client(workers=2) as client:
+        yield client
+
+
+def test_local_cluster_two_workers_equals_in_process(tmp_path, synthetic_slide, cluster_client):
+    cfg = TilingConfig(chunk_tiles=32)
+    assert len(cluster_client.scheduler_info()["workers"]) == 2
+    dist = tile_slide(synthetic_slide, tmp_path / "dist", cfg, client=cluster_client)
+    local = tile_slide(synthetic_slide, tmp_path / "local", cfg)
+    a, b = _arrays(dist), _arrays(local)
+    assert len(a[st.TILES_COORDS]) > 300
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    entry = st.stage_entry(st.open_store(dist), "tiles")
+    assert entry["counts"]["chunks_written_this_run"] == len(a[st.TILES_DONE])
+
+
+def _done_files(store: Path) -> list[Path]:
+    d = store / "tiles" / "done" / "c"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+def test_kill_and_resume(tmp_path, synthetic_slide):
+    cfg = tmp_path / "small_chunks.yaml"
+    cfg.write_text("tiling:\n  chunk_tiles: 4\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "tile", str(synthetic_slide),
+           "--out", str(out), "--config", str(cfg), "--workers", "1"]
+    store = out / "synth.zarr"
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_done_files(store)) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(_done_files(store))
+    meta = st.read_meta(st.open_store(store))
+    n_chunks = st.open_store(store)[st.TILES_DONE].shape[0]
+    assert "tiles" not in meta["stages"], "the run finished before it could be killed"
+    assert 5 <= n_done < n_chunks
+    # chunks already written must not be rewritten by the resumed run
+    done_idx = [int(p.name) for p in _done_files(store)]
+    pix = store / "tiles" / "pixels" / "c"
+    written = {i: (pix / str(i) / "0" / "0" / "0").stat() for i in done_idx}
+    subprocess.run(cmd, check=True, timeout=300)
+    for i, stat in written.items():
+        now = (pix / str(i) / "0" / "0" / "0").stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    entry = st.stage_entry(st.open_store(store), "tiles")
+    assert entry["counts"]["resumed"] is True
+    assert entry["counts"]["chunks_written_this_run"] == n_chunks - n_done
+    reference = tile_slide(synthetic_slide, tmp_path / "ref", wsi.config.load_config(cfg))
+    a, b = _arrays(store), _arrays(reference)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
