@@ -117,10 +117,14 @@ def test_same_seed_same_layout(tmp_path: Path) -> None:
         ({"tile_size": 100}, "tile_size"),
         ({"quality": 0}, "quality"),
         ({"mask_downsample": 0}, "mask_downsample"),
+        ({"width": 1000.5}, "width"),
+        ({"height": True}, "height"),
+        ({"mpp": "0.25"}, "mpp"),
+        ({"width": 200_000, "height": 200_000, "mask_downsample": 2}, "mask_downsample"),
     ],
 )
-def test_bad_arguments(tmp_path: Path, kwargs: dict[str, float], name: str) -> None:
-    args: dict[str, float] = {"width": 1000, "height": 800, "mpp": 0.25}
+def test_bad_arguments(tmp_path: Path, kwargs: dict[str, object], name: str) -> None:
+    args: dict[str, object] = {"width": 1000, "height": 800, "mpp": 0.25}
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         make_synthetic_slide(tmp_path / "bad.tiff", **args)  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""The `wsi` command line: info, and a batch where one bad slide does not stop the rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from wsi import store as st
+
+
+def _wsi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_info_json(real_slide, tmp_path):
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    r = _wsi("info", "--json", str(real_slide), str(bad))
+    assert r.returncode == 1
+    rows = json.loads(r.stdout)
+    assert rows[0]["mpp"]["x"] == 0.499 and rows[0]["level_dimensions"][0] == [2220, 2967]
+    assert "bad.svs" in rows[1]["error"]
+
+
+def test_info_table(svs):
+    r = _wsi("info", str(svs))
+    assert r.returncode == 0
+    assert "0.4990 x 0.4990 um/px (metadata)" in r.stdout and "aperio" in r.stdout
+
+
+def test_batch_with_a_bad_slide(tmp_path, svs, pyramid):
+    bad = tmp_path / "renamed.svs"
+    bad.write_text("a text file")
+    out = tmp_path / "out"
+    r = _wsi("-q", "tile", str(svs), str(bad), str(pyramid), "--out", str(out), "--workers", "2")
+    assert r.returncode == 1, r.stderr
+    assert "tiled 2 of 3 slide(s)" in r.stdout
+    assert "FAILED" in r.stdout and "renamed.svs" in r.stdout
+    for name in ("CMU-1-Small-Region", "CMU-1-Small-Region_pyramid_generic"):
+        assert st.stage_entry(st.open_store(out / f"{name}.zarr"), "tiles") is not None
+    assert not (out / "renamed.zarr").exists()
+
+
+def test_wrong_option_value_is_reported(tmp_path, svs):
+    r = _wsi("tile", str(svs), "--out", str(tmp_path), "--tile-size", "3")
+    assert r.returncode == 2
+    assert "tile_size = 3" in r.stderr
