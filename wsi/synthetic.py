@@ -129,11 +129,11 @@ def mask_path_for(path: str | os.PathLike[str]) -> Path:
 
 def _as_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool")
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
 def _check_args(
@@ -153,6 +153,8 @@ def _check_args(
         if v > MAX_SIDE:
             raise ValueError(f"{name} must be at most {MAX_SIDE} pixels, got {v}")
     try:
+        if isinstance(mpp, (str, bytes, bool)):
+            raise TypeError(type(mpp).__name__)
         mpp_f = float(mpp)
     except (TypeError, ValueError):
         raise ValueError(f"mpp must be a number of micrometres per pixel, got {mpp!r}") from None
@@ -583,9 +585,9 @@ def make_synthetic_slide(
         A :class:`SyntheticSlide` describing the written files.
 
     Raises:
-        ValueError: On a non-positive or too large size, ``mpp <= 0`` or another
-            invalid argument; the message names the argument.
-        TypeError: When an integer argument is not an integer.
+        ValueError: On a non-positive or too large size, ``mpp <= 0``, a
+            non-integer where an integer is expected, or another invalid
+            argument; the message names the argument.
     """
     w, h, mpp_f, s, ts, q, ds = _check_args(
         width, height, mpp, seed, tile_size, quality, mask_downsample
