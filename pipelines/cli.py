@@ -24,6 +24,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.addHandler(handler)
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

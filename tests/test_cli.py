@@ -47,3 +47,17 @@ def test_wrong_option_value_is_reported(tmp_path, svs):
     r = _wsi("tile", str(svs), "--out", str(tmp_path), "--tile-size", "3")
     assert r.returncode == 2
     assert "tile_size = 3" in r.stderr
+
+
+def test_existing_scheduler(tmp_path, pyramid):
+    from pipelines.cluster import dask_client
+
+    with dask_client(workers=1) as client:
+        address = client.scheduler.address
+        r = _wsi("-q", "tile", str(pyramid), "--out", str(tmp_path), "--scheduler", address)
+        assert r.returncode == 0, r.stderr
+        # the tasks ran on that cluster's worker
+        assert any("tile-" in str(k) for k in client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+    store = tmp_path / "CMU-1-Small-Region_pyramid_generic.zarr"
+    assert st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"] > 10

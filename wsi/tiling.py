@@ -197,6 +197,9 @@ def _write_layout(
         serializer=serializer,
         compressors=compressors,
         fill_value=255,
+        # every chunk holds tissue: skip zarr's all-fill-value scan, which cost more than
+        # the JPEG encoding itself (docs/tiling.md)
+        config={"write_empty_chunks": True},
     )
     pixels.attrs.update(
         {
