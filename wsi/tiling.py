@@ -86,10 +86,11 @@ def _worker_arrays(store_path: str, phash: str) -> tuple[Any, Any, Any]:
         while len(_ARRAYS) >= _MAX_CACHED:
             _ARRAYS.pop(next(iter(_ARRAYS)))
         group = st.open_store(store_path, mode="r+")
-        arrays = _ARRAYS[key] = (
-            group[st.TILES_PIXELS],
-            group[st.TILES_QC],
-            group[st.TILES_DONE],
+        # every chunk is written whole and holds tissue: skip zarr's all-fill-value scan,
+        # which cost more than the JPEG encoding itself (docs/tiling.md)
+        fast = {"write_empty_chunks": True}
+        arrays = _ARRAYS[key] = tuple(
+            group[k].with_config(fast) for k in (st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
         )
     return arrays
 
@@ -197,9 +198,6 @@ def _write_layout(
         serializer=serializer,
         compressors=compressors,
         fill_value=255,
-        # every chunk holds tissue: skip zarr's all-fill-value scan, which cost more than
-        # the JPEG encoding itself (docs/tiling.md)
-        config={"write_empty_chunks": True},
     )
     pixels.attrs.update(
         {
