@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from wsi.config import TilingConfig  # noqa: E402
+
 
 def _raw_read(args: tuple[str, str, np.ndarray, int, tuple[int, float, float]]) -> tuple[int, float, int]:
     """Read the given tiles with one backend in this (spawned) process, nothing else."""
@@ -55,7 +57,7 @@ def raw_rate(path: Path, backend: str, coords: np.ndarray, size: int, choice: tu
 
 
 def stage_run(
-    path: Path, warmup: Path, out: Path, workers: int
+    path: Path, warmup: Path, out: Path, workers: int, cfg: TilingConfig
 ) -> tuple[float, int, float, list[int]]:
     """Tile the slide on a fresh LocalCluster; returns (tiles/s, tiles, seconds, worker peak RSS).
 
@@ -65,15 +67,14 @@ def stage_run(
     """
     from pipelines.cluster import dask_client
     from wsi import store as st
-    from wsi.config import TilingConfig
     from wsi.tiling import tile_slide
 
     if out.exists():
         shutil.rmtree(out)
     with dask_client(workers=workers) as client:
-        tile_slide(warmup, out / "warmup", TilingConfig(), client=client, progress=False)
+        tile_slide(warmup, out / "warmup", cfg, client=client, progress=False)
         t0 = time.perf_counter()
-        store = tile_slide(path, out, TilingConfig(), client=client, progress=False)
+        store = tile_slide(path, out, cfg, client=client, progress=False)
         seconds = time.perf_counter() - t0
         peaks = list(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
     n = st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"]
@@ -86,9 +87,10 @@ def main() -> int:
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
+    ap.add_argument("--codec", default="jpeg", choices=["jpeg", "zstd"])
+    ap.add_argument("--chroma-subsampling", default="444", choices=["444", "420"])
     args = ap.parse_args()
 
-    from wsi.config import TilingConfig
     from wsi.grid import make_grid
     from wsi.slide import open_slide
     from wsi.synthetic import make_synthetic_slide
@@ -103,19 +105,21 @@ def main() -> int:
     warmup = args.out / "warmup_4000.tiff"
     if not warmup.exists():
         make_synthetic_slide(warmup, width=4000, height=4000, mpp=args.mpp, seed=1)
-    cfg = TilingConfig()
+    cfg = TilingConfig(codec=args.codec, chroma_subsampling=args.chroma_subsampling)
     with open_slide(slide_path) as slide:
         grid = make_grid(slide, detect_tissue(slide, cfg.tissue), cfg)
     choice = (grid.choice.level, grid.choice.level_downsample, grid.choice.scale)
     print(f"slide {args.size} x {args.size} px at {args.mpp} mpp: {len(grid)} tiles of "
-          f"{cfg.tile_size} px at {cfg.target_mpp} mpp, read from level {grid.choice.level}")
+          f"{cfg.tile_size} px at {cfg.target_mpp} mpp, read from level {grid.choice.level}; "
+          f"codec {cfg.codec} q{cfg.level}"
+          + (f" {cfg.chroma_subsampling}" if cfg.codec == "jpeg" else ""))
 
     rows = []
     for w in args.workers:
         raws = {b: raw_rate(slide_path, b, grid.coords, cfg.tile_size, choice, w)
                 for b in ("openslide", "pyvips")}
         best = max(raws, key=lambda b: raws[b])
-        rate, n, seconds, peaks = stage_run(slide_path, warmup, args.out / f"stores_{w}", w)
+        rate, n, seconds, peaks = stage_run(slide_path, warmup, args.out / f"stores_{w}", w, cfg)
         rows.append((w, raws, best, rate, n, seconds, peaks))
         print(f"{w} worker(s): raw read openslide {raws['openslide']:.0f} tiles/s, pyvips "
               f"{raws['pyvips']:.0f} tiles/s; tile stage {rate:.0f} tiles/s ({n} tiles in "

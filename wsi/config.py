@@ -48,6 +48,7 @@ class TilingConfig:
     chunk_tiles: int = 64  #: tiles per Zarr chunk and per Dask task
     codec: str = "jpeg"  #: "jpeg" (lossy) or "zstd" (lossless)
     quality: int | None = None  #: JPEG quality (1..100) or zstd level (1..22); None: 90 / 1
+    chroma_subsampling: str = "444"  #: JPEG only: "444" (none) or "420" (smaller, faster)
     backend: str = "pyvips"  #: slide reader for tile reads: "pyvips" or "openslide"
     tissue: TissueConfig = field(default_factory=TissueConfig)
 
@@ -70,6 +71,8 @@ class TilingConfig:
         hi = 100 if self.codec == "jpeg" else 22
         if self.quality is not None and not 1 <= self.quality <= hi:
             raise bad("quality", f"must be between 1 and {hi} for codec {self.codec}")
+        if self.chroma_subsampling not in ("444", "420"):
+            raise bad("chroma_subsampling", "choose '444' or '420'")
         if self.backend not in ("pyvips", "openslide"):
             raise bad("backend", "choose 'pyvips' or 'openslide'")
 

@@ -185,7 +185,7 @@ def _write_layout(
         coords[:] = grid.coords
     coords.attrs.update({"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint})
     if config.codec == "jpeg":
-        serializer: Any = JpegTilesCodec(quality=config.level, subsampling="444")
+        serializer: Any = JpegTilesCodec(quality=config.level, subsampling=config.chroma_subsampling)
         compressors: Any = None
     else:
         serializer = "auto"
@@ -203,7 +203,7 @@ def _write_layout(
         {
             "codec": config.codec,
             "quality": config.level,
-            "chroma_subsampling": "444" if config.codec == "jpeg" else None,
+            "chroma_subsampling": config.chroma_subsampling if config.codec == "jpeg" else None,
             "lossless": config.codec != "jpeg",
             "tile_size": s,
             "tile_mpp": grid.tile_mpp,
