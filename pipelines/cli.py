@@ -47,8 +47,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print(f"  error: {row['error']}")
                 continue
             mpp = row["mpp"]
-            mpp_s = "missing (give --mpp)" if mpp is None else (
-                f"{mpp['x']:.4f} x {mpp['y']:.4f} um/px ({mpp['source']})")
+            mpp_s = (
+                "missing (give --mpp)"
+                if mpp is None
+                else (f"{mpp['x']:.4f} x {mpp['y']:.4f} um/px ({mpp['source']})")
+            )
             print(f"  vendor:            {row['vendor']}")
             print(f"  mpp:               {mpp_s}")
             print(f"  objective power:   {row['objective_power']}")
@@ -84,7 +87,12 @@ def _run_tiling(args: argparse.Namespace, slides: Sequence[str]) -> int:
     progress = False if args.quiet else None
     with dask_client(args.scheduler, args.workers) as client:
         results = tile_slides(
-            slides, args.out, config, client=client, mpp=args.mpp, overwrite=args.overwrite,
+            slides,
+            args.out,
+            config,
+            client=client,
+            mpp=args.mpp,
+            overwrite=args.overwrite,
             progress=progress,
         )
     ok = [r for r in results if r.status == "ok"]

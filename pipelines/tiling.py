@@ -45,20 +45,28 @@ def tile_slides(
         t0 = time.perf_counter()
         try:
             store = tile_slide(
-                path, out_dir, config, mpp=mpp, client=client, overwrite=overwrite,
+                path,
+                out_dir,
+                config,
+                mpp=mpp,
+                client=client,
+                overwrite=overwrite,
                 progress=progress,
             )
         except WsiError as err:
             log.error("%s", err)
-            results.append(SlideResult(str(path), "failed", error=str(err),
-                                       seconds=time.perf_counter() - t0))
+            results.append(
+                SlideResult(str(path), "failed", error=str(err), seconds=time.perf_counter() - t0)
+            )
             continue
         except OSError as err:  # a full disk or a vanished file: name the slide, go on
             msg = f"{path}: {err.strerror or err} ({type(err).__name__}); nothing was marked done"
             log.error("%s", msg)
-            results.append(SlideResult(str(path), "failed", error=msg,
-                                       seconds=time.perf_counter() - t0))
+            results.append(
+                SlideResult(str(path), "failed", error=msg, seconds=time.perf_counter() - t0)
+            )
             continue
-        results.append(SlideResult(str(path), "ok", store=str(store),
-                                   seconds=time.perf_counter() - t0))
+        results.append(
+            SlideResult(str(path), "ok", store=str(store), seconds=time.perf_counter() - t0)
+        )
     return results

@@ -10,8 +10,9 @@ from wsi import store as st
 
 
 def _wsi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_info_json(real_slide, tmp_path):
@@ -57,7 +58,11 @@ def test_existing_scheduler(tmp_path, pyramid):
         r = _wsi("-q", "tile", str(pyramid), "--out", str(tmp_path), "--scheduler", address)
         assert r.returncode == 0, r.stderr
         # the tasks ran on that cluster's worker
-        assert any("tile-" in str(k) for k in client.run_on_scheduler(
-            lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+        assert any(
+            "tile-" in str(k)
+            for k in client.run_on_scheduler(
+                lambda dask_scheduler: list(dask_scheduler.task_prefixes)
+            )
+        )
     store = tmp_path / "CMU-1-Small-Region_pyramid_generic.zarr"
     assert st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"] > 10

@@ -27,8 +27,11 @@ def _tiles(name: str, size: int = 256) -> np.ndarray:
     img = np.asarray(Image.open(need(TILES / name)).convert("RGB"))
     h, w = img.shape[:2]
     return np.stack(
-        [img[y : y + size, x : x + size] for y in range(0, h - size + 1, size)
-         for x in range(0, w - size + 1, size)]
+        [
+            img[y : y + size, x : x + size]
+            for y in range(0, h - size + 1, size)
+            for x in range(0, w - size + 1, size)
+        ]
     )
 
 

@@ -121,8 +121,15 @@ def test_blank_slide_is_a_clear_error(tmp_path):
 
     blank = tmp_path / "blank.tiff"
     img = (pyvips.Image.black(3000, 3000, bands=3) + 243).cast("uchar")
-    img.tiffsave(str(blank), tile=True, pyramid=True, compression="jpeg",
-                 xres=4000.0, yres=4000.0, resunit="cm")
+    img.tiffsave(
+        str(blank),
+        tile=True,
+        pyramid=True,
+        compression="jpeg",
+        xres=4000.0,
+        yres=4000.0,
+        resunit="cm",
+    )
     with pytest.raises(NoTissueError, match="blank.tiff.*no tile"):
         tile_slide(blank, tmp_path / "out", LOSSLESS)
     assert not (tmp_path / "out" / "blank.zarr").exists()
@@ -158,11 +165,24 @@ def test_kill_and_resume(tmp_path, synthetic_slide):
     cfg = tmp_path / "small_chunks.yaml"
     cfg.write_text("tiling:\n  chunk_tiles: 4\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "tile", str(synthetic_slide),
-           "--out", str(out), "--config", str(cfg), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "-q",
+        "tile",
+        str(synthetic_slide),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--workers",
+        "1",
+    ]
     store = out / "synth.zarr"
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while len(_done_files(store)) < 5 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

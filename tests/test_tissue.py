@@ -30,7 +30,9 @@ def _quadrants() -> tuple[np.ndarray, list[str]]:
         "histolab/almost-white-2.png",
         "histolab/no-tissue.png",
     ]
-    parts = [np.asarray(Image.open(need(TILES / n)).convert("RGB").resize((512, 512))) for n in names]
+    parts = [
+        np.asarray(Image.open(need(TILES / n)).convert("RGB").resize((512, 512))) for n in names
+    ]
     top, bottom = np.concatenate(parts[:2], 1), np.concatenate(parts[2:], 1)
     return np.concatenate([top, bottom], 0), names
 
@@ -49,7 +51,9 @@ def test_pen_and_white_are_not_tissue():
 
 
 def test_synthetic_slide_matches_its_mask(synthetic_slide):
-    truth = np.asarray(Image.open(synthetic_slide.with_name(synthetic_slide.stem + "_mask.png"))) > 0
+    truth = (
+        np.asarray(Image.open(synthetic_slide.with_name(synthetic_slide.stem + "_mask.png"))) > 0
+    )
     with open_slide(synthetic_slide) as s:
         m = detect_tissue(s)
         w, h = s.dimensions

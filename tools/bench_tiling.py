@@ -30,7 +30,9 @@ if str(REPO) not in sys.path:
 from wsi.config import TilingConfig  # noqa: E402
 
 
-def _raw_read(args: tuple[str, str, np.ndarray, int, tuple[int, float, float]]) -> tuple[int, float, int]:
+def _raw_read(
+    args: tuple[str, str, np.ndarray, int, tuple[int, float, float]],
+) -> tuple[int, float, int]:
     """Read the given tiles with one backend in this (spawned) process, nothing else."""
     from wsi.slide import open_slide
     from wsi.slide.base import LevelChoice
@@ -46,8 +48,14 @@ def _raw_read(args: tuple[str, str, np.ndarray, int, tuple[int, float, float]]) 
     return len(coords), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def raw_rate(path: Path, backend: str, coords: np.ndarray, size: int, choice: tuple[int, float, float],
-             procs: int) -> float:
+def raw_rate(
+    path: Path,
+    backend: str,
+    coords: np.ndarray,
+    size: int,
+    choice: tuple[int, float, float],
+    procs: int,
+) -> float:
     shares = np.array_split(coords, procs)
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
@@ -76,7 +84,9 @@ def stage_run(
         t0 = time.perf_counter()
         store = tile_slide(path, out, cfg, client=client, progress=False)
         seconds = time.perf_counter() - t0
-        peaks = list(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
+        peaks = list(
+            client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values()
+        )
     n = st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"]
     return n / seconds, n, seconds, peaks
 
@@ -101,7 +111,8 @@ def main() -> int:
     if not slide_path.exists():
         t0 = time.perf_counter()
         make_synthetic_slide(slide_path, width=args.size, height=args.size, mpp=args.mpp, seed=0)
-        print(f"made {slide_path.name} ({args.size} x {args.size} px) in {time.perf_counter() - t0:.0f} s")
+        took = time.perf_counter() - t0
+        print(f"made {slide_path.name} ({args.size} x {args.size} px) in {took:.0f} s")
     warmup = args.out / "warmup_4000.tiff"
     if not warmup.exists():
         make_synthetic_slide(warmup, width=4000, height=4000, mpp=args.mpp, seed=1)
@@ -109,29 +120,37 @@ def main() -> int:
     with open_slide(slide_path) as slide:
         grid = make_grid(slide, detect_tissue(slide, cfg.tissue), cfg)
     choice = (grid.choice.level, grid.choice.level_downsample, grid.choice.scale)
-    print(f"slide {args.size} x {args.size} px at {args.mpp} mpp: {len(grid)} tiles of "
-          f"{cfg.tile_size} px at {cfg.target_mpp} mpp, read from level {grid.choice.level}; "
-          f"codec {cfg.codec} q{cfg.level}"
-          + (f" {cfg.chroma_subsampling}" if cfg.codec == "jpeg" else ""))
+    print(
+        f"slide {args.size} x {args.size} px at {args.mpp} mpp: {len(grid)} tiles of "
+        f"{cfg.tile_size} px at {cfg.target_mpp} mpp, read from level {grid.choice.level}; "
+        f"codec {cfg.codec} q{cfg.level}"
+        + (f" {cfg.chroma_subsampling}" if cfg.codec == "jpeg" else "")
+    )
 
     rows = []
     for w in args.workers:
-        raws = {b: raw_rate(slide_path, b, grid.coords, cfg.tile_size, choice, w)
-                for b in ("openslide", "pyvips")}
+        raws = {
+            b: raw_rate(slide_path, b, grid.coords, cfg.tile_size, choice, w)
+            for b in ("openslide", "pyvips")
+        }
         best = max(raws, key=lambda b: raws[b])
         rate, n, seconds, peaks = stage_run(slide_path, warmup, args.out / f"stores_{w}", w, cfg)
         rows.append((w, raws, best, rate, n, seconds, peaks))
-        print(f"{w} worker(s): raw read openslide {raws['openslide']:.0f} tiles/s, pyvips "
-              f"{raws['pyvips']:.0f} tiles/s; tile stage {rate:.0f} tiles/s ({n} tiles in "
-              f"{seconds:.1f} s), peak RSS per worker "
-              + ", ".join(f"{p / 2**20:.0f} MB" for p in peaks))
+        print(
+            f"{w} worker(s): raw read openslide {raws['openslide']:.0f} tiles/s, pyvips "
+            f"{raws['pyvips']:.0f} tiles/s; tile stage {rate:.0f} tiles/s ({n} tiles in "
+            f"{seconds:.1f} s), peak RSS per worker "
+            + ", ".join(f"{p / 2**20:.0f} MB" for p in peaks)
+        )
 
     print()
     print("| workers | raw read (fastest) | tile stage | stage / raw | peak RSS per worker |")
     print("|---|---|---|---|---|")
     for w, raws, best, rate, _, _, peaks in rows:
-        print(f"| {w} | {raws[best]:.0f} tiles/s ({best}) | {rate:.0f} tiles/s | "
-              f"{rate / raws[best]:.0%} | {max(peaks) / 2**20:.0f} MB |")
+        print(
+            f"| {w} | {raws[best]:.0f} tiles/s ({best}) | {rate:.0f} tiles/s | "
+            f"{rate / raws[best]:.0%} | {max(peaks) / 2**20:.0f} MB |"
+        )
     by_w = {r[0]: r for r in rows}
     print()
     print("targets: stage >= 50% of raw read; 2 workers >= 1.7x one; peak RSS per worker < 1 GB")
@@ -139,8 +158,10 @@ def main() -> int:
         print(f"scaling: 2 workers = {by_w[2][3] / by_w[1][3]:.2f}x one worker")
     print(f"peak RSS per worker: {max(max(r[6]) for r in rows) / 2**20:.0f} MB")
     w, raws, best, rate, _, _, _ = rows[-1]
-    print(f"tile stage: {rate:.0f} tiles/s = {rate / raws[best]:.0%} of raw read rate "
-          f"({raws[best]:.0f} tiles/s)")
+    print(
+        f"tile stage: {rate:.0f} tiles/s = {rate / raws[best]:.0%} of raw read rate "
+        f"({raws[best]:.0f} tiles/s)"
+    )
     return 0
 
 

@@ -43,7 +43,9 @@ class JpegTilesCodec(ArrayBytesCodec):
         if not 1 <= int(self.quality) <= 100:
             raise ValueError(f"JPEG quality must be 1..100, got {self.quality}")
         if self.subsampling not in SUBSAMPLING:
-            raise ValueError(f"JPEG subsampling must be one of {SUBSAMPLING}, got {self.subsampling}")
+            raise ValueError(
+                f"JPEG subsampling must be one of {SUBSAMPLING}, got {self.subsampling}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JpegTilesCodec:

@@ -38,9 +38,7 @@ class TileGrid:
         return int(self.coords.shape[0])
 
 
-def tissue_fractions(
-    mask: TissueMask, xy_l0: np.ndarray, footprint: float
-) -> np.ndarray:
+def tissue_fractions(mask: TissueMask, xy_l0: np.ndarray, footprint: float) -> np.ndarray:
     """Fraction of mask pixels set under each square tile (level-0 top-left, side)."""
     m = mask.mask.astype(np.int64)
     integral = np.zeros((m.shape[0] + 1, m.shape[1] + 1), dtype=np.int64)

@@ -13,7 +13,8 @@ __all__ = ["QC_COLUMNS", "tile_qc", "hsv", "pen_mask", "background_mask"]
 
 QC_COLUMNS = ("blur", "pen", "background")
 
-# Hue ranges of common marker inks, degrees; H&E lies between about 260 and 345, and is rarely as saturated as red ink (S >= 0.6).
+# Hue ranges of common marker inks, degrees. H&E lies between about 260 and 345 and is
+# rarely as saturated as red ink (S >= 0.6).
 _RED = ((330.0, 360.0), (0.0, 15.0))
 _GREEN = ((60.0, 180.0),)
 _BLUE = ((185.0, 245.0),)
@@ -80,8 +81,6 @@ def tile_qc(tiles: np.ndarray) -> np.ndarray:
     out[:, 2] = background_mask(s, v).mean(axis=(1, 2))
     # green channel: in H&E it carries most of the contrast, and int16 keeps this cheap
     g = tiles[:, ::2, ::2, 1].astype(np.int16)
-    lap = (
-        4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
-    )
+    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
     out[:, 0] = lap.reshape(n, -1).astype(np.float32).var(axis=1)
     return out

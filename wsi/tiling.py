@@ -58,7 +58,9 @@ class ChunkJob:
     params_hash: str  #: the run's identity: cached array handles never outlive it
 
     def __repr__(self) -> str:
-        return f"ChunkJob({Path(self.store_path).name} chunk {self.chunk}, {len(self.coords)} tiles)"
+        return (
+            f"ChunkJob({Path(self.store_path).name} chunk {self.chunk}, {len(self.coords)} tiles)"
+        )
 
 
 # -- worker side ------------------------------------------------------------------------
@@ -153,20 +155,16 @@ def _slide_meta(slide: Slide, source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_layout(
-    group: Any, grid: TileGrid, mask: TissueMask, config: TilingConfig
-) -> None:
+def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingConfig) -> None:
     """(Re)create the tissue and tiles arrays; pixels start empty, done all False."""
-    import zarr
+    from zarr.codecs import ZstdCodec
 
     from wsi.codecs import JpegTilesCodec
 
     for name in ("tissue", "tiles"):
         if name in group:
             del group[name]
-    m = group.create_array(
-        st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024)
-    )
+    m = group.create_array(st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024))
     m.attrs.update(
         {
             "method": "otsu-saturation",
@@ -183,13 +181,17 @@ def _write_layout(
     )
     if n:
         coords[:] = grid.coords
-    coords.attrs.update({"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint})
+    coords.attrs.update(
+        {"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint}
+    )
     if config.codec == "jpeg":
-        serializer: Any = JpegTilesCodec(quality=config.level, subsampling=config.chroma_subsampling)
+        serializer: Any = JpegTilesCodec(
+            quality=config.level, subsampling=config.chroma_subsampling
+        )
         compressors: Any = None
     else:
         serializer = "auto"
-        compressors = zarr.codecs.ZstdCodec(level=config.level)
+        compressors = ZstdCodec(level=config.level)
     pixels = group.create_array(
         st.TILES_PIXELS,
         shape=(n, s, s, 3),
@@ -302,9 +304,12 @@ def _run_jobs(
         return results
     from distributed import as_completed
 
-    futures = client.map(tile_chunk, jobs, pure=False, key=[
-        f"tile-{Path(j.store_path).stem}-{j.chunk}-{os.urandom(4).hex()}" for j in jobs
-    ])
+    futures = client.map(
+        tile_chunk,
+        jobs,
+        pure=False,
+        key=[f"tile-{Path(j.store_path).stem}-{j.chunk}-{os.urandom(4).hex()}" for j in jobs],
+    )
     try:
         for fut in as_completed(futures):
             res = fut.result()
@@ -377,8 +382,16 @@ def tile_slide(
     k = config.chunk_tiles
     jobs = [
         ChunkJob(
-            str(slide_path.resolve()), mpp, config.backend, str(store_path.resolve()), c,
-            c * k, coords[c * k : (c + 1) * k], config.tile_size, choice, phash,
+            str(slide_path.resolve()),
+            mpp,
+            config.backend,
+            str(store_path.resolve()),
+            c,
+            c * k,
+            coords[c * k : (c + 1) * k],
+            config.tile_size,
+            choice,
+            phash,
         )
         for c in range(len(done))
         if not done[c]
@@ -397,7 +410,8 @@ def tile_slide(
         "chunks_written_this_run": len(results),
         "resumed": resuming,
         "tiles_per_s_this_run": round(sum(r["tiles"] for r in results) / seconds, 1)
-        if results and seconds > 0 else None,
+        if results and seconds > 0
+        else None,
         "peak_worker_rss_mb": round(max((r["rss"] for r in results), default=0) / 2**20, 1),
     }
     st.complete_stage(group, STAGE, counts)

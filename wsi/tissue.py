@@ -54,7 +54,7 @@ def _median(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def tissue_mask_from_rgb(
-    rgb: np.ndarray, mpp: float, config: TissueConfig = TissueConfig()
+    rgb: np.ndarray, mpp: float, config: TissueConfig | None = None
 ) -> tuple[np.ndarray, float]:
     """Tissue mask of an RGB uint8 image at ``mpp`` micrometres per pixel.
 
@@ -63,6 +63,7 @@ def tissue_mask_from_rgb(
     from scipy import ndimage
     from skimage import filters, morphology
 
+    config = config or TissueConfig()
     h, s, v = hsv(rgb)
     s = _median(s, config.median_size)
     px_area = mpp * mpp
@@ -70,9 +71,7 @@ def tissue_mask_from_rgb(
     if config.exclude_pen:
         # ink comes in strokes: scattered dark or bluish pixels inside tissue are not pen
         pen = ndimage.binary_opening(pen_mask(h, s, v), structure=morphology.disk(1))
-        pen = morphology.remove_small_objects(
-            pen, max_size=math.ceil(config.min_pen_um2 / px_area)
-        )
+        pen = morphology.remove_small_objects(pen, max_size=math.ceil(config.min_pen_um2 / px_area))
         if pen.any() and config.pen_margin_um > 0:
             r = max(1, round(config.pen_margin_um / mpp))
             pen = ndimage.binary_dilation(pen, structure=morphology.disk(r))
@@ -93,12 +92,13 @@ def tissue_mask_from_rgb(
     return mask, threshold
 
 
-def detect_tissue(slide: Slide, config: TissueConfig = TissueConfig()) -> TissueMask:
+def detect_tissue(slide: Slide, config: TissueConfig | None = None) -> TissueMask:
     """Tissue mask of ``slide`` (a ``wsi.slide.Slide``) at ``config.mask_mpp``.
 
     The low-resolution image is read block by block from the best pyramid level, so no
     full-resolution array is ever built.
     """
+    config = config or TissueConfig()
     slide_mpp = slide.mpp.mean
     downsample = max(1.0, config.mask_mpp / slide_mpp)
     rgb = slide.read_downsampled(downsample)

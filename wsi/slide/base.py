@@ -136,7 +136,9 @@ class Slide(ABC):
 
     # -- reading ---------------------------------------------------------------------
     @abstractmethod
-    def _read_level(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def _read_level(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """RGB uint8 (h, w, 3) of ``size`` level pixels whose top-left is ``location`` (level 0)."""
 
     def read_level_region(
@@ -260,7 +262,9 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
-def read_error(path: Path, location: tuple[int, int], level: int, err: BaseException) -> SlideReadError:
+def read_error(
+    path: Path, location: tuple[int, int], level: int, err: BaseException
+) -> SlideReadError:
     detail = " ".join(str(err).split())
     return SlideReadError(
         f"{path}: cannot read level {level} at level-0 {location}: {detail}. "

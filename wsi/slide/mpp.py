@@ -49,7 +49,7 @@ class Mpp:
         return (self.x + self.y) / 2.0
 
 
-def check_mpp(value: float, path: Path | str, what: str = "mpp") -> float:
+def check_mpp(value: float | str, path: Path | str, what: str = "mpp") -> float:
     """Return ``value`` as a float if it is a plausible resolution, else raise MppError."""
     try:
         mpp = float(value)

@@ -87,7 +87,9 @@ class OpenSlideSlide(Slide):
         except openslide.OpenSlideError as err:
             raise read_error(self.path, location, level, err) from err
         if rgba.ndim != 3 or rgba.shape[2] != 4:
-            raise SlideReadError(f"{self.path}: unexpected pixel layout {rgba.shape} from OpenSlide.")
+            raise SlideReadError(
+                f"{self.path}: unexpected pixel layout {rgba.shape} from OpenSlide."
+            )
         return composite_on_white(rgba)
 
     def close(self) -> None:

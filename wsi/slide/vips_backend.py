@@ -41,12 +41,12 @@ class VipsSlide(OpenSlideSlide):
         self._regions: list[Any] = []
         try:
             n_pages = pyvips.Image.new_from_file(str(path), access="random").get_n_pages()
-            by_size = {}
+            by_size: dict[tuple[int, int], Any] = {}
             for page in range(n_pages):
                 img = pyvips.Image.tiffload(str(path), page=page, access="random")
                 by_size.setdefault((img.width, img.height), img)
             for dims in self.level_dimensions:
-                img = by_size.get(tuple(dims))
+                img = by_size.get((dims[0], dims[1]))
                 if img is None:
                     raise SlideOpenError(
                         f"{path}: no TIFF page of size {dims}; libvips cannot read this layout, "
