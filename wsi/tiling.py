@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,17 +117,18 @@ def tile_chunk(job: ChunkJob) -> dict[str, Any]:
         "read_s": t_read - t0,
         "total_s": time.perf_counter() - t0,
         "pid": os.getpid(),
-        "rss": _rss(),
+        "peak_rss": _peak_rss(),
     }
 
 
-def _rss() -> int:
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (0 where the OS cannot say)."""
     try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:
+        import resource
+    except ImportError:  # Windows
         return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 # -- driver side ------------------------------------------------------------------------
@@ -175,12 +176,7 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
         }
     )
     n, k, s = len(grid), config.chunk_tiles, config.tile_size
-    nrows = max(n, 1)
-    coords = group.create_array(
-        st.TILES_COORDS, shape=(n, 2), dtype="int32", chunks=(max(1, min(n, 65536)), 2)
-    )
-    if n:
-        coords[:] = grid.coords
+    coords = group.create_array(st.TILES_COORDS, data=grid.coords, chunks=(min(n, 65536), 2))
     coords.attrs.update(
         {"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint}
     )
@@ -222,7 +218,6 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
     group.create_array(
         st.TILES_DONE, shape=(math.ceil(n / k),), dtype="bool", chunks=(1,), fill_value=False
     )
-    del nrows
 
 
 def _resumable(group: Any, phash: str) -> bool:
@@ -412,14 +407,9 @@ def tile_slide(
         "tiles_per_s_this_run": round(sum(r["tiles"] for r in results) / seconds, 1)
         if results and seconds > 0
         else None,
-        "peak_worker_rss_mb": round(max((r["rss"] for r in results), default=0) / 2**20, 1),
+        "peak_worker_rss_mb": round(max((r["peak_rss"] for r in results), default=0) / 2**20, 1),
     }
     st.complete_stage(group, STAGE, counts)
     log.info("%s: %d tiles in %.1f s", store_path, len(coords), seconds)
     return store_path
 
-
-def done_chunks(store_path: str | os.PathLike[str]) -> Iterable[int]:
-    """Indices of the chunks of ``tiles/pixels`` that are written."""
-    group = st.open_store(store_path)
-    return [int(i) for i in np.flatnonzero(np.asarray(group[st.TILES_DONE][:]))]
