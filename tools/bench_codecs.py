@@ -40,9 +40,9 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -168,6 +168,7 @@ class Result:
     enc_runs: list[float] = field(default_factory=list)
     dec_runs: list[float] = field(default_factory=list)
     by_group: dict[str, tuple[float, float]] = field(default_factory=dict)  # group -> (ratio, psnr)
+    timed_tiles: int = 0
 
 
 def _ic_available(name: str) -> Callable[[], bool]:
@@ -223,6 +224,22 @@ def build_candidates() -> list[Candidate]:
             )
         )
 
+    def make_nc_zstd():
+        import numcodecs
+
+        codec = numcodecs.Zstd(level=1)
+        return codec.encode, _shape_decoder(codec.decode)
+
+    cands.append(
+        Candidate(
+            "lossless",
+            "numcodecs Zstd-1",
+            "numcodecs.Zstd(level=1)  # what zarr.codecs.ZstdCodec(level=1) runs",
+            lambda: hasattr(__import__("numcodecs"), "Zstd"),
+            make_nc_zstd,
+        )
+    )
+
     def make_blosc():
         import numcodecs
         from numcodecs import blosc
@@ -255,7 +272,13 @@ def build_candidates() -> list[Candidate]:
         return (lambda t: m.png_encode(t, level=1)), m.png_decode
 
     cands.append(
-        Candidate("lossless", "PNG l1", "imagecodecs.png_encode(tile, level=1)", _ic_available("PNG"), make_png)
+        Candidate(
+            "lossless",
+            "PNG l1",
+            "imagecodecs.png_encode(tile, level=1)",
+            _ic_available("PNG"),
+            make_png,
+        )
     )
 
     def make_png_fast():
@@ -315,7 +338,13 @@ def build_candidates() -> list[Candidate]:
         return m.jpegls_encode, m.jpegls_decode
 
     cands.append(
-        Candidate("lossless", "JPEG-LS", "imagecodecs.jpegls_encode(tile)", _ic_available("JPEGLS"), make_jls)
+        Candidate(
+            "lossless",
+            "JPEG-LS",
+            "imagecodecs.jpegls_encode(tile)",
+            _ic_available("JPEGLS"),
+            make_jls,
+        )
     )
 
     def make_lerc():
@@ -324,7 +353,11 @@ def build_candidates() -> list[Candidate]:
 
     cands.append(
         Candidate(
-            "lossless", "LERC (maxZErr 0)", "imagecodecs.lerc_encode(tile, level=0.0)", _ic_available("LERC"), make_lerc
+            "lossless",
+            "LERC (maxZErr 0)",
+            "imagecodecs.lerc_encode(tile, level=0.0)",
+            _ic_available("LERC"),
+            make_lerc,
         )
     )
 
@@ -333,14 +366,22 @@ def build_candidates() -> list[Candidate]:
         return (lambda t: m.lzw_encode(t.tobytes())), _shape_decoder(m.lzw_decode)
 
     cands.append(
-        Candidate("lossless", "LZW", "imagecodecs.lzw_encode(tile.tobytes())", _ic_available("LZW"), make_lzw)
+        Candidate(
+            "lossless",
+            "LZW",
+            "imagecodecs.lzw_encode(tile.tobytes())",
+            _ic_available("LZW"),
+            make_lzw,
+        )
     )
 
     def make_qoi():
         m = ic()
         return m.qoi_encode, m.qoi_decode
 
-    cands.append(Candidate("lossless", "QOI", "imagecodecs.qoi_encode(tile)", _ic_available("QOI"), make_qoi))
+    cands.append(
+        Candidate("lossless", "QOI", "imagecodecs.qoi_encode(tile)", _ic_available("QOI"), make_qoi)
+    )
 
     # ---------------- lossy ----------------
     def pil_jpeg(q: int, subsampling: int | None):
@@ -414,6 +455,23 @@ def build_candidates() -> list[Candidate]:
             )
         )
 
+    def make_ic_jpeg_opt():
+        m = ic()
+        return (
+            lambda t: m.jpeg8_encode(t, level=90, subsampling="444", optimize=True)
+        ), m.jpeg8_decode
+
+    cands.append(
+        Candidate(
+            "lossy",
+            "imagecodecs JPEG q90 4:4:4 optimize",
+            "imagecodecs.jpeg8_encode(tile, level=90, subsampling='444', optimize=True)",
+            _ic_available("JPEG8"),
+            make_ic_jpeg_opt,
+            note="optimized Huffman tables",
+        )
+    )
+
     def make_webp90():
         m = ic()
         return (
@@ -486,35 +544,47 @@ def _time_pass(fn: Callable, items: list) -> tuple[float, list]:
     return time.perf_counter() - t0, out
 
 
-def bench(
-    cand: Candidate, tiles: list[np.ndarray], groups: list[str], repeats: int, slow_s: float
-) -> Result:
+@dataclass
+class _Timing:
+    enc: Callable
+    dec: Callable
+    sub_tiles: list  # evenly spaced subset used for the timed passes
+    sub_encoded: list
+
+
+def prepare(
+    cand: Candidate, tiles: list[np.ndarray], groups: list[str], pass_s: float
+) -> tuple[Result, _Timing | None]:
+    """Warm-up pass over all tiles: quality metrics + choice of timing subset."""
     res = Result(cand)
     if not cand.available():
         res.status = "unavailable"
-        return res
+        return res, None
     try:
         enc, dec = cand.make()
-        # warm-up pass: also gives the encoded payloads and checks errors
         t_enc0, encoded = _time_pass(enc, tiles)
         encoded = [bytes(b) if not isinstance(b, bytes) else b for b in encoded]
         t_dec0, decoded = _time_pass(dec, encoded)
     except Exception as exc:  # codec present but failing on this input
         res.status = f"error: {type(exc).__name__}: {exc}"[:120]
-        return res
+        return res, None
 
     n = len(tiles)
-    reps = repeats if (t_enc0 + t_dec0) < slow_s else max(1, min(repeats, 3))
-    res.repeats = reps
-    for _ in range(reps):
-        t, _ = _time_pass(enc, tiles)
-        res.enc_runs.append(t)
-    for _ in range(reps):
-        t, _ = _time_pass(dec, encoded)
-        res.dec_runs.append(t)
-    res.enc_tps = n / statistics.median(res.enc_runs)
-    res.dec_tps = n / statistics.median(res.dec_runs)
+    # Slow codecs are timed on an evenly spaced subset so that one timed
+    # pass costs about pass_s seconds (never fewer than 16 tiles).
+    per_tile = (t_enc0 + t_dec0) / n
+    m = n if per_tile * n <= pass_s else max(16, int(pass_s / per_tile))
+    idx = np.linspace(0, n - 1, m).round().astype(int)
+    timing = _Timing(enc, dec, [tiles[i] for i in idx], [encoded[i] for i in idx])
+    res.repeats = 0
+    res.timed_tiles = m
+    _quality(res, tiles, groups, encoded, decoded)
+    return res, timing
 
+
+def _quality(res: Result, tiles, groups, encoded, decoded) -> None:
+    cand = res.cand
+    n = len(tiles)
     raw = sum(t.nbytes for t in tiles)
     comp = sum(len(b) for b in encoded)
     res.ratio = raw / comp
@@ -522,7 +592,7 @@ def bench(
 
     psnrs, maxerrs = [], []
     exact = True
-    for t, d in zip(tiles, decoded):
+    for t, d in zip(tiles, decoded, strict=True):
         d = np.asarray(d).reshape(t.shape)
         diff = np.abs(d.astype(np.int16) - t.astype(np.int16))
         me = int(diff.max())
@@ -537,8 +607,10 @@ def bench(
     res.maxerr_mean = float(np.mean(maxerrs))
     res.maxerr_worst = int(max(maxerrs))
     finite = [p for p in psnrs if np.isfinite(p)]
-    res.psnr = float(np.mean(finite)) if len(finite) == len(psnrs) else (
-        float("inf") if not finite else float("nan")
+    res.psnr = (
+        float(np.mean(finite))
+        if len(finite) == len(psnrs)
+        else (float("inf") if not finite else float("nan"))
     )
     for g in sorted(set(groups)):
         sel = [i for i, gi in enumerate(groups) if gi == g]
@@ -548,7 +620,23 @@ def bench(
         res.by_group[g] = (g_ratio, g_psnr)
     if cand.category == "lossless" and not exact:
         res.status = "NOT LOSSLESS"
-    return res
+
+
+def run_timing(pairs: list[tuple[Result, _Timing]], rounds: int) -> None:
+    """Round-robin timing: every round times each codec once (encode then
+    decode), so background load on a shared machine hits all codecs alike.
+    Throughput = timed tiles / median pass time."""
+    for _ in range(rounds):
+        for res, tm in pairs:
+            t, _ = _time_pass(tm.enc, tm.sub_tiles)
+            res.enc_runs.append(t)
+            t, _ = _time_pass(tm.dec, tm.sub_encoded)
+            res.dec_runs.append(t)
+            res.repeats += 1
+    for res, tm in pairs:
+        k = len(tm.sub_tiles)
+        res.enc_tps = k / statistics.median(res.enc_runs)
+        res.dec_tps = k / statistics.median(res.dec_runs)
 
 
 def fmt(x: float, nd: int = 0) -> str:
@@ -570,10 +658,16 @@ def render_table(results: list[Result]) -> str:
     for r in sorted(results, key=lambda r: order[r.cand.category]):
         c = r.cand
         if r.status == "unavailable" or r.status.startswith("error"):
-            lines.append(f"| {c.category} | {c.name} | `{c.call}` | - | - | - | - | - | - | {r.status} |")
+            lines.append(
+                f"| {c.category} | {c.name} | `{c.call}` | - | - | - | - | - | - | {r.status} |"
+            )
             continue
         if c.category == "lossless":
-            psnr, err = ("inf", "0 / 0") if r.exact else (fmt(r.psnr, 1), f"{r.maxerr_mean:.1f} / {r.maxerr_worst}")
+            psnr, err = (
+                ("inf", "0 / 0")
+                if r.exact
+                else (fmt(r.psnr, 1), f"{r.maxerr_mean:.1f} / {r.maxerr_worst}")
+            )
         else:
             psnr, err = fmt(r.psnr, 1), f"{r.maxerr_mean:.1f} / {r.maxerr_worst}"
         status = r.status if r.status != "ok" else ("ok" if c.category == "lossy" else "exact")
@@ -603,8 +697,7 @@ def render_groups(results: list[Result], groups: list[str]) -> str:
 def recommend(results: list[Result], min_enc: float) -> str:
     ok = [r for r in results if r.status == "ok"]
     lossy = [
-        r for r in ok
-        if r.cand.category == "lossy" and r.enc_tps >= min_enc and r.psnr >= 38.0
+        r for r in ok if r.cand.category == "lossy" and r.enc_tps >= min_enc and r.psnr >= 38.0
     ]
     lossless = [r for r in ok if r.cand.category == "lossless" and r.enc_tps >= min_enc]
     parts = []
@@ -628,7 +721,9 @@ def recommend(results: list[Result], min_enc: float) -> str:
         )
     if not parts:
         return f"RECOMMENDATION: no candidate reaches {min_enc:,.0f} encoded tiles/s on one core"
-    return f"RECOMMENDATION (>= {min_enc:,.0f} enc tiles/s/core, PSNR >= 38 dB): " + "; ".join(parts)
+    return f"RECOMMENDATION (>= {min_enc:,.0f} enc tiles/s/core, PSNR >= 38 dB): " + "; ".join(
+        parts
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -639,20 +734,43 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TILES_DIR,
         help="shared data folder holding tiles/ and slides/ (default: %(default)s)",
     )
-    ap.add_argument("--stride", type=int, default=128, help="tile cutting stride in px (default 128)")
-    ap.add_argument("--min-saturation", type=float, default=0.05, help="keep tiles with mean HSV S >= this")
-    ap.add_argument("--max-tiles", type=int, default=None, help="subsample the tile set to this many")
-    ap.add_argument("--repeats", type=int, default=5, help="timed passes per codec (median reported)")
-    ap.add_argument("--slow-seconds", type=float, default=10.0, help="codecs whose warm-up exceeds this get <= 3 repeats")
-    ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU (default: first allowed CPU)")
-    ap.add_argument("--only", default=None, help="comma-separated substrings; bench only matching codecs")
-    ap.add_argument("--min-encode", type=float, default=2000.0, help="encode tiles/s a default must reach")
+    ap.add_argument(
+        "--stride", type=int, default=128, help="tile cutting stride in px (default 128)"
+    )
+    ap.add_argument(
+        "--min-saturation", type=float, default=0.05, help="keep tiles with mean HSV S >= this"
+    )
+    ap.add_argument(
+        "--max-tiles", type=int, default=None, help="subsample the tile set to this many"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=7, help="round-robin timing rounds (median reported)"
+    )
+    ap.add_argument(
+        "--pass-seconds",
+        type=float,
+        default=0.5,
+        help="slow codecs are timed on a tile subset sized to about this many seconds per pass",
+    )
+    ap.add_argument(
+        "--cpu", type=int, default=None, help="pin to this CPU (default: first allowed CPU)"
+    )
+    ap.add_argument(
+        "--only", default=None, help="comma-separated substrings; bench only matching codecs"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument(
+        "--min-encode", type=float, default=2000.0, help="encode tiles/s a default must reach"
+    )
     args = ap.parse_args(argv)
 
     data_dir = args.tiles_dir.expanduser().resolve()
     if not data_dir.is_dir():
-        ap.exit(2, f"error: tiles folder not found: {data_dir}\n"
-                   "Pass --tiles-dir pointing at the shared data folder (with tiles/ and slides/).\n")
+        ap.exit(
+            2,
+            f"error: tiles folder not found: {data_dir}\n"
+            "Pass --tiles-dir pointing at the shared data folder (with tiles/ and slides/).\n",
+        )
 
     if hasattr(os, "sched_setaffinity"):
         try:
@@ -670,37 +788,77 @@ def main(argv: list[str] | None = None) -> int:
     import numcodecs
     import PIL
 
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     print(f"# Codec benchmark: {len(tiles)} tiles of {TILE}x{TILE}x3 uint8, single thread")
     print(
         f"python {platform.python_version()}, imagecodecs {imagecodecs.__version__}, "
         f"numcodecs {numcodecs.__version__}, Pillow {PIL.__version__}, "
-        f"CPU affinity {sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}, "
+        f"CPU affinity {affinity}, "
         f"os.cpu_count {os.cpu_count()}"
     )
-    print("tile sources (stride %d, min mean saturation %.2f):" % (args.stride, args.min_saturation))
+    print(f"tile sources (stride {args.stride}, min mean saturation {args.min_saturation:.2f}):")
     for k, v in counts.items():
         print(f"  {k}: {v}")
-    print(f"repeats {args.repeats} (median), throughput = tiles / median pass time\n")
+    print(
+        f"{args.repeats} round-robin timing rounds (encode+decode of every codec per round), "
+        "throughput = tiles / median pass time\n"
+    )
 
     cands = build_candidates()
     if args.only:
         keys = [k.strip().lower() for k in args.only.split(",") if k.strip()]
         cands = [c for c in cands if any(k in c.name.lower() for k in keys)]
     results = []
+    pairs = []
     for c in cands:
-        r = bench(c, tiles, groups, args.repeats, args.slow_seconds)
+        r, tm = prepare(c, tiles, groups, args.pass_seconds)
         results.append(r)
-        print(
-            f"  {c.name:28s} {r.status:12s} ratio {fmt(r.ratio, 2):>6s} "
-            f"enc {fmt(r.enc_tps):>7s}/s dec {fmt(r.dec_tps):>7s}/s psnr {fmt(r.psnr, 1)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        if tm is not None:
+            pairs.append((r, tm))
+        print(f"  prepared {c.name:28s} {r.status}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    run_timing(pairs, args.repeats)
+    print(f"  timing rounds done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    slow = [f"{r.cand.name} ({r.timed_tiles})" for r, _ in pairs if r.timed_tiles < len(tiles)]
+    if slow:
+        print("timed on an evenly spaced subset (tiles): " + ", ".join(slow) + "\n")
     print(render_table(results))
     print()
     print(render_groups(results, groups))
     print()
     print(recommend(results, args.min_encode))
+    if args.json is not None:
+        import json
+
+        rows = []
+        for r in results:
+            rows.append(
+                {
+                    "category": r.cand.category,
+                    "name": r.cand.name,
+                    "call": r.cand.call,
+                    "status": r.status,
+                    "ratio": r.ratio,
+                    "kib_per_tile": r.kib_per_tile,
+                    "enc_tps": r.enc_tps,
+                    "dec_tps": r.dec_tps,
+                    "psnr": r.psnr,
+                    "maxerr_mean": r.maxerr_mean,
+                    "maxerr_worst": r.maxerr_worst,
+                    "exact": r.exact,
+                    "timed_tiles": r.timed_tiles,
+                    "rounds": r.repeats,
+                    "by_group": r.by_group,
+                }
+            )
+        meta = {
+            "n_tiles": len(tiles),
+            "sources": counts,
+            "stride": args.stride,
+            "min_saturation": args.min_saturation,
+            "rounds": args.repeats,
+        }
+        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=1, default=str))
     return 0
 
 
