@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import shutil
 import sys
 import time
@@ -36,6 +35,7 @@ def _raw_read(
     """Read the given tiles with one backend in this (spawned) process, nothing else."""
     from wsi.slide import open_slide
     from wsi.slide.base import LevelChoice
+    from wsi.tiling import peak_rss
 
     path, backend, coords, size, (level, level_ds, scale) = args
     choice = LevelChoice(level, level_ds, scale)
@@ -45,7 +45,7 @@ def _raw_read(
         for x, y in coords:
             slide.read_scaled((int(x), int(y)), (size, size), choice)
         seconds = time.perf_counter() - t0
-    return len(coords), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return len(coords), seconds, peak_rss()
 
 
 def raw_rate(
@@ -75,7 +75,7 @@ def stage_run(
     """
     from pipelines.cluster import dask_client
     from wsi import store as st
-    from wsi.tiling import tile_slide
+    from wsi.tiling import peak_rss, tile_slide
 
     if out.exists():
         shutil.rmtree(out)
@@ -84,9 +84,7 @@ def stage_run(
         t0 = time.perf_counter()
         store = tile_slide(path, out, cfg, client=client, progress=False)
         seconds = time.perf_counter() - t0
-        peaks = list(
-            client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values()
-        )
+        peaks = list(client.run(peak_rss).values())
     n = st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"]
     return n / seconds, n, seconds, peaks
 

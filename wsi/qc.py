@@ -23,21 +23,38 @@ _BLACK_MAX_V = 0.2
 _WHITE_MAX_S, _WHITE_MIN_V = 0.1, 0.8
 
 
+_HSV_BLOCK = 1 << 20  # pixels per block: bounds the float temporaries to a few MB
+
+
 def hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in degrees [0, 360), saturation and value in [0, 1] of an RGB uint8 array."""
+    """Hue in degrees [0, 360), saturation and value in [0, 1] of an RGB uint8 array.
+
+    Works block by block along the first axis, so a large image costs its three float32
+    outputs and a few MB of temporaries.
+    """
+    shape = rgb.shape[:-1]
+    h, s, v = (np.empty(shape, np.float32) for _ in range(3))
+    per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    step = max(1, _HSV_BLOCK // per_row)
+    for i in range(0, shape[0] if shape else 1, step):
+        h[i : i + step], s[i : i + step], v[i : i + step] = _hsv_block(rgb[i : i + step])
+    return h, s, v
+
+
+def _hsv_block(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = rgb.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     maxc = np.maximum(np.maximum(r, g), b)
     minc = np.minimum(np.minimum(r, g), b)
     delta = maxc - minc
-    v = maxc / 255.0
-    s = np.where(maxc > 0, delta / np.maximum(maxc, 1e-6), 0.0)
-    d = np.maximum(delta, 1e-6)
+    v = maxc / np.float32(255.0)
+    s = np.where(maxc > 0, delta / np.maximum(maxc, np.float32(1e-6)), np.float32(0.0))
+    d = np.maximum(delta, np.float32(1e-6))
     h = np.where(
         maxc == r, (g - b) / d % 6.0, np.where(maxc == g, (b - r) / d + 2.0, (r - g) / d + 4.0)
     )
-    h = np.where(delta > 0, h * 60.0, 0.0)
-    return h.astype(np.float32), s.astype(np.float32), v.astype(np.float32)
+    h = np.where(delta > 0, h * np.float32(60.0), np.float32(0.0))
+    return h, s, v
 
 
 def _in(h: np.ndarray, ranges: tuple[tuple[float, float], ...]) -> np.ndarray:

@@ -31,7 +31,7 @@ from wsi.slide import open_slide
 from wsi.slide.base import LevelChoice, Slide
 from wsi.tissue import TissueMask, detect_tissue
 
-__all__ = ["tile_slide", "NoTissueError", "ChunkJob", "tile_chunk", "STAGE"]
+__all__ = ["tile_slide", "NoTissueError", "ChunkJob", "tile_chunk", "peak_rss", "STAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,24 @@ def tile_chunk(job: ChunkJob) -> dict[str, Any]:
         "read_s": t_read - t0,
         "total_s": time.perf_counter() - t0,
         "pid": os.getpid(),
-        "peak_rss": _peak_rss(),
+        "peak_rss": peak_rss(),
     }
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process in bytes (0 where the OS cannot say)."""
+def peak_rss() -> int:
+    """Peak resident memory of this process in bytes, since it started (0 if unknown).
+
+    On Linux this is ``VmHWM`` of the process's own address space: unlike ``ru_maxrss``,
+    it does not inherit the high-water mark of the parent that forked it, which would
+    make every spawned worker look as large as the driver.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
