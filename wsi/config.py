@@ -49,7 +49,7 @@ class TilingConfig:
     codec: str = "jpeg"  #: "jpeg" (lossy) or "zstd" (lossless)
     quality: int | None = None  #: JPEG quality (1..100) or zstd level (1..22); None: 90 / 1
     chroma_subsampling: str = "444"  #: JPEG only: "444" (none) or "420" (smaller, faster)
-    backend: str = "pyvips"  #: slide reader for tile reads: "pyvips" or "openslide"
+    backend: str = "auto"  #: tile reader: "auto" (wsi.slide.tile_backend), "pyvips", "openslide"
     tissue: TissueConfig = field(default_factory=TissueConfig)
 
     def __post_init__(self) -> None:
@@ -73,8 +73,8 @@ class TilingConfig:
             raise bad("quality", f"must be between 1 and {hi} for codec {self.codec}")
         if self.chroma_subsampling not in ("444", "420"):
             raise bad("chroma_subsampling", "choose '444' or '420'")
-        if self.backend not in ("pyvips", "openslide"):
-            raise bad("backend", "choose 'pyvips' or 'openslide'")
+        if self.backend not in ("auto", "pyvips", "openslide"):
+            raise bad("backend", "choose 'auto', 'pyvips' or 'openslide'")
 
     @property
     def level(self) -> int:

@@ -27,7 +27,7 @@ from wsi.config import TilingConfig, params_hash
 from wsi.errors import StageConflictError, StoreError, WsiError
 from wsi.grid import TileGrid, make_grid
 from wsi.qc import QC_COLUMNS, tile_qc
-from wsi.slide import open_slide
+from wsi.slide import open_slide, tile_backend
 from wsi.slide.base import LevelChoice, Slide
 from wsi.tissue import TissueMask, detect_tissue
 
@@ -350,6 +350,7 @@ def tile_slide(
     slide_path = Path(path)
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
+        reader = tile_backend(slide) if config.backend == "auto" else config.backend
         store_path = st.store_path_for(slide_path, out)
         source = st.source_record(slide_path)
         params = _stage_params(config, slide, mpp)
@@ -376,6 +377,7 @@ def tile_slide(
                 st.write_meta(group, _slide_meta(slide, source))
             st.begin_stage(group, STAGE, params, phash)
             _write_layout(group, grid, mask, config)
+            group[st.TILES_PIXELS].attrs["reader"] = reader
             choice = grid.choice
         else:
             attrs = group[st.TILES_PIXELS].attrs
@@ -391,7 +393,7 @@ def tile_slide(
         ChunkJob(
             str(slide_path.resolve()),
             mpp,
-            config.backend,
+            reader,
             str(store_path.resolve()),
             c,
             c * k,

@@ -88,3 +88,16 @@ def test_top_level_api_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert callable(wsi.open_slide)
+
+
+def test_tile_backend_choice(svs, pyramid, tmp_path):
+    from wsi.slide import tile_backend
+
+    with open_slide(svs) as s:
+        assert tile_backend(s) == "pyvips"  # Aperio with JPEG tiles
+    with open_slide(pyramid) as s:
+        assert tile_backend(s) == "pyvips"
+    j2k = tmp_path / "j2k.svs"  # an Aperio description naming JPEG 2000 tiles
+    j2k.write_bytes(svs.read_bytes().replace(b"JPEG/RGB Q=30", b"J2K/YUV16Q=30"))
+    with open_slide(j2k) as s:
+        assert tile_backend(s) == "openslide"

@@ -9,7 +9,7 @@ from wsi.errors import ConfigError, SlideNotFoundError, SlideOpenError
 from wsi.slide.base import LevelChoice, Slide, SlideInfo
 from wsi.slide.mpp import Mpp, check_mpp
 
-__all__ = ["open_slide", "Slide", "SlideInfo", "LevelChoice", "Mpp", "BACKENDS"]
+__all__ = ["open_slide", "tile_backend", "Slide", "SlideInfo", "LevelChoice", "Mpp", "BACKENDS"]
 
 BACKENDS = ("openslide", "pyvips")
 
@@ -41,3 +41,24 @@ def open_slide(
     from wsi.slide.openslide_backend import OpenSlideSlide
 
     return OpenSlideSlide(p, override)
+
+
+def tile_backend(slide: Slide) -> str:
+    """The fastest backend that reads ``slide`` correctly: ``pyvips`` or ``openslide``.
+
+    libvips decodes TIFF pages itself, about 4x faster per tile than OpenSlide here
+    (docs/tiling.md), but only plain JPEG (or uncompressed) tiled TIFFs are safe for it:
+    generic tiled TIFFs and Aperio SVS with JPEG tiles. JPEG 2000 SVS (Aperio 33003/33005),
+    NDPI, MRXS, SCN, Philips TIFF, DICOM and others go through OpenSlide.
+    """
+    from wsi.slide.openslide_backend import OpenSlideSlide
+
+    if not isinstance(slide, OpenSlideSlide):
+        return "openslide"
+    if slide.vendor == "generic-tiff":
+        return "pyvips"
+    if slide.vendor == "aperio":
+        description = slide.properties.get("tiff.ImageDescription", "")
+        if "JPEG/RGB" in description and "J2K" not in description:
+            return "pyvips"
+    return "openslide"
