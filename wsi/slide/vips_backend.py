@@ -70,21 +70,29 @@ class VipsSlide(OpenSlideSlide):
     def _read_level(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
-        pyvips = import_pyvips()
         ds = self.level_downsamples[level]
         lx, ly = round(location[0] / ds), round(location[1] / ds)
         w, h = size
         lw, lh = self.level_dimensions[level]
         # the region may extend past the level: read the inside part, pad with white
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if (x0, y0, x1, y1) == (lx, ly, lx + w, ly + h):  # wholly inside: no white padding
+            buf = self._fetch(level, location, lx, ly, w, h)
+            return np.frombuffer(buf, np.uint8).reshape(h, w, 3).copy()
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         if x1 <= x0 or y1 <= y0:
             return out
-        try:
-            buf = self._regions[level].fetch(x0, y0, x1 - x0, y1 - y0)
-        except pyvips.Error as err:
-            raise read_error(self.path, location, level, err) from err
+        buf = self._fetch(level, location, x0, y0, x1 - x0, y1 - y0)
         out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = np.frombuffer(buf, dtype=np.uint8).reshape(
             y1 - y0, x1 - x0, 3
         )
         return out
+
+    def _fetch(
+        self, level: int, location: tuple[int, int], x: int, y: int, w: int, h: int
+    ) -> Any:
+        pyvips = import_pyvips()
+        try:
+            return self._regions[level].fetch(x, y, w, h)
+        except pyvips.Error as err:
+            raise read_error(self.path, location, level, err) from err
