@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from wsi.errors import ClusterError
+
 __all__ = ["dask_client"]
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,13 @@ def dask_client(
     from distributed import Client, LocalCluster
 
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {scheduler} ({err}). Check the address "
+                "and that the scheduler is running, or leave out --scheduler for a local cluster."
+            ) from err
         log.info("using the Dask scheduler at %s", scheduler)
         try:
             yield client

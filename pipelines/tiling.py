@@ -11,6 +11,7 @@ from typing import Any
 
 from wsi.config import TilingConfig
 from wsi.errors import WsiError
+from wsi.store import slide_id_for
 from wsi.tiling import tile_slide
 
 __all__ = ["SlideResult", "tile_slides"]
@@ -39,10 +40,25 @@ def tile_slides(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> list[SlideResult]:
-    """Tile each slide into ``out_dir``; errors of one slide never stop the others."""
+    """Tile each slide into ``out_dir``; errors of one slide never stop the others.
+
+    Slides whose ids (file names without extension) collide would share one store: the
+    first is tiled, the others fail with a message saying so.
+    """
     results = []
+    first_of: dict[str, str] = {}
     for path in slides:
         t0 = time.perf_counter()
+        sid = slide_id_for(path)
+        if first_of.setdefault(sid, str(path)) != str(path):
+            msg = (
+                f"{path}: slide id {sid!r} is also that of {first_of[sid]} in this batch, and "
+                "both would write the same store. Rename one, or tile them into separate --out "
+                "folders."
+            )
+            log.error("%s", msg)
+            results.append(SlideResult(str(path), "failed", error=msg))
+            continue
         try:
             store = tile_slide(
                 path,

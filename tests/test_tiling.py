@@ -208,3 +208,60 @@ def test_kill_and_resume(tmp_path, synthetic_slide):
     a, b = _arrays(store), _arrays(reference)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+def test_default_reader_equals_openslide_read_region_at_coarse_level(tmp_path, pyramid):
+    # level 2 of this TIFF has downsample 4.002: the auto reader must give OpenSlide's pixels
+    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd")
+    store = tile_slide(pyramid, tmp_path, cfg)
+    g = st.open_store(store)
+    assert g[st.TILES_PIXELS].attrs["reader"] == "openslide"
+    a = _arrays(store)
+    with open_slide(pyramid) as s:
+        for (x, y), tile in zip(a[st.TILES_COORDS], a[st.TILES_PIXELS], strict=True):
+            assert np.array_equal(tile, s.read_region((int(x), int(y)), (64, 64), mpp=2.0))
+
+
+def test_stale_pending_record_is_not_resumed(tmp_path, svs):
+    store = tile_slide(svs, tmp_path, LOSSLESS)
+    # a run with other params killed after marking itself pending but before its layout
+    other = TilingConfig(codec="zstd", backend="openslide", tile_size=128)
+    with open_slide(svs) as s:
+        from wsi.config import params_hash
+        from wsi.tiling import _stage_params
+
+        params = _stage_params(other, s, None)
+    g = st.open_store(store, mode="r+")
+    meta = st.read_meta(g)
+    meta["stages"] = {}
+    meta["pending"] = {"tiles": {"params": params, "params_hash": params_hash(params),
+                                 "run_id": "killed", "started": st.now_iso()}}
+    st.write_meta(g, meta)
+    tile_slide(svs, tmp_path, other)
+    a = _arrays(store)
+    assert a[st.TILES_PIXELS].shape[1:] == (128, 128, 3) and a[st.TILES_DONE].all()
+
+
+def test_rerun_after_the_slide_file_changed(tmp_path, svs, pyramid):
+    work = tmp_path / "slide.tiff"
+    work.write_bytes(svs.read_bytes())
+    tile_slide(work, tmp_path / "out", LOSSLESS, mpp=0.25)
+    work.write_bytes(pyramid.read_bytes())  # same name, other content, in the same process
+    store = tile_slide(work, tmp_path / "out", LOSSLESS, mpp=0.4, overwrite=True)
+    meta = st.read_meta(st.open_store(store))
+    assert meta["slide"]["mpp"] == {"x": 0.4, "y": 0.4, "source": "override"}
+    assert meta["source"]["size"] == pyramid.stat().st_size
+    assert _arrays(store)[st.TILES_DONE].all()
+
+
+def test_duplicate_slide_ids_in_one_batch(tmp_path, svs, pyramid):
+    from pipelines.tiling import tile_slides
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "S1.svs", tmp_path / "b" / "S1.tiff"
+    first.write_bytes(svs.read_bytes())
+    second.write_bytes(pyramid.read_bytes())
+    results = tile_slides([first, second], tmp_path / "out", LOSSLESS, client=None)
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert "also that of" in results[1].error and str(first) in results[1].error

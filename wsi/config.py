@@ -14,6 +14,9 @@ from wsi.errors import ConfigError
 
 __all__ = ["TissueConfig", "TilingConfig", "load_config", "params_hash", "CODECS"]
 
+#: Largest uncompressed chunk of tiles a worker holds at once, MiB.
+MAX_CHUNK_MIB = 128
+
 #: Tile codecs: ``jpeg`` (lossy, per-tile JPEG; default) and ``zstd`` (lossless).
 CODECS = ("jpeg", "zstd")
 
@@ -56,6 +59,14 @@ class TilingConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"tiling.{name} = {getattr(self, name)!r}: {why}")
 
+        for name in ("tile_size", "chunk_tiles", "stride", "quality"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise bad(name, "must be a whole number")
+        for name in ("target_mpp", "min_tissue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(name, "must be a number")
         if not 16 <= self.tile_size <= 4096:
             raise bad("tile_size", "must be between 16 and 4096 pixels")
         if not 0.05 <= self.target_mpp <= 50:
@@ -66,6 +77,13 @@ class TilingConfig:
             raise bad("min_tissue", "is a fraction between 0 and 1")
         if not 1 <= self.chunk_tiles <= 1024:
             raise bad("chunk_tiles", "must be between 1 and 1024")
+        chunk_mib = self.tile_size**2 * 3 * self.chunk_tiles / 2**20
+        if chunk_mib > MAX_CHUNK_MIB:
+            raise bad(
+                "chunk_tiles",
+                f"{self.chunk_tiles} tiles of {self.tile_size} px make {chunk_mib:.0f} MiB per "
+                f"chunk, more than {MAX_CHUNK_MIB} MiB a worker should hold; lower chunk_tiles",
+            )
         if self.codec not in CODECS:
             raise bad("codec", f"choose one of {CODECS}")
         hi = 100 if self.codec == "jpeg" else 22
@@ -128,7 +146,10 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         unknown = sorted(set(raw) - {"tiling"})
         if unknown:
             raise ConfigError(f"{p}: unknown section(s) {unknown}; known: ['tiling']")
-        data = dict(raw.get("tiling") or {})
+        section = raw.get("tiling") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{p}: `tiling` must be a mapping of keys to values, got {section!r}")
+        data = dict(section)
         where = f"{p}: tiling"
     else:
         where = "tiling"

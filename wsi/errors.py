@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "StageConflictError",
     "BackendUnavailableError",
+    "ClusterError",
 ]
 
 
@@ -50,6 +51,10 @@ class StoreError(WsiError, RuntimeError):
 
 class StageConflictError(StoreError):
     """A stage is already complete with other parameters; pass overwrite=True to redo it."""
+
+
+class ClusterError(WsiError, ConnectionError):
+    """The Dask scheduler could not be reached or started."""
 
 
 class BackendUnavailableError(WsiError, ImportError):

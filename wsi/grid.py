@@ -64,8 +64,12 @@ def make_grid(slide: Slide, mask: TissueMask, config: TilingConfig) -> TileGrid:
     w0, h0 = slide.dimensions
     nx = int(np.floor((w0 - footprint) / step)) + 1 if w0 >= footprint else 0
     ny = int(np.floor((h0 - footprint) / step)) + 1 if h0 >= footprint else 0
-    xs = np.round(np.arange(nx) * step).astype(np.int64)
-    ys = np.round(np.arange(ny) * step).astype(np.int64)
+    # snap to whole pixels of the level read, so no reader has to interpolate a
+    # fractional offset (both backends then return the same pixels)
+    lds = choice.level_downsample
+    xs = np.round(np.round(np.arange(nx) * step / lds) * lds).astype(np.int64)
+    ys = np.round(np.round(np.arange(ny) * step / lds) * lds).astype(np.int64)
+    xs, ys = xs[xs + footprint <= w0], ys[ys + footprint <= h0]
     gx, gy = np.meshgrid(xs, ys)  # row-major: y outer, x inner
     xy = np.stack([gx.ravel(), gy.ravel()], axis=1)
     frac = tissue_fractions(mask, xy, footprint) if len(xy) else np.zeros(0, np.float32)

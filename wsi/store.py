@@ -142,16 +142,24 @@ def stage_entry(group: Any, stage: str) -> dict[str, Any] | None:
     return dict(entry) if entry else None
 
 
-def begin_stage(group: Any, stage: str, params: dict[str, Any], phash: str) -> None:
-    """Mark ``stage`` as in progress with ``params``; drops any completion record."""
+def begin_stage(group: Any, stage: str, params: dict[str, Any], phash: str) -> str:
+    """Mark ``stage`` as in progress with ``params``; drops any completion record.
+
+    Returns a fresh run id that names this layout of the stage's arrays.
+    """
+    import uuid
+
     meta = read_meta(group)
     meta.setdefault("stages", {}).pop(stage, None)
+    run_id = uuid.uuid4().hex
     meta.setdefault("pending", {})[stage] = {
         "params": params,
         "params_hash": phash,
+        "run_id": run_id,
         "started": now_iso(),
     }
     write_meta(group, meta)
+    return run_id
 
 
 def complete_stage(group: Any, stage: str, counts: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class ChunkJob:
     coords: np.ndarray  #: int32 (n, 2) level-0 top-left of this chunk's tiles
     tile_size: int
     choice: LevelChoice
-    params_hash: str  #: the run's identity: cached array handles never outlive it
+    run_id: str  #: identity of this layout of the store: cached array handles never outlive it
 
     def __repr__(self) -> str:
         return (
@@ -81,8 +81,8 @@ def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
     return slide
 
 
-def _worker_arrays(store_path: str, phash: str) -> tuple[Any, Any, Any]:
-    key = (store_path, phash)
+def _worker_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
+    key = (store_path, run_id)
     arrays = _ARRAYS.get(key)
     if arrays is None:
         while len(_ARRAYS) >= _MAX_CACHED:
@@ -107,7 +107,7 @@ def tile_chunk(job: ChunkJob) -> dict[str, Any]:
         tiles[i] = slide.read_scaled((int(x), int(y)), (size, size), job.choice)
     t_read = time.perf_counter()
     qc = tile_qc(tiles)
-    pixels, qc_arr, done = _worker_arrays(job.store_path, job.params_hash)
+    pixels, qc_arr, done = _worker_arrays(job.store_path, job.run_id)
     pixels[job.start : job.start + n] = tiles
     qc_arr[job.start : job.start + n] = qc
     done[job.chunk] = True  # last: the chunk is trusted from here on
@@ -152,6 +152,12 @@ def _stage_params(config: TilingConfig, slide: Slide, mpp_override: float | None
         "mpp_override": mpp_override,
         "slide_mpp": [slide.mpp.x, slide.mpp.y],
     }
+
+
+def _reader(config: TilingConfig, slide: Slide, choice: LevelChoice) -> str:
+    if config.backend != "auto":
+        return config.backend
+    return tile_backend(slide, choice.level)
 
 
 def _slide_meta(slide: Slide, source: dict[str, Any]) -> dict[str, Any]:
@@ -232,16 +238,24 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
     )
 
 
-def _resumable(group: Any, phash: str) -> bool:
+def _resumable(group: Any, phash: str, config: TilingConfig) -> bool:
+    """True if an interrupted run with the same params left a complete layout to resume."""
     pending = st.read_meta(group).get("pending", {}).get(STAGE)
-    if not pending or pending.get("params_hash") != phash:
+    if not pending or pending.get("params_hash") != phash or not pending.get("run_id"):
         return False
     keys = (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
-    return all(k in group for k in keys)
+    if not all(k in group for k in keys):
+        return False
+    n, s, k = group[st.TILES_COORDS].shape[0], config.tile_size, config.chunk_tiles
+    return (
+        group[st.TILES_PIXELS].shape == (n, s, s, 3)
+        and group[st.TILES_PIXELS].chunks == (k, s, s, 3)
+        and group[st.TILES_DONE].shape == (math.ceil(n / k),)
+    )
 
 
 def _existing_store(
-    path: Path, source: dict[str, Any], phash: str, overwrite: bool
+    path: Path, source: dict[str, Any], phash: str, config: TilingConfig, overwrite: bool
 ) -> tuple[Any, str]:
     """The store at ``path`` and what to do with it: "complete", "resume" or "fresh".
 
@@ -255,6 +269,9 @@ def _existing_store(
         )
     group = st.open_store(path, mode="r+")
     meta = st.read_meta(group)
+    if not meta:  # killed right after the group was created: nothing in it to keep
+        shutil.rmtree(path)
+        return None, "fresh"
     old = meta.get("source", {})
     if old.get("fingerprint") != source["fingerprint"]:
         if not overwrite:
@@ -273,10 +290,7 @@ def _existing_store(
             f"now {phash}). Pass --overwrite (overwrite=True) to redo them, "
             "or use another --out."
         )
-    if old != source:  # same content, copied or touched: keep the record current
-        meta["source"] = source
-        st.write_meta(group, meta)
-    return group, "resume" if _resumable(group, phash) else "fresh"
+    return group, "resume" if _resumable(group, phash, config) else "fresh"
 
 
 def _progress_reporter(
@@ -350,12 +364,11 @@ def tile_slide(
     slide_path = Path(path)
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
-        reader = tile_backend(slide) if config.backend == "auto" else config.backend
         store_path = st.store_path_for(slide_path, out)
         source = st.source_record(slide_path)
         params = _stage_params(config, slide, mpp)
         phash = params_hash(params)
-        group, state = _existing_store(store_path, source, phash, overwrite)
+        group, state = _existing_store(store_path, source, phash, config, overwrite)
         if state == "complete":
             log.info("%s: tiles already complete (%s), nothing to do", store_path, phash)
             return store_path
@@ -374,16 +387,22 @@ def tile_slide(
 
                 out.mkdir(parents=True, exist_ok=True)
                 group = zarr.open_group(str(store_path), mode="w")
-                st.write_meta(group, _slide_meta(slide, source))
-            st.begin_stage(group, STAGE, params, phash)
+            # forget any earlier run first (new tiles void every later stage too), then lay
+            # out, and only then mark the run pending: a kill at any point leaves nothing
+            # that a later run would resume wrongly
+            st.write_meta(group, _slide_meta(slide, source))
+            choice = grid.choice
+            reader = _reader(config, slide, choice)
             _write_layout(group, grid, mask, config)
             group[st.TILES_PIXELS].attrs["reader"] = reader
-            choice = grid.choice
+            run_id = st.begin_stage(group, STAGE, params, phash)
         else:
             attrs = group[st.TILES_PIXELS].attrs
             choice = LevelChoice(
                 int(attrs["level"]), float(attrs["level_downsample"]), float(attrs["scale"])
             )
+            reader = str(attrs["reader"])
+            run_id = str(st.read_meta(group)["pending"][STAGE]["run_id"])
             log.info("%s: resuming an interrupted run", store_path)
     resuming = state == "resume"
     coords = np.asarray(group[st.TILES_COORDS][:])
@@ -400,7 +419,7 @@ def tile_slide(
             coords[c * k : (c + 1) * k],
             config.tile_size,
             choice,
-            phash,
+            run_id,
         )
         for c in range(len(done))
         if not done[c]

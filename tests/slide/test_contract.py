@@ -97,7 +97,21 @@ def test_tile_backend_choice(svs, pyramid, tmp_path):
         assert tile_backend(s) == "pyvips"  # Aperio with JPEG tiles
     with open_slide(pyramid) as s:
         assert tile_backend(s) == "pyvips"
+        assert tile_backend(s, level=1) == "openslide"  # downsample 2.0003: OpenSlide only
     j2k = tmp_path / "j2k.svs"  # an Aperio description naming JPEG 2000 tiles
     j2k.write_bytes(svs.read_bytes().replace(b"JPEG/RGB Q=30", b"J2K/YUV16Q=30"))
     with open_slide(j2k) as s:
         assert tile_backend(s) == "openslide"
+
+
+def test_pyvips_reader_is_thread_safe(real_slide):
+    from concurrent.futures import ThreadPoolExecutor
+
+    locations = [(x, y) for x in range(0, 1800, 300) for y in range(0, 2600, 300)]
+    with open_slide(real_slide, backend="pyvips") as s:
+        serial = [s.read_region(loc, (256, 256), level=0) for loc in locations]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(3):
+                threaded = list(pool.map(lambda loc: s.read_region(loc, (256, 256), level=0),
+                                         locations))
+                assert all(np.array_equal(a, b) for a, b in zip(serial, threaded, strict=True))

@@ -43,17 +43,22 @@ def open_slide(
     return OpenSlideSlide(p, override)
 
 
-def tile_backend(slide: Slide) -> str:
-    """The fastest backend that reads ``slide`` correctly: ``pyvips`` or ``openslide``.
+def tile_backend(slide: Slide, level: int = 0) -> str:
+    """The fastest backend that reads ``level`` of ``slide`` as OpenSlide does.
 
     libvips decodes TIFF pages itself, about 4x faster per tile than OpenSlide here
-    (docs/tiling.md), but only plain JPEG (or uncompressed) tiled TIFFs are safe for it:
-    generic tiled TIFFs and Aperio SVS with JPEG tiles. JPEG 2000 SVS (Aperio 33003/33005),
-    NDPI, MRXS, SCN, Philips TIFF, DICOM and others go through OpenSlide.
+    (docs/tiling.md), but only plain JPEG tiled TIFFs are safe for it: generic tiled
+    TIFFs and Aperio SVS with JPEG tiles. JPEG 2000 SVS (Aperio 33003/33005), NDPI, MRXS,
+    SCN, Philips TIFF, DICOM and others go through OpenSlide. So do levels whose
+    downsample is not a whole number: OpenSlide interpolates their fractional offsets,
+    and only OpenSlide itself gives the same pixels there.
     """
     from wsi.slide.openslide_backend import OpenSlideSlide
 
     if not isinstance(slide, OpenSlideSlide):
+        return "openslide"
+    ds = slide.level_downsamples[level]
+    if abs(ds - round(ds)) > 1e-9:
         return "openslide"
     if slide.vendor == "generic-tiff":
         return "pyvips"

@@ -6,6 +6,7 @@ metadata and level geometry still come from OpenSlide so both backends agree exa
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class VipsSlide(OpenSlideSlide):
         super().__init__(path, mpp_override)
         pyvips = import_pyvips()
         self._pages: list[Any] = []
-        self._regions: list[Any] = []
+        self._local = threading.local()  # a libvips Region must not be shared by threads
         try:
             n_pages = pyvips.Image.new_from_file(str(path), access="random").get_n_pages()
             by_size: dict[tuple[int, int], Any] = {}
@@ -60,7 +61,6 @@ class VipsSlide(OpenSlideSlide):
                         "use backend='openslide'."
                     )
                 self._pages.append(img)
-                self._regions.append(pyvips.Region.new(img))
         except pyvips.Error as err:
             raise SlideOpenError(
                 f"{path}: libvips cannot read this file ({str(err).strip()}); "
@@ -93,6 +93,9 @@ class VipsSlide(OpenSlideSlide):
     ) -> Any:
         pyvips = import_pyvips()
         try:
-            return self._regions[level].fetch(x, y, w, h)
+            regions = getattr(self._local, "regions", None)
+            if regions is None:
+                regions = self._local.regions = [pyvips.Region.new(p) for p in self._pages]
+            return regions[level].fetch(x, y, w, h)
         except pyvips.Error as err:
             raise read_error(self.path, location, level, err) from err
