@@ -138,7 +138,11 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-tissue", type=float, help="minimum tissue fraction (default 0.5)")
     p.add_argument("--codec", choices=["jpeg", "zstd"], help="tile codec (zstd is lossless)")
     p.add_argument("--quality", type=int, help="JPEG quality or zstd level")
-    p.add_argument("--backend", choices=["auto", "pyvips", "openslide"], help="tile reader")
+    p.add_argument(
+        "--backend",
+        choices=["openslide", "pyvips"],
+        help="tile reader: openslide (default, detects corrupt data) or pyvips (faster)",
+    )
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: cores)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="redo stages made with other params")

@@ -74,12 +74,12 @@ def test_jpeg_tiles_within_stated_loss(tmp_path, real_slide):
 
 
 def test_coarser_level_used(tmp_path, pyramid):
-    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd", backend="pyvips")
+    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd")
     store = tile_slide(pyramid, tmp_path, cfg)
     g = st.open_store(store)
     assert g[st.TILES_PIXELS].attrs["level"] == 2
     a = _arrays(store)
-    with open_slide(pyramid, backend="pyvips") as s:
+    with open_slide(pyramid) as s:
         x, y = (int(v) for v in a[st.TILES_COORDS][0])
         assert np.array_equal(a[st.TILES_PIXELS][0], s.read_region((x, y), (64, 64), level=2))
 
@@ -210,9 +210,9 @@ def test_kill_and_resume(tmp_path, synthetic_slide):
         assert np.array_equal(a[key], b[key]), key
 
 
-def test_default_reader_equals_openslide_read_region_at_coarse_level(tmp_path, pyramid):
-    # level 2 of this TIFF has downsample 4.002: the auto reader must give OpenSlide's pixels
-    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd")
+def test_fast_reader_falls_back_at_fractional_levels(tmp_path, pyramid):
+    # level 2 of this TIFF has downsample 4.002: only OpenSlide gives OpenSlide's pixels
+    cfg = TilingConfig(target_mpp=2.0, tile_size=64, codec="zstd", backend="pyvips")
     store = tile_slide(pyramid, tmp_path, cfg)
     g = st.open_store(store)
     assert g[st.TILES_PIXELS].attrs["reader"] == "openslide"
@@ -265,3 +265,18 @@ def test_duplicate_slide_ids_in_one_batch(tmp_path, svs, pyramid):
     results = tile_slides([first, second], tmp_path / "out", LOSSLESS, client=None)
     assert [r.status for r in results] == ["ok", "failed"]
     assert "also that of" in results[1].error and str(first) in results[1].error
+
+
+def test_corrupt_tile_data_fails_the_slide(tmp_path, pyramid):
+    from wsi.errors import SlideReadError
+
+    data = bytearray(pyramid.read_bytes())
+    rng = np.random.default_rng(1)
+    at = len(data) // 3  # inside level-0 tile data: the header still opens
+    data[at : at + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bitrot.tiff"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SlideReadError, match="bitrot.tiff.*(corrupt|truncated)"):
+        tile_slide(bad, tmp_path / "out", TilingConfig())  # default reader: OpenSlide
+    g = st.open_store(tmp_path / "out" / "bitrot.zarr")
+    assert st.stage_entry(g, "tiles") is None  # never marked complete

@@ -97,6 +97,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
     ap.add_argument("--codec", default="jpeg", choices=["jpeg", "zstd"])
     ap.add_argument("--chroma-subsampling", default="444", choices=["444", "420"])
+    ap.add_argument("--backend", default="pyvips", choices=["pyvips", "openslide"],
+                    help="tile stage reader (default pyvips, the fast path)")
     args = ap.parse_args()
 
     from wsi.grid import make_grid
@@ -114,7 +116,9 @@ def main() -> int:
     warmup = args.out / "warmup_4000.tiff"
     if not warmup.exists():
         make_synthetic_slide(warmup, width=4000, height=4000, mpp=args.mpp, seed=1)
-    cfg = TilingConfig(codec=args.codec, chroma_subsampling=args.chroma_subsampling)
+    cfg = TilingConfig(
+        codec=args.codec, chroma_subsampling=args.chroma_subsampling, backend=args.backend
+    )
     with open_slide(slide_path) as slide:
         grid = make_grid(slide, detect_tissue(slide, cfg.tissue), cfg)
     choice = (grid.choice.level, grid.choice.level_downsample, grid.choice.scale)

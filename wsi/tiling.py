@@ -155,8 +155,8 @@ def _stage_params(config: TilingConfig, slide: Slide, mpp_override: float | None
 
 
 def _reader(config: TilingConfig, slide: Slide, choice: LevelChoice) -> str:
-    if config.backend != "auto":
-        return config.backend
+    if config.backend == "openslide":
+        return "openslide"
     return tile_backend(slide, choice.level)
 
 

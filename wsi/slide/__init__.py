@@ -48,8 +48,10 @@ def tile_backend(slide: Slide, level: int = 0) -> str:
 
     libvips decodes TIFF pages itself, about 4x faster per tile than OpenSlide here
     (docs/tiling.md), but only plain JPEG tiled TIFFs are safe for it: generic tiled
-    TIFFs and Aperio SVS with JPEG tiles. JPEG 2000 SVS (Aperio 33003/33005), NDPI, MRXS,
-    SCN, Philips TIFF, DICOM and others go through OpenSlide. So do levels whose
+    TIFFs and Aperio SVS with JPEG tiles. libvips does not report corrupt JPEG data
+    (it decodes garbage where OpenSlide raises), so this is an opt-in fast path.
+    JPEG 2000 SVS (Aperio 33003/33005), NDPI, MRXS, SCN, Philips TIFF, DICOM and others
+    go through OpenSlide. So do levels whose
     downsample is not a whole number: OpenSlide interpolates their fractional offsets,
     and only OpenSlide itself gives the same pixels there.
     """
