@@ -125,7 +125,7 @@ def main() -> int:
     print(
         f"slide {args.size} x {args.size} px at {args.mpp} mpp: {len(grid)} tiles of "
         f"{cfg.tile_size} px at {cfg.target_mpp} mpp, read from level {grid.choice.level}; "
-        f"codec {cfg.codec} q{cfg.level}"
+        f"stage reader {cfg.backend}, codec {cfg.codec} q{cfg.level}"
         + (f" {cfg.chroma_subsampling}" if cfg.codec == "jpeg" else "")
     )
 
@@ -160,6 +160,8 @@ def main() -> int:
         print(f"scaling: 2 workers = {by_w[2][3] / by_w[1][3]:.2f}x one worker")
     print(f"peak RSS per worker: {max(max(r[6]) for r in rows) / 2**20:.0f} MB")
     w, raws, best, rate, _, _, _ = rows[-1]
+    own = raws[cfg.backend]
+    print(f"against its own reader ({cfg.backend}, {own:.0f} tiles/s): {rate / own:.0%}")
     print(
         f"tile stage: {rate:.0f} tiles/s = {rate / raws[best]:.0%} of raw read rate "
         f"({raws[best]:.0f} tiles/s)"
