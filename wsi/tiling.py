@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,20 +69,29 @@ class ChunkJob:
 _SLIDES: dict[tuple[str, int, int, float | None, str], Slide] = {}
 _ARRAYS: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 _MAX_CACHED = 4
+# workers of an existing cluster may run several task threads; an evicted handle is only
+# dropped (closed when the last task using it lets go), never closed under a reader
+_CACHE_LOCK = threading.Lock()
 
 
 def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
     stat = os.stat(path)  # a replaced file gets a new handle
     key = (path, stat.st_size, stat.st_mtime_ns, mpp, backend)
-    slide = _SLIDES.get(key)
-    if slide is None:
-        while len(_SLIDES) >= _MAX_CACHED:
-            _SLIDES.pop(next(iter(_SLIDES))).close()
-        slide = _SLIDES[key] = open_slide(path, mpp=mpp, backend=backend)
-    return slide
+    with _CACHE_LOCK:
+        slide = _SLIDES.get(key)
+        if slide is None:
+            while len(_SLIDES) >= _MAX_CACHED:
+                _SLIDES.pop(next(iter(_SLIDES)))
+            slide = _SLIDES[key] = open_slide(path, mpp=mpp, backend=backend)
+        return slide
 
 
 def _worker_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
+    with _CACHE_LOCK:
+        return _cached_arrays(store_path, run_id)
+
+
+def _cached_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
     key = (store_path, run_id)
     arrays = _ARRAYS.get(key)
     if arrays is None:
