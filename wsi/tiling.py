@@ -87,48 +87,35 @@ def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
 
 
 def _worker_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
-    with _CACHE_LOCK:
-        return _cached_arrays(store_path, run_id)
-
-
-def _cached_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
     key = (store_path, run_id)
-    arrays = _ARRAYS.get(key)
-    if arrays is None:
-        while len(_ARRAYS) >= _MAX_CACHED:
-            _ARRAYS.pop(next(iter(_ARRAYS)))
-        group = st.open_store(store_path, mode="r+")
-        # every chunk is written whole and holds tissue: skip zarr's all-fill-value scan,
-        # which cost more than the JPEG encoding itself (docs/tiling.md)
-        fast = {"write_empty_chunks": True}
-        arrays = _ARRAYS[key] = tuple(
-            group[k].with_config(fast) for k in (st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
-        )
-    return arrays
+    with _CACHE_LOCK:
+        arrays = _ARRAYS.get(key)
+        if arrays is None:
+            while len(_ARRAYS) >= _MAX_CACHED:
+                _ARRAYS.pop(next(iter(_ARRAYS)))
+            group = st.open_store(store_path, mode="r+")
+            # every chunk is written whole and holds tissue: skip zarr's all-fill-value
+            # scan, which cost more than the JPEG encoding itself (docs/tiling.md)
+            fast = {"write_empty_chunks": True}
+            arrays = _ARRAYS[key] = tuple(
+                group[k].with_config(fast) for k in (st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
+            )
+        return arrays
 
 
 def tile_chunk(job: ChunkJob) -> dict[str, Any]:
     """Run one chunk job in this process; returns small counts for the driver."""
-    t0 = time.perf_counter()
     slide = _worker_slide(job.slide_path, job.mpp_override, job.backend)
     n, size = len(job.coords), job.tile_size
     tiles = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, (x, y) in enumerate(job.coords):
         tiles[i] = slide.read_scaled((int(x), int(y)), (size, size), job.choice)
-    t_read = time.perf_counter()
     qc = tile_qc(tiles)
     pixels, qc_arr, done = _worker_arrays(job.store_path, job.run_id)
     pixels[job.start : job.start + n] = tiles
     qc_arr[job.start : job.start + n] = qc
     done[job.chunk] = True  # last: the chunk is trusted from here on
-    return {
-        "chunk": job.chunk,
-        "tiles": n,
-        "read_s": t_read - t0,
-        "total_s": time.perf_counter() - t0,
-        "pid": os.getpid(),
-        "peak_rss": peak_rss(),
-    }
+    return {"chunk": job.chunk, "tiles": n, "peak_rss": peak_rss()}
 
 
 def peak_rss() -> int:
