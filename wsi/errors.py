@@ -18,6 +18,9 @@ __all__ = [
     "StageConflictError",
     "BackendUnavailableError",
     "ClusterError",
+    "UnknownEncoderError",
+    "WeightsError",
+    "WeightsNotFoundError",
 ]
 
 
@@ -59,3 +62,15 @@ class ClusterError(WsiError, ConnectionError):
 
 class BackendUnavailableError(WsiError, ImportError):
     """An optional reader or library is not installed."""
+
+
+class UnknownEncoderError(ConfigError):
+    """An encoder name is neither registered nor a timm architecture."""
+
+
+class WeightsError(WsiError, ValueError):
+    """A weight file cannot be read, or its keys or shapes do not fit the architecture."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """An encoder's weight file is missing."""

@@ -9,6 +9,8 @@ Layout (see DESIGN.md)::
       tiles/pixels   uint8 (N, S, S, 3), chunks of k tiles
       tiles/qc       float32 (N, q); attrs: columns
       tiles/done     bool, one chunk per pixel chunk: which chunks are written
+      features/<encoder>/embeddings  float (N, D); attrs: encoder, weights sha256, preprocessing
+      features/<encoder>/done        bool per embeddings chunk
 
 A stage is complete only when ``attrs["wsi"]["stages"][name]`` exists; it is written
 last. ``pending`` holds the params hash of a stage in progress, so a killed run resumes.
@@ -33,6 +35,8 @@ __all__ = [
     "TILES_PIXELS",
     "TILES_QC",
     "TILES_DONE",
+    "FEATURES",
+    "features_keys",
     "slide_id_for",
     "store_path_for",
     "source_record",
@@ -54,6 +58,19 @@ TILES_COORDS = "tiles/coords"
 TILES_PIXELS = "tiles/pixels"
 TILES_QC = "tiles/qc"
 TILES_DONE = "tiles/done"
+FEATURES = "features"  #: group of one subgroup per encoder name
+
+
+def features_keys(encoder: str) -> tuple[str, str, str]:
+    """(stage name, embeddings key, done key) of the features of ``encoder``.
+
+    ``features/<encoder>/embeddings`` is (N, D), row i the tile at ``tiles/coords[i]``;
+    ``features/<encoder>/done`` is bool per embeddings chunk.
+    """
+    if not encoder or "/" in encoder or encoder.startswith("."):
+        raise StoreError(f"encoder name {encoder!r} cannot name a store group")
+    group = f"{FEATURES}/{encoder}"
+    return group, f"{group}/embeddings", f"{group}/done"
 
 _FINGERPRINT_BYTES = 1 << 20
 

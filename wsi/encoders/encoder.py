@@ -1,0 +1,143 @@
+"""A loaded encoder: module, preprocessing, weights identity, device and precision together."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from wsi.encoders.builders import build
+from wsi.encoders.registry import DEFAULT_ENCODER, get_spec
+from wsi.encoders.spec import EncoderSpec, Preprocessing
+from wsi.encoders.weights import find_weights, read_state_dict, sha256_file, where_to_put
+from wsi.errors import ConfigError, WeightsNotFoundError
+
+__all__ = ["Preprocess", "Encoder", "load_encoder", "resolve_device", "PRECISIONS"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Preprocess(nn.Module):
+    """uint8 RGB tiles (B, H, W, 3) to the normalised float input (B, 3, S, S), channels last.
+
+    Runs on the encoder's device, so a GPU receives uint8 (a quarter of the bytes).
+    """
+
+    def __init__(self, p: Preprocessing) -> None:
+        super().__init__()
+        self.size = p.input_size
+        self.mode = p.interpolation
+        self.register_buffer("offset", torch.tensor(p.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("scale", 1.0 / (torch.tensor(p.std).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        x = tiles.permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False
+            )
+        x = (x - self.offset) * self.scale
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: the first GPU if there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} was asked for but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}). Use --device cpu."
+        )
+    return dev
+
+
+@dataclass
+class Encoder:
+    """A frozen encoder ready to embed uint8 tiles.
+
+    ``model`` maps the normalised batch to (B, ``spec.feature_dim``) features;
+    ``preprocess`` makes that batch from uint8 tiles. ``weights_sha256`` identifies the
+    weights: features made with other weights are never mixed with these.
+    """
+
+    spec: EncoderSpec
+    model: nn.Module
+    preprocess: Preprocess
+    weights_path: Path
+    weights_sha256: str
+    device: torch.device
+    precision: str  #: "fp32", "bf16" or "fp16": the compute precision (autocast)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def autocast(self) -> Any:
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features of an already preprocessed batch on the device (the bare forward)."""
+        with torch.inference_mode(), self.autocast():
+            return self.model(batch)
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Float32 features (B, D) on the device of uint8 tiles (B, H, W, 3)."""
+        with torch.inference_mode():
+            x = self.preprocess(tiles.to(self.device, non_blocking=True))
+            return self.forward(x).float()
+
+    def identity(self) -> dict[str, Any]:
+        """What goes into a store's attrs about this encoder."""
+        return {
+            **self.spec.summary(),
+            "weights_sha256": self.weights_sha256,
+            "weights_file": self.weights_path.name,
+            "precision": self.precision,
+        }
+
+
+def load_encoder(
+    name: str = DEFAULT_ENCODER,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = "cpu",
+    precision: str = "auto",
+) -> Encoder:
+    """Build encoder ``name`` with its weights loaded strictly; nothing is downloaded.
+
+    ``weights`` is a local ``.safetensors`` or state-dict file; without it the registered
+    source is searched (``wsi encoders`` lists what is found). ``precision`` "auto" is
+    bf16 autocast on a GPU and float32 on a CPU.
+    """
+    spec = get_spec(name)
+    path = Path(weights).expanduser() if weights is not None else find_weights(spec)
+    if path is None:
+        raise WeightsNotFoundError(
+            f"encoder {name!r}: no weight file on this machine. {where_to_put(spec)}."
+        )
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    dev = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    sd = read_state_dict(path)
+    digest = sha256_file(path)
+    model = build(spec, sd, path)
+    del sd
+    model = model.to(dev, memory_format=torch.channels_last)
+    pre = Preprocess(spec.preprocessing).to(dev)
+    log.info("encoder %s: weights %s (sha256 %s), %s %s", name, path, digest[:12], dev, precision)
+    return Encoder(spec, model, pre, path.resolve(), digest, dev, precision)
