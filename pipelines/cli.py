@@ -1,4 +1,4 @@
-"""The ``wsi`` command line: ``wsi info``, ``wsi tile``, ``wsi demo``."""
+"""The ``wsi`` command line: info, tile, encoders, embed, export-h5, import-h5, demo."""
 
 from __future__ import annotations
 
@@ -109,6 +109,63 @@ def _cmd_tile(args: argparse.Namespace) -> int:
     return _run_tiling(args, args.slides)
 
 
+def _cmd_encoders(args: argparse.Namespace) -> int:
+    from wsi.encoders import find_weights, registered
+    from wsi.encoders.weights import where_to_put
+
+    rows = []
+    for spec in registered():
+        path = find_weights(spec)
+        rows.append(
+            {
+                **spec.summary(),
+                "description": spec.description,
+                "weights": str(path) if path else None,
+                "how_to_get_weights": None if path else where_to_put(spec),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        pre = row["preprocessing"]
+        print(f"{row['name']}  ({row['architecture']}, {row['feature_dim']}-d)")
+        print(f"  {row['description']}")
+        print(
+            f"  input {pre['input_size']} px, mean {pre['mean']}, std {pre['std']}; "
+            f"licence {row['licence'] or '-'}"
+        )
+        print(f"  weights: {row['weights'] or 'not on this machine. ' + row['how_to_get_weights']}")
+    print("Any timm architecture name also works as --encoder NAME --weights PATH.")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from pipelines.embedding import embed_stores
+    from wsi.config import load_embed_config
+
+    config = load_embed_config(
+        args.config,
+        encoder=args.encoder,
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        loader_threads=args.loader_threads,
+    )
+    progress = False if args.quiet else None
+    results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
+    ok = [r for r in results if r.status == "ok"]
+    failed = [r for r in results if r.status != "ok"]
+    print(f"embedded {len(ok)} of {len(results)} store(s) with {config.encoder}")
+    for r in ok:
+        print(f"  ok      {r.slide} ({r.seconds:.1f} s)")
+    for r in failed:
+        print(f"  FAILED  {r.slide}: {r.error}")
+    return 1 if failed else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsi.synthetic import make_synthetic_slide
 
@@ -165,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for <slide_id>.zarr stores")
     _add_tiling_options(p)
     p.set_defaults(func=_cmd_tile)
+
+    p = sub.add_parser("encoders", help="list registered encoders and whether weights are here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_encoders)
+
+    p = sub.add_parser("embed", help="embed the tiles of stores with a frozen encoder")
+    p.add_argument("stores", nargs="+", help="slide stores (<slide_id>.zarr) made by `wsi tile`")
+    p.add_argument(
+        "--encoder", help="registered name or timm architecture (default efficientnet_lite0)"
+    )
+    p.add_argument("--weights", help="local weight file (.safetensors or a torch state dict)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass (64 CPU / 256 GPU)")
+    p.add_argument("--dtype", choices=["float32", "float16"], help="stored embeddings dtype")
+    p.add_argument("--loader-threads", type=int, help="background tile-decoding threads")
+    p.add_argument("--config", help="YAML config (section `embed`), see configs/default.yaml")
+    p.add_argument("--overwrite", action="store_true", help="replace features of other weights")
+    p.set_defaults(func=_cmd_embed)
+
+    from pipelines.h5cli import add_parsers as add_h5_parsers
+
+    add_h5_parsers(sub)
 
     p = sub.add_parser("demo", help="tile a generated synthetic slide (no files needed)")
     p.add_argument("--out", default="demo_out")

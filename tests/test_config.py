@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsi.config import TilingConfig, TissueConfig, load_config
+from wsi.config import EmbedConfig, TilingConfig, TissueConfig, load_config, load_embed_config
 from wsi.errors import ConfigError
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -19,6 +19,24 @@ def test_default_yaml_equals_dataclass_defaults():
     raw = yaml.safe_load(DEFAULT.read_text())["tiling"]
     assert set(raw) == {f.name for f in dataclasses.fields(TilingConfig)}
     assert set(raw["tissue"]) == {f.name for f in dataclasses.fields(TissueConfig)}
+    assert load_embed_config(DEFAULT) == EmbedConfig()
+    embed = yaml.safe_load(DEFAULT.read_text())["embed"]
+    assert set(embed) == {f.name for f in dataclasses.fields(EmbedConfig)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"precision": "int8"}, "precision = 'int8'"),
+        ({"batch_size": 0}, "batch_size = 0"),
+        ({"dtype": "float64"}, "dtype = 'float64'"),
+        ({"device": "gpu"}, "device = 'gpu'"),
+        ({"encoder_name": "x"}, r"unknown key\(s\) \['encoder_name'\]"),
+    ],
+)
+def test_embed_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_embed_config(None, **overrides)
 
 
 def test_overrides_and_codec_defaults():

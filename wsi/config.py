@@ -12,7 +12,15 @@ from typing import Any, TypeVar
 
 from wsi.errors import ConfigError
 
-__all__ = ["TissueConfig", "TilingConfig", "load_config", "params_hash", "CODECS"]
+__all__ = [
+    "TissueConfig",
+    "TilingConfig",
+    "EmbedConfig",
+    "load_config",
+    "load_embed_config",
+    "params_hash",
+    "CODECS",
+]
 
 #: Largest uncompressed chunk of tiles a worker holds at once, MiB.
 MAX_CHUNK_MIB = 128
@@ -109,6 +117,48 @@ class TilingConfig:
         return self.stride if self.stride is not None else self.tile_size
 
 
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How a store's tiles are embedded (see ``wsi.embed``)."""
+
+    encoder: str = "efficientnet_lite0"  #: registered name or timm architecture (`wsi encoders`)
+    weights: str | None = None  #: local weight file; None: the encoder's registered source
+    device: str = "auto"  #: "cpu", "cuda", "cuda:N" or "auto" (a GPU if there is one)
+    precision: str = "auto"  #: "auto" (bf16 on a GPU, fp32 on a CPU), "fp32", "bf16", "fp16"
+    batch_size: int | None = None  #: tiles per forward pass; None: 64 on a CPU, 256 on a GPU
+    dtype: str = "float32"  #: stored embeddings: "float32" or "float16"
+    loader_threads: int = 1  #: background threads reading and decoding tile chunks
+    prefetch: int = 4  #: batches read ahead of the model
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"embed.{name} = {getattr(self, name)!r}: {why}")
+
+        for name in ("batch_size", "loader_threads", "prefetch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise bad(name, "must be a whole number")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 8192:
+            raise bad("batch_size", "must be between 1 and 8192, or null")
+        if not 1 <= self.loader_threads <= 64:
+            raise bad("loader_threads", "must be between 1 and 64")
+        if not 1 <= self.prefetch <= 64:
+            raise bad("prefetch", "must be between 1 and 64")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise bad("precision", "choose 'auto', 'fp32', 'bf16' or 'fp16'")
+        if self.dtype not in ("float32", "float16"):
+            raise bad("dtype", "choose 'float32' or 'float16'")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ):
+            raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def batch_for(self, device_type: str) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 64 if device_type == "cpu" else 256
+
+
 T = TypeVar("T")
 
 
@@ -130,33 +180,44 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: {err}") from err
 
 
+_SECTIONS = ("tiling", "embed")
+
+
+def _read_section(path: str | os.PathLike[str] | None, section: str) -> tuple[dict[str, Any], str]:
+    if path is None:
+        return {}, section
+    import yaml
+
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: config file not found.") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML ({err}).") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level.")
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{p}: unknown section(s) {unknown}; known: {list(_SECTIONS)}")
+    data = raw.get(section) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: `{section}` must be a mapping of keys to values, got {data!r}")
+    return dict(data), f"{p}: {section}"
+
+
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TilingConfig:
     """Read a YAML config (section ``tiling``) into a TilingConfig; None gives the defaults."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError as err:
-            raise ConfigError(f"{p}: config file not found.") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML ({err}).") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level.")
-        unknown = sorted(set(raw) - {"tiling"})
-        if unknown:
-            raise ConfigError(f"{p}: unknown section(s) {unknown}; known: ['tiling']")
-        section = raw.get("tiling") or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"{p}: `tiling` must be a mapping of keys to values, got {section!r}")
-        data = dict(section)
-        where = f"{p}: tiling"
-    else:
-        where = "tiling"
+    data, where = _read_section(path, "tiling")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return _build(TilingConfig, data, where)
+
+
+def load_embed_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> EmbedConfig:
+    """Read a YAML config (section ``embed``) into an EmbedConfig; None gives the defaults."""
+    data, where = _read_section(path, "embed")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(EmbedConfig, data, where)
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from wsi import store as st
 from wsi.config import TilingConfig, params_hash
 from wsi.errors import StageConflictError, StoreError, WsiError
 from wsi.grid import TileGrid, make_grid
+from wsi.progress import progress_reporter
 from wsi.qc import QC_COLUMNS, tile_qc
 from wsi.slide import open_slide, tile_backend
 from wsi.slide.base import LevelChoice, Slide
@@ -177,7 +178,8 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
 
     from wsi.codecs import JpegTilesCodec
 
-    for name in ("tissue", "tiles"):
+    # new tiles void every later stage's outputs too
+    for name in ("tissue", "tiles", st.FEATURES, "predictions", "heatmaps"):
         if name in group:
             del group[name]
     m = group.create_array(st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024))
@@ -290,27 +292,6 @@ def _existing_store(
     return group, "resume" if _resumable(group, phash, config) else "fresh"
 
 
-def _progress_reporter(
-    total: int, slide_name: str, progress: bool | None
-) -> tuple[Callable[[int], None], Callable[[], None]]:
-    use_bar = sys.stderr.isatty() if progress is None else progress
-    if use_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=slide_name, unit="tile", leave=False)
-        return bar.update, bar.close
-    state = {"done": 0, "next": 0.1}
-
-    def update(n: int) -> None:
-        state["done"] += n
-        frac = state["done"] / max(total, 1)
-        if frac >= state["next"] or state["done"] == total:
-            log.info("%s: %d/%d tiles (%.0f%%)", slide_name, state["done"], total, 100 * frac)
-            state["next"] = math.floor(frac * 10 + 1) / 10
-
-    return update, lambda: None
-
-
 def _run_jobs(
     jobs: list[ChunkJob], client: Any, update: Callable[[int], None]
 ) -> list[dict[str, Any]]:
@@ -421,7 +402,9 @@ def tile_slide(
         for c in range(len(done))
         if not done[c]
     ]
-    update, close = _progress_reporter(len(coords), st.slide_id_for(slide_path), progress)
+    update, close = progress_reporter(
+        len(coords), st.slide_id_for(slide_path), progress, unit="tile"
+    )
     update(len(coords) - sum(len(j.coords) for j in jobs))
     t0 = time.perf_counter()
     try:

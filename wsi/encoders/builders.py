@@ -25,9 +25,9 @@ __all__ = ["BUILDERS", "build", "PooledTimm", "efficientnet_lite_keys"]
 class PooledTimm(nn.Module):
     """A timm network used up to its pooled pre-logits features; the head is kept unused."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
@@ -47,7 +47,7 @@ def _timm_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     return kwargs
 
 
-def _create(spec: EncoderSpec, **extra: Any) -> nn.Module:
+def _create(spec: EncoderSpec, **extra: Any) -> Any:
     import timm
 
     return timm.create_model(spec.architecture, pretrained=False, **{**_timm_kwargs(spec), **extra})
@@ -55,13 +55,23 @@ def _create(spec: EncoderSpec, **extra: Any) -> nn.Module:
 
 # -- EfficientNet-Lite0 from the efficientnet_pytorch layout ------------------------------
 
-_STEM = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-         "_fc": "classifier"}
+_STEM = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # the first block has no expansion: depthwise, then pointwise projection
-_BLOCK_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-             "_bn2": "bn2"}
-_BLOCK_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-             "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_BLOCK_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_BLOCK_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(.+)$")
 
 
@@ -72,7 +82,11 @@ def efficientnet_lite_keys(state_dict: dict[str, Any], net: nn.Module) -> dict[s
     in order; unknown keys are kept as they are, so strict loading reports them.
     """
     nested = sorted(
-        {tuple(int(p) for p in k.split(".")[1:3]) for k in net.state_dict() if k.startswith("blocks.")}
+        {
+            tuple(int(p) for p in k.split(".")[1:3])
+            for k in net.state_dict()
+            if k.startswith("blocks.")
+        }
     )
     out: dict[str, Any] = {}
     for key, value in state_dict.items():

@@ -32,6 +32,9 @@ class Preprocess(nn.Module):
     Runs on the encoder's device, so a GPU receives uint8 (a quarter of the bytes).
     """
 
+    offset: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, p: Preprocessing) -> None:
         super().__init__()
         self.size = p.input_size
@@ -40,12 +43,18 @@ class Preprocess(nn.Module):
         self.register_buffer("scale", 1.0 / (torch.tensor(p.std).view(1, 3, 1, 1) * 255.0))
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        x = tiles.permute(0, 3, 1, 2).float()
+        x = tiles.permute(0, 3, 1, 2)  # a channels-last view, no copy
         if x.shape[-2:] != (self.size, self.size):
+            if not (x.device.type == "cpu" and x.dtype == torch.uint8 and self.mode == "bilinear"):
+                x = x.float()  # torch's fast uint8 path (rounds to whole levels) is CPU-only
             x = F.interpolate(
                 x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False
             )
-        x = (x - self.offset) * self.scale
+        x = (
+            x.float().sub_(self.offset).mul_(self.scale)
+            if x.dtype == torch.uint8
+            else ((x - self.offset) * self.scale)
+        )
         return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -137,7 +146,7 @@ def load_encoder(
     digest = sha256_file(path)
     model = build(spec, sd, path)
     del sd
-    model = model.to(dev, memory_format=torch.channels_last)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     pre = Preprocess(spec.preprocessing).to(dev)
     log.info("encoder %s: weights %s (sha256 %s), %s %s", name, path, digest[:12], dev, precision)
     return Encoder(spec, model, pre, path.resolve(), digest, dev, precision)

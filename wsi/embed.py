@@ -1,0 +1,261 @@
+"""Embed the tiles of a slide store with a frozen encoder: ``features/<encoder>/``.
+
+Background threads read and decode tile chunks while the model runs, so the model does
+not wait on I/O. Batches are aligned to fixed row ranges (batch ``b`` is rows
+``b*B .. (b+1)*B``), so a resumed or repeated run feeds the model the very same batches
+and, on a CPU, writes the same bytes. ``done[b]`` is written after batch ``b``'s rows;
+the stage record last of all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.config import EmbedConfig, params_hash
+from wsi.errors import StageConflictError, StoreError, WsiError
+from wsi.progress import progress_reporter
+
+__all__ = ["embed_store", "EmbeddingError", "features_of"]
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingError(WsiError, ArithmeticError):
+    """The encoder produced non-finite features."""
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = st.package_versions()
+    for pkg in ("torch", "timm", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _tiles_identity(group: Any, path: Path) -> dict[str, Any]:
+    entry = st.stage_entry(group, "tiles")
+    if entry is None:
+        raise StoreError(
+            f"{path}: the tiles stage is not complete. Run (or resume) `wsi tile` on its "
+            "slide first."
+        )
+    return {"params_hash": entry["params_hash"], "run_id": entry.get("run_id")}
+
+
+def _check_existing(
+    group: Any, stage: str, phash: str, sha: str, path: Path, overwrite: bool
+) -> str:
+    """ "complete", "resume" or "fresh"; refuses to mix features of other weights."""
+    meta = st.read_meta(group)
+    entry = meta.get("stages", {}).get(stage)
+    pending = meta.get("pending", {}).get(stage)
+    if entry and entry.get("params_hash") == phash:
+        return "complete"
+    for record, what in ((entry, "made"), (pending, "partly made (an interrupted run)")):
+        if not record or overwrite:
+            continue
+        old_sha = record.get("params", {}).get("weights_sha256")
+        if old_sha != sha:
+            raise StageConflictError(
+                f"{path}: {stage} were {what} with other weights (sha256 {str(old_sha)[:12]}, "
+                f"now {sha[:12]}); features of different weights are never mixed. Pass "
+                "--overwrite to replace them, or register the new weights under another name."
+            )
+        if record is entry:
+            raise StageConflictError(
+                f"{path}: {stage} exist with other parameters ({entry.get('params_hash')}, now "
+                f"{phash}). Pass --overwrite (overwrite=True) to redo them."
+            )
+    if pending and pending.get("params_hash") == phash:
+        return "resume"
+    return "fresh"
+
+
+def _layout_fits(group: Any, keys: tuple[str, str, str], n: int, d: int, batch: int) -> bool:
+    _, emb_key, done_key = keys
+    if emb_key not in group or done_key not in group:
+        return False
+    emb, done = group[emb_key], group[done_key]
+    return (
+        emb.shape == (n, d) and emb.chunks == (batch, d) and done.shape == (math.ceil(n / batch),)
+    )
+
+
+def _write_layout(
+    group: Any, keys: tuple[str, str, str], n: int, d: int, batch: int, dtype: str
+) -> Any:
+    name, emb_key, done_key = keys
+    if name in group:
+        del group[name]
+    emb = group.create_array(emb_key, shape=(n, d), dtype=dtype, chunks=(batch, d), fill_value=0)
+    group.create_array(
+        done_key, shape=(math.ceil(n / batch),), dtype="bool", chunks=(1,), fill_value=False
+    )
+    return emb
+
+
+def _prefetch(
+    pixels: Any, batches: list[int], size: int, n: int, threads: int, ahead: int, pin: bool
+) -> Iterator[tuple[int, Any]]:
+    """Yield (b, uint8 tiles of batch b) in order, read by ``threads`` background threads."""
+
+    def read(b: int) -> Any:
+        import torch
+
+        tiles = torch.from_numpy(np.asarray(pixels[b * size : min((b + 1) * size, n)]))
+        return tiles.pin_memory() if pin else tiles
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="wsi-embed-read") as pool:
+        queue: deque[tuple[int, Future[Any]]] = deque()
+        todo = iter(batches)
+        try:
+            for b in todo:
+                queue.append((b, pool.submit(read, b)))
+                if len(queue) >= ahead:
+                    break
+            while queue:
+                b, fut = queue.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queue.append((nxt, pool.submit(read, nxt)))
+                yield b, fut.result()
+        finally:
+            for _, fut in queue:
+                fut.cancel()
+
+
+def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
+    """The complete features (N, D) of ``encoder`` in a store; StoreError if not complete."""
+    path = Path(store)
+    group = st.open_store(path, mode="r")
+    stage, emb_key, _ = st.features_keys(encoder)
+    if st.stage_entry(group, stage) is None:
+        have = sorted(group[st.FEATURES].group_keys()) if st.FEATURES in group else []
+        raise StoreError(
+            f"{path}: no complete features for encoder {encoder!r} (complete or partial: "
+            f"{have or 'none'}). Run `wsi embed {path} --encoder {encoder}`."
+        )
+    return np.asarray(group[emb_key][:])
+
+
+def embed_store(
+    store: str | os.PathLike[str],
+    config: EmbedConfig | None = None,
+    *,
+    encoder: Any = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Embed every tile of ``store`` into ``features/<encoder>/embeddings`` and return the path.
+
+    ``config`` names the encoder, weights, device and batching (defaults: the
+    ``efficientnet_lite0`` ImageNet weights, a GPU if present). Pass an already loaded
+    ``encoder`` (:func:`wsi.encoders.load_encoder`) to embed many stores without
+    reloading it. A complete stage with the same encoder, weights and preprocessing is a
+    no-op; an interrupted one resumes; other weights under the same name are refused
+    unless ``overwrite``.
+    """
+    import torch
+
+    from wsi.encoders.encoder import load_encoder
+
+    config = config or EmbedConfig()
+    path = Path(store)
+    group = st.open_store(path, mode="r+")
+    tiles_id = _tiles_identity(group, path)
+    if encoder is None:
+        encoder = load_encoder(
+            config.encoder,
+            weights=config.weights,
+            device=config.device,
+            precision=config.precision,
+        )
+    batch = config.batch_for(encoder.device.type)
+    keys = st.features_keys(encoder.name)
+    stage = keys[0]
+    params = {
+        **encoder.identity(),
+        "dtype": config.dtype,
+        "tiles": tiles_id,
+    }
+    phash = params_hash(params)
+    state = _check_existing(group, stage, phash, encoder.weights_sha256, path, overwrite)
+    if state == "complete":
+        log.info("%s: %s already complete (%s), nothing to do", path, stage, phash)
+        return path
+    pixels = group[st.TILES_PIXELS]
+    n, d = pixels.shape[0], encoder.spec.feature_dim
+    if state == "resume" and not _layout_fits(group, keys, n, d, batch):
+        state = "fresh"  # another batch size: its rows are fine but its chunks are not
+    if state == "fresh":
+        emb = _write_layout(group, keys, n, d, batch, config.dtype)
+        emb.attrs.update(
+            {
+                **params,
+                "rows": "tile i of tiles/coords",
+                "device": str(encoder.device),
+                "versions": _versions(),
+            }
+        )
+        st.begin_stage(group, stage, params, phash)
+    else:
+        log.info("%s: resuming %s", path, stage)
+    emb = group[keys[1]]
+    done_arr = group[keys[2]]
+    done = np.asarray(done_arr[:])
+    todo = [b for b in range(len(done)) if not done[b]]
+    update, close = progress_reporter(n, f"{st.slide_id_for(path)} {encoder.name}", progress)
+    update(n - sum(min((b + 1) * batch, n) - b * batch for b in todo))
+    pin = encoder.device.type == "cuda"
+    t0 = time.perf_counter()
+    try:
+        for b, tiles in _prefetch(
+            pixels, todo, batch, n, config.loader_threads, config.prefetch, pin
+        ):
+            feats = encoder(tiles)
+            if not bool(torch.isfinite(feats).all()):
+                raise EmbeddingError(
+                    f"{path}: {encoder.name} gave non-finite features for tiles "
+                    f"{b * batch}..{b * batch + len(tiles) - 1} at precision "
+                    f"{encoder.precision}. Re-run with --precision fp32."
+                )
+            emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
+            done_arr[b] = True  # last: this batch is trusted from here on
+            update(len(tiles))
+    except (OSError, ValueError, RuntimeError) as err:
+        if isinstance(err, WsiError):
+            raise
+        raise StoreError(
+            f"{path}: embedding stopped ({type(err).__name__}: {err}). Batches done so far "
+            "are kept; fix the cause and re-run to resume."
+        ) from err
+    finally:
+        close()
+    seconds = time.perf_counter() - t0
+    done_now = sum(min((b + 1) * batch, n) - b * batch for b in todo)
+    counts = {
+        "tiles": int(n),
+        "feature_dim": int(d),
+        "batch_size": batch,
+        "batches_this_run": len(todo),
+        "resumed": state == "resume",
+        "tiles_per_s_this_run": round(done_now / seconds, 1) if todo and seconds > 0 else None,
+    }
+    st.complete_stage(group, stage, counts)
+    log.info("%s: %s, %d tiles in %.1f s", path, stage, n, seconds)
+    return path
