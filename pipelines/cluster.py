@@ -16,6 +16,24 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
+def _environ_restored(keys: dict[str, Any]) -> Iterator[None]:
+    """Undo the nanny's ``os.environ.update(pre-spawn-environ)`` in this process on exit.
+
+    Without this, OMP_NUM_THREADS=1 meant for the workers stayed set in the driver, and a
+    later torch stage in the same process (or any subprocess it starts) ran on one core.
+    """
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None, workers: int | None = None, memory_limit: str = "2GiB"
 ) -> Iterator[Any]:
@@ -42,7 +60,8 @@ def dask_client(
             client.close()
         return
     n = workers or os.cpu_count() or 1
-    with dask.config.set(
+    worker_env = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+    with _environ_restored(worker_env), dask.config.set(
         {
             "distributed.worker.multiprocessing-method": "spawn",
             "distributed.worker.daemon": False,
@@ -53,11 +72,7 @@ def dask_client(
             # Dask's default MALLOC_TRIM_THRESHOLD_ also switches off glibc's adaptive mmap
             # threshold, so every tile-sized buffer became a fresh mmap + page faults: the
             # tile stage ran 1.4x slower in workers than in a plain process
-            "distributed.nanny.pre-spawn-environ": {
-                "OMP_NUM_THREADS": 1,
-                "MKL_NUM_THREADS": 1,
-                "OPENBLAS_NUM_THREADS": 1,
-            },
+            "distributed.nanny.pre-spawn-environ": worker_env,
         }
     ):
         cluster = LocalCluster(

@@ -70,4 +70,3 @@ def test_wrong_config_is_a_clear_error(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml.*not found"):
         load_config(tmp_path / "nope.yaml")
-

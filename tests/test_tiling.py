@@ -234,8 +234,14 @@ def test_stale_pending_record_is_not_resumed(tmp_path, svs):
     g = st.open_store(store, mode="r+")
     meta = st.read_meta(g)
     meta["stages"] = {}
-    meta["pending"] = {"tiles": {"params": params, "params_hash": params_hash(params),
-                                 "run_id": "killed", "started": st.now_iso()}}
+    meta["pending"] = {
+        "tiles": {
+            "params": params,
+            "params_hash": params_hash(params),
+            "run_id": "killed",
+            "started": st.now_iso(),
+        }
+    }
     st.write_meta(g, meta)
     tile_slide(svs, tmp_path, other)
     a = _arrays(store)

@@ -209,6 +209,8 @@ def embed_store(
                 **params,
                 "rows": "tile i of tiles/coords",
                 "device": str(encoder.device),
+                # CPU results are bit-identical for the same batches and thread count
+                "torch_threads": torch.get_num_threads(),
                 "versions": _versions(),
             }
         )
@@ -223,10 +225,16 @@ def embed_store(
     update(n - sum(min((b + 1) * batch, n) - b * batch for b in todo))
     pin = encoder.device.type == "cuda"
     t0 = time.perf_counter()
+    waited = 0.0  # time the model sat waiting for the loader
     try:
-        for b, tiles in _prefetch(
-            pixels, todo, batch, n, config.loader_threads, config.prefetch, pin
-        ):
+        batches = _prefetch(pixels, todo, batch, n, config.loader_threads, config.prefetch, pin)
+        while True:
+            t_wait = time.perf_counter()
+            item = next(batches, None)
+            waited += time.perf_counter() - t_wait
+            if item is None:
+                break
+            b, tiles = item
             feats = encoder(tiles)
             if not bool(torch.isfinite(feats).all()):
                 raise EmbeddingError(
@@ -255,6 +263,8 @@ def embed_store(
         "batches_this_run": len(todo),
         "resumed": state == "resume",
         "tiles_per_s_this_run": round(done_now / seconds, 1) if todo and seconds > 0 else None,
+        "loader_wait_s": round(waited, 2),
+        "torch_threads": torch.get_num_threads(),
     }
     st.complete_stage(group, stage, counts)
     log.info("%s: %s, %d tiles in %.1f s", path, stage, n, seconds)

@@ -72,6 +72,7 @@ def features_keys(encoder: str) -> tuple[str, str, str]:
     group = f"{FEATURES}/{encoder}"
     return group, f"{group}/embeddings", f"{group}/done"
 
+
 _FINGERPRINT_BYTES = 1 << 20
 
 
@@ -130,7 +131,7 @@ def open_store(path: str | os.PathLike[str], mode: str = "r") -> Any:
 
     register()
     p = Path(path)
-    if mode == "r" and not (p / "zarr.json").exists():
+    if mode in ("r", "r+") and not (p / "zarr.json").exists():
         raise StoreError(f"{p}: not a slide store (no zarr.json). Run `wsi tile` first.")
     try:
         return zarr.open_group(str(p), mode=mode)  # type: ignore[arg-type]

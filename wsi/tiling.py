@@ -425,4 +425,3 @@ def tile_slide(
     st.complete_stage(group, STAGE, counts)
     log.info("%s: %d tiles in %.1f s", store_path, len(coords), seconds)
     return store_path
-

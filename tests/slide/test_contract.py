@@ -112,6 +112,7 @@ def test_pyvips_reader_is_thread_safe(real_slide):
         serial = [s.read_region(loc, (256, 256), level=0) for loc in locations]
         with ThreadPoolExecutor(8) as pool:
             for _ in range(3):
-                threaded = list(pool.map(lambda loc: s.read_region(loc, (256, 256), level=0),
-                                         locations))
+                threaded = list(
+                    pool.map(lambda loc: s.read_region(loc, (256, 256), level=0), locations)
+                )
                 assert all(np.array_equal(a, b) for a, b in zip(serial, threaded, strict=True))

@@ -88,9 +88,7 @@ class VipsSlide(OpenSlideSlide):
         )
         return out
 
-    def _fetch(
-        self, level: int, location: tuple[int, int], x: int, y: int, w: int, h: int
-    ) -> Any:
+    def _fetch(self, level: int, location: tuple[int, int], x: int, y: int, w: int, h: int) -> Any:
         pyvips = import_pyvips()
         try:
             regions = getattr(self._local, "regions", None)
