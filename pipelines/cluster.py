@@ -61,19 +61,22 @@ def dask_client(
         return
     n = workers or os.cpu_count() or 1
     worker_env = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
-    with _environ_restored(worker_env), dask.config.set(
-        {
-            "distributed.worker.multiprocessing-method": "spawn",
-            "distributed.worker.daemon": False,
-            "distributed.logging.distributed": "warning",
-            # the statistical profiler samples every thread each 10 ms and costs the tile
-            # tasks GIL time for a view nobody opens in batch runs
-            "distributed.worker.profile.enabled": False,
-            # Dask's default MALLOC_TRIM_THRESHOLD_ also switches off glibc's adaptive mmap
-            # threshold, so every tile-sized buffer became a fresh mmap + page faults: the
-            # tile stage ran 1.4x slower in workers than in a plain process
-            "distributed.nanny.pre-spawn-environ": worker_env,
-        }
+    with (
+        _environ_restored(worker_env),
+        dask.config.set(
+            {
+                "distributed.worker.multiprocessing-method": "spawn",
+                "distributed.worker.daemon": False,
+                "distributed.logging.distributed": "warning",
+                # the statistical profiler samples every thread each 10 ms and costs the tile
+                # tasks GIL time for a view nobody opens in batch runs
+                "distributed.worker.profile.enabled": False,
+                # Dask's default MALLOC_TRIM_THRESHOLD_ also switches off glibc's adaptive mmap
+                # threshold, so every tile-sized buffer became a fresh mmap + page faults: the
+                # tile stage ran 1.4x slower in workers than in a plain process
+                "distributed.nanny.pre-spawn-environ": worker_env,
+            }
+        ),
     ):
         cluster = LocalCluster(
             n_workers=n,

@@ -6,15 +6,23 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipelines.tiling import SlideResult
 from wsi.config import EmbedConfig
-from wsi.embed import embed_store
+from wsi.embed import embed_store, is_embedded
 from wsi.errors import WsiError
 
 __all__ = ["embed_stores"]
 
 log = logging.getLogger(__name__)
+
+
+def _done(store: str | Path, config: EmbedConfig) -> bool:
+    try:
+        return is_embedded(store, config)
+    except WsiError:  # not a store, or unreadable: embed_store reports it below
+        return False
 
 
 def embed_stores(
@@ -24,19 +32,25 @@ def embed_stores(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> list[SlideResult]:
-    """Embed each store's tiles; the encoder is loaded once, before the first store.
+    """Embed each store's tiles; the encoder is loaded once, for the first store needing it.
 
-    A missing weight file or an unknown encoder stops the batch at once (it would fail
-    for every store); an error of one store is logged and the others go on.
+    Stores already embedded with this encoder and weights are skipped without loading
+    it. A missing weight file or an unknown encoder stops the batch at once (it would
+    fail for every store); an error of one store is logged and the others go on.
     """
     from wsi.encoders import load_encoder
 
-    encoder = load_encoder(
-        config.encoder, weights=config.weights, device=config.device, precision=config.precision
-    )
+    encoder: Any = None
     results = []
     for store in stores:
         t0 = time.perf_counter()
+        if encoder is None and not _done(store, config):
+            encoder = load_encoder(
+                config.encoder,
+                weights=config.weights,
+                device=config.device,
+                precision=config.precision,
+            )
         try:
             out = embed_store(
                 store, config, encoder=encoder, overwrite=overwrite, progress=progress

@@ -17,7 +17,7 @@ import torch
 from tests.conftest import TILES, need
 from wsi import store as st
 from wsi.config import EmbedConfig
-from wsi.embed import embed_store, features_of
+from wsi.embed import embed_store, features_of, is_embedded
 from wsi.encoders import find_weights, get_spec, load_encoder
 from wsi.encoders.weights import sha256_file
 from wsi.errors import StageConflictError, StoreError
@@ -228,3 +228,37 @@ def test_cli_lists_encoders(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["efficientnet_lite0"]["weights"].endswith("efficientnet-lite0-57934424.pth")
     assert {"resnet50_trunc", "uni", "uni2_h"} <= set(rows)
+
+
+def test_is_embedded_checks_weights_without_building_the_model(tmp_path, tiled, encoder):
+    store = _copy(tiled, tmp_path)
+    assert not is_embedded(store, CPU)
+    embed_store(store, CPU, encoder=encoder, progress=False)
+    assert is_embedded(store, CPU)
+    assert not is_embedded(store, EmbedConfig(device="cpu", dtype="float16"))
+    other = tmp_path / "other.pth"
+    path = find_weights(get_spec("efficientnet_lite0"))
+    sd = torch.load(path, weights_only=True)
+    sd["_bn0.bias"] = sd["_bn0.bias"] + 0.5
+    torch.save(sd, other)
+    assert not is_embedded(store, EmbedConfig(device="cpu", weights=str(other)))
+
+
+def test_cli_missing_weights_stop_the_batch(tmp_path, tiled, capsys):
+    from pipelines.cli import main
+
+    store = _copy(tiled, tmp_path)
+    rc = main(
+        [
+            "-q",
+            "embed",
+            str(store),
+            "--encoder",
+            "uni",
+            "--weights",
+            str(tmp_path / "UNI" / "pytorch_model.bin"),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pytorch_model.bin: weight file not found" in err

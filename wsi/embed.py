@@ -26,7 +26,7 @@ from wsi.config import EmbedConfig, params_hash
 from wsi.errors import StageConflictError, StoreError, WsiError
 from wsi.progress import progress_reporter
 
-__all__ = ["embed_store", "EmbeddingError", "features_of"]
+__all__ = ["embed_store", "is_embedded", "EmbeddingError", "features_of"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,32 @@ def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
     return np.asarray(group[emb_key][:])
 
 
+def _params(identity: dict[str, Any], config: EmbedConfig, tiles: dict[str, Any]) -> dict[str, Any]:
+    return {**identity, "dtype": config.dtype, "tiles": tiles}
+
+
+def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None) -> bool:
+    """True if ``store`` holds complete features for exactly this encoder, weights and config.
+
+    Checks the weight file's checksum but builds no model, so a batch of finished stores
+    costs no model loading.
+    """
+    from wsi.encoders.encoder import planned_identity
+
+    config = config or EmbedConfig()
+    path = Path(store)
+    group = st.open_store(path, mode="r")
+    entry = st.stage_entry(group, "tiles")
+    identity = planned_identity(config.encoder, config.weights, config.device, config.precision)
+    if entry is None or identity is None:
+        return False
+    tiles = {"params_hash": entry["params_hash"], "run_id": entry.get("run_id")}
+    done = st.stage_entry(group, st.features_keys(config.encoder)[0])
+    if done is None:
+        return False
+    return bool(done["params_hash"] == params_hash(_params(identity, config, tiles)))
+
+
 def embed_store(
     store: str | os.PathLike[str],
     config: EmbedConfig | None = None,
@@ -178,6 +204,9 @@ def embed_store(
     path = Path(store)
     group = st.open_store(path, mode="r+")
     tiles_id = _tiles_identity(group, path)
+    if encoder is None and is_embedded(path, config):
+        log.info("%s: features of %s already complete, nothing to do", path, config.encoder)
+        return path
     if encoder is None:
         encoder = load_encoder(
             config.encoder,
@@ -188,11 +217,7 @@ def embed_store(
     batch = config.batch_for(encoder.device.type)
     keys = st.features_keys(encoder.name)
     stage = keys[0]
-    params = {
-        **encoder.identity(),
-        "dtype": config.dtype,
-        "tiles": tiles_id,
-    }
+    params = _params(encoder.identity(), config, tiles_id)
     phash = params_hash(params)
     state = _check_existing(group, stage, phash, encoder.weights_sha256, path, overwrite)
     if state == "complete":

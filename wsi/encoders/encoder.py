@@ -18,7 +18,14 @@ from wsi.encoders.spec import EncoderSpec, Preprocessing
 from wsi.encoders.weights import find_weights, read_state_dict, sha256_file, where_to_put
 from wsi.errors import ConfigError, WeightsNotFoundError
 
-__all__ = ["Preprocess", "Encoder", "load_encoder", "resolve_device", "PRECISIONS"]
+__all__ = [
+    "Preprocess",
+    "Encoder",
+    "load_encoder",
+    "planned_identity",
+    "resolve_device",
+    "PRECISIONS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +117,38 @@ class Encoder:
 
     def identity(self) -> dict[str, Any]:
         """What goes into a store's attrs about this encoder."""
-        return {
-            **self.spec.summary(),
-            "weights_sha256": self.weights_sha256,
-            "weights_file": self.weights_path.name,
-            "precision": self.precision,
-        }
+        return identity_of(self.spec, self.weights_path, self.weights_sha256, self.precision)
+
+
+def identity_of(spec: EncoderSpec, weights: Path, sha256: str, precision: str) -> dict[str, Any]:
+    """The identity of an encoder's features: contract, weights checksum, compute precision."""
+    return {
+        **spec.summary(),
+        "weights_sha256": sha256,
+        "weights_file": weights.name,
+        "precision": precision,
+    }
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bf16 autocast on a GPU, float32 on a CPU."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def planned_identity(
+    name: str, weights: str | os.PathLike[str] | None, device: str | None, precision: str
+) -> dict[str, Any] | None:
+    """The identity ``load_encoder`` would give, without building the model (None: unknown)."""
+    spec = get_spec(name)
+    path = Path(weights).expanduser() if weights is not None else find_weights(spec)
+    if path is None or not path.is_file():
+        return None
+    prec = resolve_precision(precision, resolve_device(device))
+    return identity_of(spec, path.resolve(), sha256_file(path), prec)
 
 
 def load_encoder(
@@ -137,11 +170,8 @@ def load_encoder(
         raise WeightsNotFoundError(
             f"encoder {name!r}: no weight file on this machine. {where_to_put(spec)}."
         )
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, dev)
     sd = read_state_dict(path)
     digest = sha256_file(path)
     model = build(spec, sd, path)

@@ -99,13 +99,25 @@ def where_to_put(spec: EncoderSpec) -> str:
     return " ".join(places)
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a whole file (the identity of a set of weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a whole file (the identity of a set of weights).
+
+    Remembered per (path, size, mtime) in this process: a multi-GB checkpoint is read
+    once, and a file replaced in place is hashed again.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:
