@@ -177,13 +177,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_synthetic_slide(slide_path, width=args.size, height=args.size, mpp=0.25, seed=0)
     args.slides = [str(slide_path)]
     args.out = str(out / "stores")
-    rc = _run_tiling(args, args.slides)
-    if rc == 0:
-        from wsi.store import open_store
+    rc = _run_tiling(args, args.slides)  # the Dask cluster is closed before torch starts
+    if rc != 0:
+        return rc
+    from pipelines.embedding import embed_stores
+    from wsi.config import EmbedConfig
+    from wsi.store import open_store
 
-        group = open_store(Path(args.out) / "synthetic_demo.zarr")
-        print(group.tree())
-    return rc
+    store = Path(args.out) / "synthetic_demo.zarr"
+    config = EmbedConfig()
+    results = embed_stores([store], config, progress=False if args.quiet else None)
+    if results[0].status != "ok":
+        print(f"embedding FAILED: {results[0].error}")
+        return 1
+    print(f"embedded {store} with {config.encoder} ({results[0].seconds:.1f} s)")
+    print(open_store(store).tree())
+    return 0
 
 
 def _add_tiling_options(p: argparse.ArgumentParser) -> None:
@@ -246,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_h5_parsers(sub)
 
-    p = sub.add_parser("demo", help="tile a generated synthetic slide (no files needed)")
+    p = sub.add_parser("demo", help="tile and embed a generated synthetic slide (no files needed)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--size", type=int, default=12000, help="synthetic slide side, pixels")
     _add_tiling_options(p)

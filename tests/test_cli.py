@@ -66,3 +66,14 @@ def test_existing_scheduler(tmp_path, pyramid):
         )
     store = tmp_path / "CMU-1-Small-Region_pyramid_generic.zarr"
     assert st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"] > 10
+
+
+def test_demo_tiles_and_embeds_a_synthetic_slide(tmp_path, capsys):
+    from pipelines.cli import main
+    from wsi.embed import features_of
+
+    assert main(["-q", "demo", "--out", str(tmp_path), "--size", "5000", "--workers", "1"]) == 0
+    store = tmp_path / "stores" / "synthetic_demo.zarr"
+    feats = features_of(store, "efficientnet_lite0")
+    assert feats.shape[1] == 1280 and feats.shape[0] > 0
+    assert "embedded" in capsys.readouterr().out
