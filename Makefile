@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-## Run the main job: make a synthetic slide and tile it on a local Dask cluster.
+## Run the main job: make a synthetic slide, tile it on a local Dask cluster, embed the tiles.
 demo: $(STAMP)
 	$(VENV)/bin/wsi demo --out demo_out
 
@@ -25,6 +25,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench_tiling.py
+	$(PY) tools/bench_embed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wsi pipelines tests tools

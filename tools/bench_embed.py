@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     enc.forward(batches[0])  # warm-up: kernels chosen, caches filled
     _sync(enc.device)
 
-    bare, stage = [], []
+    from wsi.store import features_keys, open_store, stage_entry
+
+    bare, stage, waits = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         for x in batches:
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         embed_store(store, config, encoder=enc, progress=False)
         _sync(enc.device)
         stage.append(time.perf_counter() - t0)
+        entry = stage_entry(open_store(store), features_keys(enc.name)[0]) or {}
+        waits.append(entry.get("counts", {}).get("loader_wait_s"))
 
     dev = (
         torch.cuda.get_device_name(enc.device)
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("bare forward s: " + ", ".join(f"{t:.2f}" for t in bare))
     print("stage s:        " + ", ".join(f"{t:.2f}" for t in stage))
+    print("model waited on the loader s: " + ", ".join(str(w) for w in waits))
     bare_rate, stage_rate = n / min(bare), n / min(stage)
     print(
         f"embed stage: {stage_rate:.0f} img/s = {100 * stage_rate / bare_rate:.0f}% of bare "

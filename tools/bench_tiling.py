@@ -97,8 +97,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
     ap.add_argument("--codec", default="jpeg", choices=["jpeg", "zstd"])
     ap.add_argument("--chroma-subsampling", default="444", choices=["444", "420"])
-    ap.add_argument("--backend", default="pyvips", choices=["pyvips", "openslide"],
-                    help="tile stage reader (default pyvips, the fast path)")
+    ap.add_argument(
+        "--backend",
+        default="pyvips",
+        choices=["pyvips", "openslide"],
+        help="tile stage reader (default pyvips, the fast path)",
+    )
     args = ap.parse_args()
 
     from wsi.grid import make_grid

@@ -15,6 +15,10 @@ __all__ = [
     "open_slide",
     "tile_slide",
     "TilingConfig",
+    "EmbedConfig",
+    "embed_store",
+    "features_of",
+    "load_encoder",
     "WsiError",
     "__version__",
 ]
@@ -23,11 +27,17 @@ _LAZY = {
     "open_slide": "wsi.slide",
     "tile_slide": "wsi.tiling",
     "TilingConfig": "wsi.config",
+    "EmbedConfig": "wsi.config",
+    "embed_store": "wsi.embed",
+    "features_of": "wsi.embed",
+    "load_encoder": "wsi.encoders",
     "WsiError": "wsi.errors",
 }
 
 if TYPE_CHECKING:
-    from wsi.config import TilingConfig
+    from wsi.config import EmbedConfig, TilingConfig
+    from wsi.embed import embed_store, features_of
+    from wsi.encoders import load_encoder
     from wsi.errors import WsiError
     from wsi.slide import open_slide
     from wsi.tiling import tile_slide

@@ -235,3 +235,13 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="no CUDA GPU.*--device cpu"):
         load_encoder("efficientnet_lite0", device="cuda")
+
+
+def test_encoder_docs_table_is_generated_from_the_registry():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "gen_encoder_docs.py"
+    res = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout

@@ -82,7 +82,8 @@ def test_top_level_api_is_lazy():
     import sys
 
     code = (
-        "import sys, wsi; heavy = [m for m in ('openslide', 'pyvips', 'dask', 'torch', 'zarr')"
+        "import sys, wsi, wsi.encoders, wsi.config\n"
+        "heavy = [m for m in ('openslide', 'pyvips', 'dask', 'torch', 'timm', 'zarr', 'h5py')"
         " if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
