@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--loader-threads", type=int, default=1)
+    parser.add_argument("--loader-threads", type=int, help="default: 1 on a CPU, up to 8 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench_out/embed")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ installed reads the store. Measurements behind the choice: ``docs/codecs.md``.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,9 @@ class JpegTilesCodec(ArrayBytesCodec):
         return self._encode_sync(chunk_array, chunk_spec)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
+        # off zarr's event-loop thread: libjpeg releases the GIL, so the chunks of one read
+        # (and reads from several threads) decode in parallel instead of one at a time
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG output size is not known in advance")

@@ -127,7 +127,9 @@ class EmbedConfig:
     precision: str = "auto"  #: "auto" (bf16 on a GPU, fp32 on a CPU), "fp32", "bf16", "fp16"
     batch_size: int | None = None  #: tiles per forward pass; None: 64 on a CPU, 256 on a GPU
     dtype: str = "float32"  #: stored embeddings: "float32" or "float16"
-    loader_threads: int = 1  #: background threads reading and decoding tile chunks
+    #: background threads reading tile chunks; None: 1 on a CPU (the cores are the
+    #: model's), up to 8 on a GPU
+    loader_threads: int | None = None
     prefetch: int = 4  #: batches read ahead of the model
 
     def __post_init__(self) -> None:
@@ -140,7 +142,7 @@ class EmbedConfig:
                 raise bad(name, "must be a whole number")
         if self.batch_size is not None and not 1 <= self.batch_size <= 8192:
             raise bad("batch_size", "must be between 1 and 8192, or null")
-        if not 1 <= self.loader_threads <= 64:
+        if self.loader_threads is not None and not 1 <= self.loader_threads <= 64:
             raise bad("loader_threads", "must be between 1 and 64")
         if not 1 <= self.prefetch <= 64:
             raise bad("prefetch", "must be between 1 and 64")
@@ -152,6 +154,11 @@ class EmbedConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
             raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def loaders_for(self, device_type: str) -> int:
+        if self.loader_threads is not None:
+            return self.loader_threads
+        return 1 if device_type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
     def batch_for(self, device_type: str) -> int:
         if self.batch_size is not None:

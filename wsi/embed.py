@@ -252,7 +252,8 @@ def embed_store(
     t0 = time.perf_counter()
     waited = 0.0  # time the model sat waiting for the loader
     try:
-        batches = _prefetch(pixels, todo, batch, n, config.loader_threads, config.prefetch, pin)
+        threads = config.loaders_for(encoder.device.type)
+        batches = _prefetch(pixels, todo, batch, n, threads, config.prefetch, pin)
         while True:
             t_wait = time.perf_counter()
             item = next(batches, None)
