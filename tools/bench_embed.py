@@ -160,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     print("bare forward s: " + ", ".join(f"{t:.2f}" for t in bare))
     print("stage s:        " + ", ".join(f"{t:.2f}" for t in stage))
     print("model waited on the loader s: " + ", ".join(str(w) for w in waits))
+    from wsi.embed import _prefetch
+
+    threads = config.loaders_for(enc.device.type)
+    pin = enc.device.type == "cuda"
+    t0 = time.perf_counter()
+    for _ in _prefetch(pixels, list(range(len(batches))), batch, n, threads, 4, pin):
+        pass
+    loader_rate = n / (time.perf_counter() - t0)
+    print(f"loader alone (read + decode, {threads} thread(s)): {loader_rate:.0f} tiles/s")
     bare_rate, stage_rate = n / min(bare), n / min(stage)
     print(
         f"embed stage: {stage_rate:.0f} img/s = {100 * stage_rate / bare_rate:.0f}% of bare "
