@@ -166,6 +166,69 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from wsi.config import load_section
+    from wsi.mil.train import TrainConfig, train_model
+
+    overrides = {
+        k: v
+        for k, v in {
+            "model": args.model,
+            "folds": args.folds,
+            "test_fraction": args.test_fraction,
+            "epochs": args.epochs,
+            "patience": args.patience,
+            "lr": args.lr,
+            "seed": args.seed,
+            "target_sensitivity": args.target_sensitivity,
+            "max_train_tiles": args.max_train_tiles,
+        }.items()
+        if v is not None
+    }
+    out = train_model(
+        args.stores,
+        args.labels,
+        args.out,
+        load_section(args.config, "train", TrainConfig, **overrides),
+        encoder=args.encoder,
+        positive=args.positive,
+        splits=args.splits,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    op = metrics["operating_point"]
+    for part in ("validation_pooled", "test"):
+        if part not in metrics:
+            continue
+        r = metrics[part]
+        at = r["at_threshold"]
+        lo, hi = r["auroc_ci95"]
+        print(
+            f"{part}: AUROC {r['auroc']:.3f} (95% CI {lo:.2f}-{hi:.2f}), sensitivity "
+            f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f} at threshold "
+            f"{op['threshold']:.3f} (target sensitivity {op['target_sensitivity']}), "
+            f"ECE {r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f} calibrated"
+        )
+    print(f"model card: {out / 'model.json'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.mil import predict_stores
+
+    results = predict_stores(args.stores, args.model, overwrite=args.overwrite)
+    failed = 0
+    for res, pred in results:
+        if pred is None:
+            failed += 1
+            print(f"  FAILED  {res.slide}: {res.error}")
+            continue
+        print(
+            f"  {pred['decision']:<8} {res.slide}: p = {pred['probability']:.3f} "
+            f"(+/- {pred['probability_std']:.3f} across folds; threshold {pred['threshold']:.3f})"
+        )
+    return 1 if failed else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsi.synthetic import make_synthetic_slide
 
@@ -250,6 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (section `embed`), see configs/default.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace features of other weights")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("train", help="train an attention-MIL head on embedded stores")
+    p.add_argument("--stores", required=True, help="folder of <slide_id>.zarr stores")
+    p.add_argument("--labels", required=True, help="labels.csv: slide_id, patient_id, label")
+    p.add_argument("--encoder", default="efficientnet_lite0", help="features to train on")
+    p.add_argument("--model", help="abmil (default), clam_sb, clam_mb, transmil, mean, max")
+    p.add_argument("--out", required=True, help="model folder")
+    p.add_argument("--folds", type=int, help="patient-level folds (default 5)")
+    p.add_argument("--test-fraction", type=float, help="patients held out for testing")
+    p.add_argument("--target-sensitivity", type=float, help="operating point (default 0.95)")
+    p.add_argument("--positive", help="the positive (tumour) label, if not recognised")
+    p.add_argument("--splits", help="splits.csv of an earlier run, to repeat it exactly")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-train-tiles", type=int, help="subsample bigger bags while training")
+    p.add_argument("--config", help="YAML config (section `train`), see configs/default.yaml")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predict stores with a trained model")
+    p.add_argument("stores", nargs="+")
+    p.add_argument("--model", required=True, help="model folder written by `wsi train`")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_predict)
 
     from pipelines.h5cli import add_parsers as add_h5_parsers
 

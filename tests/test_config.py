@@ -22,6 +22,12 @@ def test_default_yaml_equals_dataclass_defaults():
     assert load_embed_config(DEFAULT) == EmbedConfig()
     embed = yaml.safe_load(DEFAULT.read_text())["embed"]
     assert set(embed) == {f.name for f in dataclasses.fields(EmbedConfig)}
+    from wsi.config import load_section
+    from wsi.mil.train import TrainConfig
+
+    assert load_section(DEFAULT, "train", TrainConfig) == TrainConfig()
+    train = yaml.safe_load(DEFAULT.read_text())["train"]
+    assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ __all__ = [
     "EmbedConfig",
     "load_config",
     "load_embed_config",
+    "load_section",
     "params_hash",
     "CODECS",
 ]
@@ -187,7 +188,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: {err}") from err
 
 
-_SECTIONS = ("tiling", "embed")
+_SECTIONS = ("tiling", "embed", "train")
 
 
 def _read_section(path: str | os.PathLike[str] | None, section: str) -> tuple[dict[str, Any], str]:
@@ -225,6 +226,15 @@ def load_embed_config(path: str | os.PathLike[str] | None = None, **overrides: A
     data, where = _read_section(path, "embed")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return _build(EmbedConfig, data, where)
+
+
+def load_section(
+    path: str | os.PathLike[str] | None, section: str, cls: type[T], **overrides: Any
+) -> T:
+    """Read YAML section ``section`` into the frozen dataclass ``cls`` (None: defaults)."""
+    data, where = _read_section(path, section)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(cls, data, where)
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -35,18 +35,6 @@ class EmbeddingError(WsiError, ArithmeticError):
     """The encoder produced non-finite features."""
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = st.package_versions()
-    for pkg in ("torch", "timm", "safetensors"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def _tiles_identity(group: Any, path: Path) -> dict[str, Any]:
     entry = st.stage_entry(group, "tiles")
     if entry is None:
@@ -236,7 +224,7 @@ def embed_store(
                 "device": str(encoder.device),
                 # CPU results are bit-identical for the same batches and thread count
                 "torch_threads": torch.get_num_threads(),
-                "versions": _versions(),
+                "versions": st.package_versions(),
             }
         )
         st.begin_stage(group, stage, params, phash)

@@ -115,7 +115,18 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("wsi", "zarr", "numpy", "openslide-python", "openslide-bin", "pyvips", "dask"):
+    for pkg in (
+        "wsi",
+        "zarr",
+        "numpy",
+        "openslide-python",
+        "openslide-bin",
+        "pyvips",
+        "dask",
+        "torch",
+        "timm",
+        "safetensors",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

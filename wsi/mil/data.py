@@ -1,0 +1,224 @@
+"""Labels and bags: ``labels.csv`` checked against the stores before any training starts.
+
+``labels.csv`` has the columns ``slide_id, patient_id, label`` and optionally ``group``
+(for per-group metrics) and ``split`` (``train``/``val``/``test``: a fixed split instead
+of k folds). Labels are binary; the positive class (tumour) is named by ``positive`` or
+recognised (``1``, ``tumor``, ``tumour``, ``positive``, ``malignant``, ``cancer``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.errors import ConfigError, StoreError
+
+__all__ = ["SlideLabel", "LabelTable", "read_labels", "check_stores", "BagSource"]
+
+log = logging.getLogger(__name__)
+
+POSITIVE_NAMES = ("1", "tumor", "tumour", "positive", "malignant", "cancer", "true", "yes")
+_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class SlideLabel:
+    slide_id: str
+    patient_id: str
+    label: str  #: as written in labels.csv
+    y: int  #: 1 = positive class, 0 = negative
+    group: str | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """The checked rows of labels.csv and the names of the two classes."""
+
+    path: Path
+    rows: tuple[SlideLabel, ...]
+    positive: str
+    negative: str
+    has_group: bool = False
+    has_split: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([r.y for r in self.rows], dtype=np.int64)
+
+
+def _problems(path: Path, what: str, items: list[str], fix: str) -> ConfigError:
+    more = f" (and {len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return ConfigError(f"{path}: {what}: {', '.join(items[:_SHOWN])}{more}. {fix}")
+
+
+def read_labels(path: str | os.PathLike[str], positive: str | None = None) -> LabelTable:
+    """Read and check labels.csv: columns, duplicates, two classes, one label per patient."""
+    p = Path(path)
+    try:
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            raw = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: labels file not found.") from err
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{p}: not a readable CSV file ({err}).") from err
+    missing = [c for c in ("slide_id", "patient_id", "label") if c not in columns]
+    if missing:
+        raise ConfigError(
+            f"{p}: missing column(s) {missing}; found {columns}. labels.csv needs "
+            "slide_id, patient_id, label (and optionally group, split)."
+        )
+    if not raw:
+        raise ConfigError(f"{p}: no rows.")
+    needed = ("slide_id", "patient_id", "label")
+    empty = [str(i + 2) for i, r in enumerate(raw) if not all(r.get(c) for c in needed)]
+    if empty:
+        raise _problems(p, "empty slide_id, patient_id or label on line(s)", empty, "Fill them in.")
+    counts = Counter(r["slide_id"] for r in raw)
+    dupes = sorted(sid for sid, n in counts.items() if n > 1)
+    if dupes:
+        raise _problems(p, "slide(s) listed twice", dupes, "List each slide once.")
+    classes = sorted({r["label"] for r in raw})
+    if len(classes) < 2:
+        raise ConfigError(
+            f"{p}: every slide has the label {classes[0]!r}; training needs both classes."
+        )
+    if len(classes) > 2:
+        raise ConfigError(
+            f"{p}: {len(classes)} labels {classes}; this version trains binary tasks only. "
+            "Map them to two classes."
+        )
+    pos = _positive_class(p, classes, positive)
+    neg = next(c for c in classes if c != pos)
+    by_patient: dict[str, set[str]] = {}
+    for r in raw:
+        by_patient.setdefault(r["patient_id"], set()).add(r["label"])
+    mixed = [f"{pid} ({'/'.join(sorted(ls))})" for pid, ls in by_patient.items() if len(ls) > 1]
+    if mixed:
+        raise _problems(
+            p,
+            "patient(s) with two labels",
+            mixed,
+            "A patient's slides must share one label (splits are by patient); fix the labels.",
+        )
+    has_split = "split" in columns and any(r.get("split") for r in raw)
+    if has_split:
+        bad = sorted({r["split"] for r in raw} - {"train", "val", "test"})
+        if bad:
+            raise _problems(p, "unknown split value(s)", bad, "Use train, val or test.")
+    has_group = "group" in columns and any(r.get("group") for r in raw)
+    rows = tuple(
+        SlideLabel(
+            slide_id=r["slide_id"],
+            patient_id=r["patient_id"],
+            label=r["label"],
+            y=int(r["label"] == pos),
+            group=r.get("group") or None,
+            split=r.get("split") or None,
+        )
+        for r in raw
+    )
+    return LabelTable(p, rows, pos, neg, has_group=has_group, has_split=has_split)
+
+
+def _positive_class(path: Path, classes: list[str], positive: str | None) -> str:
+    if positive is not None:
+        if positive not in classes:
+            raise ConfigError(f"{path}: --positive {positive!r} is not a label; labels: {classes}")
+        return positive
+    known = [c for c in classes if c.lower() in POSITIVE_NAMES]
+    if len(known) != 1:
+        raise ConfigError(
+            f"{path}: cannot tell which of {classes} is the positive (tumour) class. "
+            "Pass --positive LABEL."
+        )
+    return known[0]
+
+
+def check_stores(table: LabelTable, stores_dir: str | os.PathLike[str], encoder: str) -> str:
+    """Every labelled slide has a store with complete ``encoder`` features of one set of weights.
+
+    Returns that weights checksum. Raises one error listing every problem found.
+    """
+    root = Path(stores_dir)
+    stage, emb_key, _ = st.features_keys(encoder)
+    no_store: list[str] = []
+    no_feats: list[str] = []
+    shas: dict[str, list[str]] = {}
+    for row in table.rows:
+        path = root / f"{row.slide_id}.zarr"
+        if not (path / "zarr.json").exists():
+            no_store.append(row.slide_id)
+            continue
+        group = st.open_store(path)
+        if st.stage_entry(group, stage) is None:
+            no_feats.append(row.slide_id)
+            continue
+        shas.setdefault(str(group[emb_key].attrs.get("weights_sha256")), []).append(row.slide_id)
+    if no_store:
+        raise StoreError(
+            f"{table.path}: {len(no_store)} labelled slide(s) have no store in {root}: "
+            f"{', '.join(no_store[:_SHOWN])}{' ...' if len(no_store) > _SHOWN else ''}. "
+            "Tile and embed them (`wsi tile`, `wsi embed`), or drop them from labels.csv."
+        )
+    if no_feats:
+        raise StoreError(
+            f"{root}: {len(no_feats)} store(s) have no complete {encoder!r} features: "
+            f"{', '.join(no_feats[:_SHOWN])}{' ...' if len(no_feats) > _SHOWN else ''}. "
+            f"Run `wsi embed` with --encoder {encoder} on them."
+        )
+    if len(shas) > 1:
+        parts = [f"{sha[:12]} ({len(ids)} slides, e.g. {ids[0]})" for sha, ids in shas.items()]
+        raise StoreError(
+            f"{root}: {encoder!r} features were made with different weights: "
+            f"{'; '.join(parts)}. Re-embed so every slide uses the same weights."
+        )
+    return next(iter(shas))
+
+
+class BagSource:
+    """Bags (N, D) float32 of the labelled slides, read from the stores on demand.
+
+    Bags are kept in memory up to ``cache_mb`` (least recently used first out), so a
+    cohort that fits is read once, and one that does not is streamed from disk.
+    """
+
+    def __init__(self, stores_dir: str | os.PathLike[str], encoder: str, cache_mb: int = 4096):
+        self.root = Path(stores_dir)
+        self.encoder = encoder
+        self.budget = cache_mb * 2**20
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def store(self, slide_id: str) -> Path:
+        return self.root / f"{slide_id}.zarr"
+
+    def __getitem__(self, slide_id: str) -> np.ndarray:
+        bag = self._cache.get(slide_id)
+        if bag is not None:
+            self._cache.move_to_end(slide_id)
+            return bag
+        from wsi.embed import features_of
+
+        bag = np.ascontiguousarray(features_of(self.store(slide_id), self.encoder), np.float32)
+        if bag.nbytes <= self.budget:
+            self._cache[slide_id] = bag
+            self._bytes += bag.nbytes
+            while self._bytes > self.budget:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= old.nbytes
+        return bag

@@ -1,0 +1,129 @@
+"""Slide-level evaluation: the numbers of ``metrics.json`` and the ROC / reliability plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from wsi.mil import metrics as m
+
+__all__ = ["evaluate", "plot_roc", "plot_reliability"]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN becomes None, numpy scalars plain floats."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(float(value)) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def evaluate(
+    y: ArrayLike,
+    p_calibrated: ArrayLike,
+    threshold: float,
+    *,
+    p_raw: ArrayLike | None = None,
+    youden: float | None = None,
+    groups: Sequence[str | None] | None = None,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Metrics of positive-class probabilities against truth ``y`` at ``threshold``.
+
+    ``threshold`` is the operating point chosen beforehand (on validation data);
+    ``youden`` a second one reported beside it. ``p_raw`` (before calibration) adds the
+    ECE before calibration. ``groups`` adds the same metrics per group.
+    """
+    y_arr = np.asarray(y, dtype=np.int64)
+    p = np.asarray(p_calibrated, dtype=np.float64)
+    auc, lo, hi = m.auroc_ci(y_arr, p, n_boot=n_boot)
+    out: dict[str, Any] = {
+        "n": int(len(y_arr)),
+        "n_positive": int(y_arr.sum()),
+        "auroc": auc,
+        "auroc_ci95": [lo, hi],
+        "balanced_accuracy": m.balanced_accuracy(y_arr, p, threshold),
+        "at_threshold": m.at_threshold(y_arr, p, threshold).as_dict(),
+        "ece_calibrated": m.ece(y_arr, p),
+    }
+    if youden is not None:
+        out["at_youden"] = m.at_threshold(y_arr, p, youden).as_dict()
+    if p_raw is not None:
+        out["ece_uncalibrated"] = m.ece(y_arr, np.asarray(p_raw, dtype=np.float64))
+    if groups is not None and any(g is not None for g in groups):
+        g_arr = np.array([g if g is not None else "" for g in groups])
+        out["groups"] = {
+            str(g): evaluate(
+                y_arr[g_arr == g], p[g_arr == g], threshold, youden=youden, n_boot=n_boot
+            )
+            for g in sorted(set(g_arr))
+        }
+    return _clean(out)
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    path: str | Path,
+    threshold: float | None = None,
+) -> Path:
+    """ROC curves (one per named (y, p) set) as a PNG; the operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for name, (y, p) in curves.items():
+        fpr, tpr, _ = m.roc_curve(y, p)
+        auc = m.auroc(y, p)
+        ax.step(fpr, tpr, where="post", label=f"{name} (AUROC {auc:.3f})")
+        if threshold is not None:
+            op = m.at_threshold(y, p, threshold)
+            ax.plot(1 - op.specificity, op.sensitivity, "o", color=ax.lines[-1].get_color())
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title("ROC (dot: operating point)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_reliability(y: ArrayLike, p_raw: ArrayLike, p_cal: ArrayLike, path: str | Path) -> Path:
+    """Reliability diagram before and after temperature scaling, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for name, p in (("uncalibrated", p_raw), ("calibrated", p_cal)):
+        mean_p, rate, count = m.reliability(y, p)
+        used = count > 0
+        ax.plot(mean_p[used], rate[used], "o-", label=f"{name} (ECE {m.ece(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(
+        xlabel="predicted probability of the positive class",
+        ylabel="observed fraction",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.set_title("Reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,153 @@
+"""Predict slides with a trained model: ``predictions/<model>/`` in each store.
+
+Every fold model scores the slide; the calibrated positive-class probabilities are
+averaged (the prediction) and their standard deviation across folds reported (the
+uncertainty). The decision is ``probability >= threshold`` at the model's operating point.
+
+    predictions/<model>/attention        float32 (N, F): raw attention of each fold's head
+    predictions/<model>/attention_mean   float32 (N,): per-fold softmax over tiles, averaged
+    attrs of the group: probability, probability_std, fold_probabilities, decision,
+                        threshold, target_sensitivity, model_id, encoder, weights_sha256
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.config import params_hash
+from wsi.errors import ConfigError, StoreError
+from wsi.mil.calibration import softmax
+
+__all__ = ["TrainedModel", "load_model", "predict_store"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainedModel:
+    """The fold heads of a model folder and its card (``model.json``)."""
+
+    def __init__(self, folder: Path, card: dict[str, Any], heads: list[Any]) -> None:
+        self.folder = folder
+        self.card = card
+        self.heads = heads
+
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+
+def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
+    from wsi.mil.train import load_fold
+
+    path = Path(folder)
+    card_path = path / "model.json"
+    if not card_path.exists():
+        raise ConfigError(f"{path}: no model.json; is this a folder written by `wsi train`?")
+    card = json.loads(card_path.read_text())
+    heads = []
+    for fold in card["folds"]:
+        fold_dir = path / fold["dir"]
+        fold_card = json.loads((fold_dir / "card.json").read_text())
+        heads.append(load_fold(fold_dir, fold_card, int(card["in_dim"])))
+    return TrainedModel(path, card, heads)
+
+
+def _attention_vector(att: Any, n: int, positive: int = 1) -> np.ndarray:
+    """One raw score per tile: multi-branch heads give the positive class's branch."""
+    a = att.float().numpy()
+    if a.ndim == 2:
+        a = a[:, positive] if a.shape[1] > positive else a[:, 0]
+    return np.asarray(a.reshape(n), dtype=np.float32)
+
+
+def _normalised(a: np.ndarray, weights: bool) -> np.ndarray:
+    """Attention that sums to 1 over tiles: softmax of raw scores, or (TransMIL, whose
+    class-token attention is already a Nystrom-approximated weight) clipped at 0."""
+    if weights:
+        w = np.clip(a, 0, None)
+        return w / w.sum() if w.sum() > 0 else np.full_like(a, 1.0 / len(a))
+    e = np.exp(a - a.max())
+    return np.asarray(e / e.sum())
+
+
+def predict_store(
+    store: str | os.PathLike[str], model: TrainedModel, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Score one store with every fold of ``model``; write and return the prediction."""
+    import torch
+
+    from wsi.embed import features_of
+
+    path = Path(store)
+    encoder = model.card["encoder"]["name"]
+    group = st.open_store(path, mode="r+")
+    _, emb_key, _ = st.features_keys(encoder)
+    feats = features_of(path, encoder)  # raises if the features are missing
+    sha = group[emb_key].attrs.get("weights_sha256")
+    if sha != model.card["encoder"]["weights_sha256"]:
+        raise StoreError(
+            f"{path}: its {encoder!r} features come from other weights (sha256 "
+            f"{str(sha)[:12]}) than the model was trained on "
+            f"({model.card['encoder']['weights_sha256'][:12]}). Re-embed the store with the "
+            "model's encoder weights."
+        )
+    stage = f"predictions/{model.name}"
+    phash = params_hash({"model_id": model.card["model_id"], "features": sha})
+    entry = st.stage_entry(group, stage)
+    if entry and entry["params_hash"] == phash:
+        return dict(group[stage].attrs)
+    if entry and not overwrite:
+        raise StoreError(
+            f"{path}: {stage} exists from another model with this name. Pass --overwrite."
+        )
+    bag = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    probs, raw_att, norm_att = [], [], []
+    with torch.inference_mode():
+        for head, fold in zip(model.heads, model.card["folds"], strict=True):
+            out = head(bag)
+            logits = out.logits.float().numpy()[None]
+            probs.append(float(softmax(logits, fold["temperature"])[0, 1]))
+            a = _attention_vector(out.attention, len(bag))
+            raw_att.append(a)
+            norm_att.append(_normalised(a, weights=model.card["head"]["name"] == "transmil"))
+    p = float(np.mean(probs))
+    op = model.card["operating_point"]
+    positive = p >= op["threshold"]
+    result = {
+        "model": model.name,
+        "model_id": model.card["model_id"],
+        "encoder": encoder,
+        "weights_sha256": sha,
+        "probability": p,
+        "probability_std": float(np.std(probs)),
+        "fold_probabilities": probs,
+        "decision": model.card["task"]["positive" if positive else "negative"],
+        "positive": bool(positive),
+        "threshold": op["threshold"],
+        "target_sensitivity": op["target_sensitivity"],
+        "tiles": len(bag),
+    }
+    st.begin_stage(group, stage, {"model_id": model.card["model_id"]}, phash)
+    if stage in group:
+        del group[stage]
+    pred = group.create_group(stage)
+    pred.create_array("attention", data=np.stack(raw_att, axis=1).astype(np.float32))
+    pred.create_array("attention_mean", data=np.mean(norm_att, axis=0).astype(np.float32))
+    pred.attrs.update(result)
+    st.complete_stage(group, stage, {"tiles": len(bag), "probability": p})
+    log.info(
+        "%s: %s p=%.3f (+/- %.3f) -> %s",
+        path,
+        model.name,
+        p,
+        result["probability_std"],
+        result["decision"],
+    )
+    return result

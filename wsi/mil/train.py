@@ -1,0 +1,438 @@
+"""Train a MIL head on embedded stores: patient-level folds, early stopping, calibration,
+an operating point for a target sensitivity, and a model card per fold and per model.
+
+Output folder::
+
+    <out>/splits.csv            the patient-level parts, to repeat the run exactly
+    <out>/model.json            model card: encoder + weights, head, data, metrics, operating point
+    <out>/metrics.json          per fold, pooled out-of-fold validation, held-out test
+    <out>/roc.png, reliability.png
+    <out>/fold_<k>/model.safetensors, card.json, train_log.csv
+
+A finished fold (its ``card.json`` written last, with the same config hash) is kept when
+a killed run is started again.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi.config import params_hash
+from wsi.errors import ConfigError
+from wsi.mil import metrics as m
+from wsi.mil.calibration import fit_temperature, softmax
+from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
+from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
+from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
+
+__all__ = ["TrainConfig", "train_model", "FoldModel"]
+
+log = logging.getLogger(__name__)
+
+INTENDED_USE = (
+    "Research software that assists a pathologist; it never replaces one. A negative call "
+    "does not rule out disease: the operating point favours sensitivity."
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a MIL head is trained and its operating point chosen (see ``wsi.mil.train``)."""
+
+    model: str = "abmil"  #: head name (``wsi.mil.heads.HEADS``)
+    folds: int = 5  #: patient-level cross-validation folds
+    test_fraction: float = 0.0  #: patients held out for testing (0: none)
+    epochs: int = 50  #: at most
+    patience: int = 8  #: epochs without a better validation loss before stopping
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    target_sensitivity: float = 0.95  #: operating point: sensitivity on validation data
+    instance_weight: float = 0.3  #: CLAM: weight of the instance clustering loss
+    max_train_tiles: int | None = None  #: subsample larger bags while training; None: all
+    hparams: dict[str, Any] = field(default_factory=dict)  #: head hyper-parameters
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_sensitivity <= 1:
+            raise ConfigError(f"target_sensitivity = {self.target_sensitivity}: must be in (0, 1]")
+        if self.epochs < 1 or self.patience < 1:
+            raise ConfigError("epochs and patience must be at least 1")
+
+
+@dataclass
+class FoldModel:
+    """A trained fold: its head, temperature and the scores it gave its validation slides."""
+
+    k: int
+    module: Any
+    temperature: float
+    val_ids: list[str]
+    val_logits: np.ndarray
+
+
+def _torch_bag(bag: np.ndarray, limit: int | None, rng: np.random.Generator) -> Any:
+    import torch
+
+    if limit is not None and len(bag) > limit:
+        bag = bag[np.sort(rng.choice(len(bag), limit, replace=False))]
+    return torch.from_numpy(bag)
+
+
+def _logits(module: Any, bags: BagSource, ids: list[str]) -> np.ndarray:
+    import torch
+
+    module.eval()
+    with torch.inference_mode():
+        return np.stack([module(torch.from_numpy(bags[s])).logits.float().numpy() for s in ids])
+
+
+def _progress(total: int, desc: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="epoch", leave=False)
+
+
+def _train_fold(
+    k: int,
+    train_ids: list[str],
+    val_ids: list[str],
+    y: dict[str, int],
+    bags: BagSource,
+    in_dim: int,
+    config: TrainConfig,
+    folder: Path,
+) -> FoldModel:
+    import torch
+    from torch.nn import functional as F
+
+    from wsi.mil.heads import build_head
+
+    torch.manual_seed(config.seed + k)
+    rng = np.random.default_rng(config.seed + k)
+    module = build_head(config.model, in_dim, 2, **config.hparams)
+    opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    counts = np.bincount([y[s] for s in train_ids], minlength=2)
+    weight = torch.tensor(len(train_ids) / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
+    val_y = np.array([y[s] for s in val_ids])
+    best, best_state, wait = float("inf"), copy.deepcopy(module.state_dict()), 0
+    rows = []
+    bar = _progress(config.epochs, f"fold {k}")
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        module.train()
+        total = 0.0
+        for i in rng.permutation(len(train_ids)):
+            sid = train_ids[i]
+            target = torch.tensor([y[sid]])
+            out = module(_torch_bag(bags[sid], config.max_train_tiles, rng), label=y[sid])
+            loss = F.cross_entropy(out.logits[None], target, weight=weight)
+            if out.instance_loss is not None:
+                loss = (
+                    1 - config.instance_weight
+                ) * loss + config.instance_weight * out.instance_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        val_logits = _logits(module, bags, val_ids)
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y)))
+        val_auc = m.auroc(val_y, softmax(val_logits)[:, 1])
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(total / len(train_ids), 6),
+                "val_loss": round(val_loss, 6),
+                "val_auroc": round(val_auc, 6),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=rows[-1]["train_loss"], val=rows[-1]["val_loss"], auc=val_auc)
+        else:
+            log.info("fold %d epoch %d: %s", k, epoch, rows[-1])
+        if val_loss < best - 1e-6:
+            best, best_state, wait = val_loss, copy.deepcopy(module.state_dict()), 0
+        else:
+            wait += 1
+            if wait >= config.patience:
+                break
+    if bar is not None:
+        bar.close()
+    module.load_state_dict(best_state)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train_log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    val_logits = _logits(module, bags, val_ids)
+    temperature = fit_temperature(val_logits, val_y)
+    return FoldModel(k, module, temperature, val_ids, val_logits)
+
+
+def _save_fold(fold: FoldModel, folder: Path, card: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in fold.module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    tmp = folder / "card.json.tmp"
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, folder / "card.json")  # last: the fold is done
+
+
+def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
+    """The head of a saved fold, weights loaded strictly, in eval mode."""
+    from safetensors.torch import load_file
+
+    from wsi.mil.heads import build_head
+
+    module = build_head(card["head"]["name"], in_dim, 2, **card["head"]["hparams"])
+    module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    return module.eval()
+
+
+def _splits(table: LabelTable, out: Path, config: TrainConfig, given: Path | None) -> Splits:
+    path = given or (out / "splits.csv")
+    if path.exists():
+        log.info("using the splits in %s", path)
+        return read_splits(path, table)
+    splits = make_splits(table, config.folds, config.test_fraction, config.seed)
+    write_splits(splits, table, out / "splits.csv")
+    return splits
+
+
+def _counts(table: LabelTable, ids: list[str]) -> dict[str, int]:
+    rows = [r for r in table.rows if r.slide_id in set(ids)]
+    return {
+        "slides": len(rows),
+        "positive_slides": sum(r.y for r in rows),
+        "patients": len({r.patient_id for r in rows}),
+    }
+
+
+def train_model(
+    stores_dir: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    encoder: str = "efficientnet_lite0",
+    positive: str | None = None,
+    splits: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Train ``config.model`` on the ``encoder`` features of the labelled stores; returns
+    the model folder (with ``model.json``, the model card)."""
+    from wsi.mil.heads import HEADS
+
+    config = config or TrainConfig()
+    if config.model not in HEADS:
+        import difflib
+
+        close = difflib.get_close_matches(config.model, list(HEADS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown model {config.model!r}.{hint} Known: {', '.join(HEADS)}")
+    table = read_labels(labels, positive)
+    weights_sha = check_stores(table, stores_dir, encoder)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = _splits(table, out, config, Path(splits) if splits else None)
+    bags = BagSource(stores_dir, encoder)
+    in_dim = int(bags[table.rows[0].slide_id].shape[1])
+    y = {r.slide_id: r.y for r in table.rows}
+    chash = params_hash(
+        {"config": dataclasses.asdict(config), "weights": weights_sha, "splits": parts.part}
+    )
+    folds: list[dict[str, Any]] = []
+    oof_ids: list[str] = []
+    oof_logits, oof_cal = [], []
+    test_ids = parts.test
+    test_cal, test_raw = [], []
+    t_start = time.perf_counter()
+    for k in range(parts.folds):
+        train_ids, val_ids = parts.fold(k)
+        folder = out / f"fold_{k}"
+        card_path = folder / "card.json"
+        card = json.loads(card_path.read_text()) if card_path.exists() else None
+        if card is not None and card.get("config_hash") == chash:
+            log.info("fold %d already trained, kept", k)
+            module = load_fold(folder, card, in_dim)
+            fold = FoldModel(
+                k, module, card["temperature"], val_ids, _logits(module, bags, val_ids)
+            )
+        else:
+            t0 = time.perf_counter()
+            fold = _train_fold(k, train_ids, val_ids, y, bags, in_dim, config, folder)
+            val_y = [y[s] for s in val_ids]
+            p_cal = softmax(fold.val_logits, fold.temperature)[:, 1]
+            threshold = m.threshold_for_sensitivity(val_y, p_cal, config.target_sensitivity)
+            card = {
+                "fold": k,
+                "config_hash": chash,
+                "head": {"name": config.model, "hparams": dict(fold.module.hparams)},
+                "in_dim": in_dim,
+                "temperature": fold.temperature,
+                "threshold": threshold,
+                "youden_threshold": m.youden_threshold(val_y, p_cal),
+                "train": _counts(table, train_ids),
+                "val": _counts(table, val_ids),
+                "val_metrics": evaluate(
+                    val_y,
+                    p_cal,
+                    threshold,
+                    p_raw=softmax(fold.val_logits)[:, 1],
+                ),
+                "train_seconds": round(time.perf_counter() - t0, 1),
+            }
+            _save_fold(fold, folder, card)
+        folds.append(card)
+        oof_ids += val_ids
+        oof_logits.append(fold.val_logits)
+        oof_cal.append(softmax(fold.val_logits, fold.temperature)[:, 1])
+        if test_ids:
+            logits = _logits(fold.module, bags, test_ids)
+            test_cal.append(softmax(logits, fold.temperature)[:, 1])
+            test_raw.append(softmax(logits)[:, 1])
+    return _finish(
+        out,
+        table,
+        parts,
+        config,
+        encoder,
+        weights_sha,
+        folds,
+        oof_ids,
+        np.concatenate(oof_logits),
+        np.concatenate(oof_cal),
+        test_ids,
+        test_cal,
+        test_raw,
+        time.perf_counter() - t_start,
+    )
+
+
+def _finish(
+    out: Path,
+    table: LabelTable,
+    parts: Splits,
+    config: TrainConfig,
+    encoder: str,
+    weights_sha: str,
+    folds: list[dict[str, Any]],
+    oof_ids: list[str],
+    oof_logits: np.ndarray,
+    oof_cal: np.ndarray,
+    test_ids: list[str],
+    test_cal: list[np.ndarray],
+    test_raw: list[np.ndarray],
+    seconds: float,
+) -> Path:
+    """Pooled validation, the model's operating point, test metrics, plots, model card."""
+    import hashlib
+
+    from wsi.store import package_versions
+
+    y = {r.slide_id: r.y for r in table.rows}
+    group = {r.slide_id: r.group for r in table.rows}
+    oof_y = np.array([y[s] for s in oof_ids])
+    threshold = m.threshold_for_sensitivity(oof_y, oof_cal, config.target_sensitivity)
+    youden = m.youden_threshold(oof_y, oof_cal)
+    metrics: dict[str, Any] = {
+        "operating_point": {
+            "threshold": threshold,
+            "target_sensitivity": config.target_sensitivity,
+            "chosen_on": "pooled out-of-fold validation probabilities (calibrated)",
+            "youden_threshold": youden,
+        },
+        "validation_pooled": evaluate(
+            oof_y,
+            oof_cal,
+            threshold,
+            p_raw=softmax(oof_logits)[:, 1],
+            youden=youden,
+            groups=[group[s] for s in oof_ids],
+        ),
+        "folds": [{"fold": c["fold"], **c["val_metrics"]} for c in folds],
+    }
+    curves = {"validation (out of fold)": (oof_y, oof_cal)}
+    if test_ids:
+        test_y = np.array([y[s] for s in test_ids])
+        p_test, p_test_raw = np.mean(test_cal, axis=0), np.mean(test_raw, axis=0)
+        metrics["test"] = evaluate(
+            test_y,
+            p_test,
+            threshold,
+            p_raw=p_test_raw,
+            youden=youden,
+            groups=[group[s] for s in test_ids],
+        )
+        metrics["test"]["probability_std_mean"] = float(np.std(test_cal, axis=0).mean())
+        curves["test (fold ensemble)"] = (test_y, p_test)
+        plot_reliability(test_y, p_test_raw, p_test, out / "reliability.png")
+    else:
+        plot_reliability(oof_y, softmax(oof_logits)[:, 1], oof_cal, out / "reliability.png")
+    plot_roc(curves, out / "roc.png", threshold)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    digest = hashlib.sha256()
+    for c in folds:
+        digest.update((out / f"fold_{c['fold']}" / "model.safetensors").read_bytes())
+    all_ids = [r.slide_id for r in table.rows]
+    card = {
+        "name": out.name,
+        "model_id": digest.hexdigest()[:16],
+        "intended_use": INTENDED_USE,
+        "task": {"positive": table.positive, "negative": table.negative},
+        "encoder": {"name": encoder, "weights_sha256": weights_sha},
+        "head": folds[0]["head"],
+        "in_dim": folds[0]["in_dim"],
+        "training": dataclasses.asdict(config),
+        "data": {
+            "labels": table.path.name,
+            "all": _counts(table, all_ids),
+            "test": _counts(table, test_ids) if test_ids else None,
+            "split": "by patient; splits.csv",
+        },
+        "folds": [
+            {
+                "fold": c["fold"],
+                "dir": f"fold_{c['fold']}",
+                "temperature": c["temperature"],
+                "threshold": c["threshold"],
+            }
+            for c in folds
+        ],
+        "operating_point": metrics["operating_point"],
+        "calibration": {
+            "method": "temperature scaling per fold, fitted on its validation slides",
+            "ece_validation_uncalibrated": metrics["validation_pooled"].get("ece_uncalibrated"),
+            "ece_validation_calibrated": metrics["validation_pooled"].get("ece_calibrated"),
+        },
+        "metrics": {
+            "validation_pooled": {
+                k: metrics["validation_pooled"][k] for k in ("auroc", "auroc_ci95", "at_threshold")
+            },
+            "test": {k: metrics["test"][k] for k in ("auroc", "auroc_ci95", "at_threshold")}
+            if test_ids
+            else None,
+        },
+        "train_seconds": round(seconds, 1),
+        "versions": package_versions(),
+    }
+    tmp = out / "model.json.tmp"
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, out / "model.json")
+    log.info("model %s: validation AUROC %.3f", out, metrics["validation_pooled"]["auroc"] or 0)
+    return out
