@@ -26,6 +26,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/bench_tiling.py
 	$(PY) tools/bench_embed.py
+	$(PY) tools/bench_mil.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wsi pipelines tests tools

@@ -204,7 +204,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lo, hi = r["auroc_ci95"]
         print(
             f"{part}: AUROC {r['auroc']:.3f} (95% CI {lo:.2f}-{hi:.2f}), sensitivity "
-            f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f} at threshold "
+            f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f} at probability "
             f"{op['threshold']:.3f} (target sensitivity {op['target_sensitivity']}), "
             f"ECE {r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f} calibrated"
         )

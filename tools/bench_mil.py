@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    for name in ("distributed", "pyvips"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     from pipelines.cluster import dask_client
     from pipelines.embedding import embed_stores
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"sensitivity {at['sensitivity']:.2f}, specificity {at['specificity']:.2f} at "
-        f"threshold {op['threshold']:.3f} (target sensitivity {op['target_sensitivity']}, "
+        f"probability {op['threshold']:.3f} (log-odds {op['threshold_log_odds']:.2f}; target sensitivity {op['target_sensitivity']}, "
         "chosen on validation)"
     )
     print(

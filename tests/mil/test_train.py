@@ -94,7 +94,7 @@ def test_training_writes_cards_metrics_and_plots(trained):
         d = trained / fold["dir"]
         assert (d / "model.safetensors").exists() and (d / "train_log.csv").exists()
         fold_card = json.loads((d / "card.json").read_text())
-        assert fold_card["temperature"] > 0 and 0 <= fold_card["threshold"] <= 1
+        assert fold_card["temperature"] > 0 and np.isfinite(fold_card["threshold_log_odds"])
     metrics = json.loads((trained / "metrics.json").read_text())
     test = metrics["test"]
     assert test["auroc"] >= 0.9 and test["auroc_ci95"][0] <= test["auroc"] <= test["auroc_ci95"][1]

@@ -6,7 +6,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["softmax", "fit_temperature", "nll"]
+__all__ = ["softmax", "log_odds", "expit", "fit_temperature", "nll", "T_BOUNDS"]
+
+#: Temperatures searched. Below 0.25 a fit only chases perfectly separated validation data.
+T_BOUNDS = (0.25, 20.0)
 
 
 def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
@@ -15,6 +18,23 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def log_odds(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Positive-class log-odds of binary (n, 2) logits divided by ``temperature``.
+
+    Decisions and thresholds use log-odds: unlike probabilities they do not saturate at
+    1.0 for confident slides, so no ties are made where the model made none.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    return np.asarray((z[:, 1] - z[:, 0]) / temperature)
+
+
+def expit(x: Any) -> np.ndarray:
+    """The logistic function: log-odds to probability."""
+    from scipy.special import expit as _expit
+
+    return np.asarray(_expit(np.asarray(x, dtype=np.float64)))
 
 
 def nll(logits: Any, y: Any, temperature: float = 1.0) -> float:
@@ -26,11 +46,13 @@ def nll(logits: Any, y: Any, temperature: float = 1.0) -> float:
     return float(-log_p[np.arange(len(y_arr)), y_arr].mean())
 
 
-def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = T_BOUNDS) -> float:
     """The T in ``bounds`` minimising validation NLL; 1.0 when there is nothing to fit.
 
     Dividing logits by T > 1 softens over-confident predictions; the ranking of slides,
-    and so AUROC and any threshold's sensitivity, is unchanged.
+    and so AUROC and any threshold's sensitivity, is unchanged. When the validation
+    slides are perfectly separated, NLL keeps falling as T shrinks: the fit stops at the
+    lower bound rather than making every probability exactly 0 or 1.
     """
     from scipy.optimize import minimize_scalar
 

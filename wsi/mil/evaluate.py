@@ -30,7 +30,7 @@ def _clean(value: Any) -> Any:
 
 def evaluate(
     y: ArrayLike,
-    p_calibrated: ArrayLike,
+    score: ArrayLike,
     threshold: float,
     *,
     p_raw: ArrayLike | None = None,
@@ -38,33 +38,38 @@ def evaluate(
     groups: Sequence[str | None] | None = None,
     n_boot: int = 2000,
 ) -> dict[str, Any]:
-    """Metrics of positive-class probabilities against truth ``y`` at ``threshold``.
+    """Metrics of calibrated positive-class log-odds ``score`` against truth ``y``.
 
-    ``threshold`` is the operating point chosen beforehand (on validation data);
-    ``youden`` a second one reported beside it. ``p_raw`` (before calibration) adds the
-    ECE before calibration. ``groups`` adds the same metrics per group.
+    ``threshold`` (log-odds) is the operating point chosen beforehand on validation
+    data; ``youden`` a second one reported beside it. Probabilities (for ECE) are the
+    logistic of the scores. ``p_raw`` (probabilities before calibration) adds the ECE
+    before calibration. ``groups`` adds the same metrics per group.
     """
+    from wsi.mil.calibration import expit
+
     y_arr = np.asarray(y, dtype=np.int64)
-    p = np.asarray(p_calibrated, dtype=np.float64)
-    auc, lo, hi = m.auroc_ci(y_arr, p, n_boot=n_boot)
+    s = np.asarray(score, dtype=np.float64)
+    auc, lo, hi = m.auroc_ci(y_arr, s, n_boot=n_boot)
+    at = m.at_threshold(y_arr, s, threshold).as_dict()
+    at["threshold_probability"] = float(expit(threshold))
     out: dict[str, Any] = {
         "n": int(len(y_arr)),
         "n_positive": int(y_arr.sum()),
         "auroc": auc,
         "auroc_ci95": [lo, hi],
-        "balanced_accuracy": m.balanced_accuracy(y_arr, p, threshold),
-        "at_threshold": m.at_threshold(y_arr, p, threshold).as_dict(),
-        "ece_calibrated": m.ece(y_arr, p),
+        "balanced_accuracy": m.balanced_accuracy(y_arr, s, threshold),
+        "at_threshold": at,
+        "ece_calibrated": m.ece(y_arr, expit(s)),
     }
     if youden is not None:
-        out["at_youden"] = m.at_threshold(y_arr, p, youden).as_dict()
+        out["at_youden"] = m.at_threshold(y_arr, s, youden).as_dict()
     if p_raw is not None:
         out["ece_uncalibrated"] = m.ece(y_arr, np.asarray(p_raw, dtype=np.float64))
     if groups is not None and any(g is not None for g in groups):
         g_arr = np.array([g if g is not None else "" for g in groups])
         out["groups"] = {
             str(g): evaluate(
-                y_arr[g_arr == g], p[g_arr == g], threshold, youden=youden, n_boot=n_boot
+                y_arr[g_arr == g], s[g_arr == g], threshold, youden=youden, n_boot=n_boot
             )
             for g in sorted(set(g_arr))
         }
@@ -76,7 +81,7 @@ def plot_roc(
     path: str | Path,
     threshold: float | None = None,
 ) -> Path:
-    """ROC curves (one per named (y, p) set) as a PNG; the operating point marked."""
+    """ROC curves (one per named (y, score) set) as a PNG; the operating point marked."""
     import matplotlib
 
     matplotlib.use("Agg")

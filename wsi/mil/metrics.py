@@ -131,28 +131,50 @@ def at_threshold(y: Any, p: Any, threshold: float) -> OperatingPoint:
     )
 
 
-def threshold_for_sensitivity(y: Any, p: Any, target: float = 0.95) -> float:
-    """The highest threshold whose sensitivity on (y, p) is at least ``target``.
+def _cuts(p_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct scores, highest first, and for each the threshold that calls every slide
+    scoring at least that much: the midpoint of the gap to the next lower score."""
+    u = np.unique(p_arr)[::-1]
+    cut = np.append((u[:-1] + u[1:]) / 2, u[-1])
+    return u, cut
 
-    The highest such threshold keeps the most specificity. It is the score of a positive
-    slide, so on new data it errs towards calling more slides positive.
+
+def threshold_for_sensitivity(y: Any, p: Any, target: float = 0.95) -> float:
+    """The operating point for a target sensitivity: sensitivity on (y, p) at least
+    ``target``, then the highest specificity, then the highest sensitivity.
+
+    So a threshold is never raised past a positive when that buys no specificity (with
+    well separated classes every positive is called), and it sits midway in the gap
+    between scores, so a new slide scoring slightly below the lowest called positive is
+    still called.
     """
     y_arr, p_arr = _check(y, p)
     if not 0 < target <= 1:
         raise ValueError(f"target sensitivity {target} must be in (0, 1]")
-    pos = np.sort(p_arr[y_arr == 1])[::-1]
-    if len(pos) == 0:
+    if not (y_arr == 1).any():
         raise ValueError("no positive slide to choose a threshold on")
-    k = int(np.ceil(target * len(pos)))  # positives that must be called
-    return float(pos[k - 1])
+    _, cuts = _cuts(p_arr)
+    best: tuple[float, float] | None = None
+    chosen = float(cuts[-1])
+    for cut in cuts:
+        op = at_threshold(y_arr, p_arr, float(cut))
+        if op.sensitivity < target - 1e-12:
+            continue
+        spec = op.specificity if not np.isnan(op.specificity) else 0.0
+        key = (spec, op.sensitivity)
+        if best is None or key > best:
+            best, chosen = key, float(cut)
+    return chosen
 
 
 def youden_threshold(y: Any, p: Any) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (ties: the highest)."""
-    fpr, tpr, thresholds = roc_curve(y, p)
-    j = tpr - fpr
-    best = int(np.argmax(j[1:])) + 1  # skip the +inf point
-    return float(thresholds[best])
+    """The threshold maximising sensitivity + specificity - 1 (ties: the highest), placed
+    midway in the gap below the last slide it calls."""
+    y_arr, p_arr = _check(y, p)
+    _, cuts = _cuts(p_arr)
+    j = [at_threshold(y_arr, p_arr, float(c)) for c in cuts]
+    scores = [op.sensitivity + op.specificity - 1 for op in j]
+    return float(cuts[int(np.nanargmax(scores))])
 
 
 def balanced_accuracy(y: Any, p: Any, threshold: float) -> float:

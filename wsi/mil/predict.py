@@ -1,13 +1,15 @@
 """Predict slides with a trained model: ``predictions/<model>/`` in each store.
 
-Every fold model scores the slide; the calibrated positive-class probabilities are
-averaged (the prediction) and their standard deviation across folds reported (the
-uncertainty). The decision is ``probability >= threshold`` at the model's operating point.
+Every fold model scores the slide; their calibrated positive-class log-odds are averaged
+(the prediction, and its probability) and the standard deviation of the folds'
+probabilities is reported (the uncertainty). The decision compares the log-odds with the
+model's operating point.
 
     predictions/<model>/attention        float32 (N, F): raw attention of each fold's head
     predictions/<model>/attention_mean   float32 (N,): per-fold softmax over tiles, averaged
-    attrs of the group: probability, probability_std, fold_probabilities, decision,
-                        threshold, target_sensitivity, model_id, encoder, weights_sha256
+    attrs of the group: probability, log_odds, probability_std, fold_probabilities,
+                        decision, threshold (and in log-odds), target_sensitivity,
+                        model_id, encoder, weights_sha256
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from wsi import store as st
 from wsi.config import params_hash
 from wsi.errors import ConfigError, StoreError
-from wsi.mil.calibration import softmax
+from wsi.mil.calibration import expit, log_odds
 
 __all__ = ["TrainedModel", "load_model", "predict_store"]
 
@@ -108,18 +110,20 @@ def predict_store(
             f"{path}: {stage} exists from another model with this name. Pass --overwrite."
         )
     bag = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-    probs, raw_att, norm_att = [], [], []
+    scores, raw_att, norm_att = [], [], []
     with torch.inference_mode():
         for head, fold in zip(model.heads, model.card["folds"], strict=True):
             out = head(bag)
             logits = out.logits.float().numpy()[None]
-            probs.append(float(softmax(logits, fold["temperature"])[0, 1]))
+            scores.append(float(log_odds(logits, fold["temperature"])[0]))
             a = _attention_vector(out.attention, len(bag))
             raw_att.append(a)
             norm_att.append(_normalised(a, weights=model.card["head"]["name"] == "transmil"))
-    p = float(np.mean(probs))
+    score = float(np.mean(scores))  # the fold ensemble's calibrated log-odds
+    p = float(expit(score))
+    probs = [float(v) for v in expit(scores)]
     op = model.card["operating_point"]
-    positive = p >= op["threshold"]
+    positive = score >= op["threshold_log_odds"]
     result = {
         "model": model.name,
         "model_id": model.card["model_id"],
@@ -130,7 +134,9 @@ def predict_store(
         "fold_probabilities": probs,
         "decision": model.card["task"]["positive" if positive else "negative"],
         "positive": bool(positive),
+        "log_odds": score,
         "threshold": op["threshold"],
+        "threshold_log_odds": op["threshold_log_odds"],
         "target_sensitivity": op["target_sensitivity"],
         "tiles": len(bag),
     }

@@ -32,7 +32,7 @@ import numpy as np
 from wsi.config import params_hash
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
-from wsi.mil.calibration import fit_temperature, softmax
+from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
 from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
@@ -150,7 +150,7 @@ def _train_fold(
             total += loss.item()
         val_logits = _logits(module, bags, val_ids)
         val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y)))
-        val_auc = m.auroc(val_y, softmax(val_logits)[:, 1])
+        val_auc = m.auroc(val_y, log_odds(val_logits))
         rows.append(
             {
                 "epoch": epoch,
@@ -277,23 +277,24 @@ def train_model(
             t0 = time.perf_counter()
             fold = _train_fold(k, train_ids, val_ids, y, bags, in_dim, config, folder)
             val_y = [y[s] for s in val_ids]
-            p_cal = softmax(fold.val_logits, fold.temperature)[:, 1]
-            threshold = m.threshold_for_sensitivity(val_y, p_cal, config.target_sensitivity)
+            s_cal = log_odds(fold.val_logits, fold.temperature)
+            threshold = m.threshold_for_sensitivity(val_y, s_cal, config.target_sensitivity)
             card = {
                 "fold": k,
                 "config_hash": chash,
                 "head": {"name": config.model, "hparams": dict(fold.module.hparams)},
                 "in_dim": in_dim,
                 "temperature": fold.temperature,
-                "threshold": threshold,
-                "youden_threshold": m.youden_threshold(val_y, p_cal),
+                "temperature_at_bound": fold.temperature in T_BOUNDS,
+                "threshold_log_odds": threshold,
+                "youden_threshold_log_odds": m.youden_threshold(val_y, s_cal),
                 "train": _counts(table, train_ids),
                 "val": _counts(table, val_ids),
                 "val_metrics": evaluate(
                     val_y,
-                    p_cal,
+                    s_cal,
                     threshold,
-                    p_raw=softmax(fold.val_logits)[:, 1],
+                    p_raw=expit(log_odds(fold.val_logits)),
                 ),
                 "train_seconds": round(time.perf_counter() - t0, 1),
             }
@@ -301,11 +302,11 @@ def train_model(
         folds.append(card)
         oof_ids += val_ids
         oof_logits.append(fold.val_logits)
-        oof_cal.append(softmax(fold.val_logits, fold.temperature)[:, 1])
+        oof_cal.append(log_odds(fold.val_logits, fold.temperature))
         if test_ids:
             logits = _logits(fold.module, bags, test_ids)
-            test_cal.append(softmax(logits, fold.temperature)[:, 1])
-            test_raw.append(softmax(logits)[:, 1])
+            test_cal.append(log_odds(logits, fold.temperature))
+            test_raw.append(log_odds(logits))
     return _finish(
         out,
         table,
@@ -352,16 +353,17 @@ def _finish(
     youden = m.youden_threshold(oof_y, oof_cal)
     metrics: dict[str, Any] = {
         "operating_point": {
-            "threshold": threshold,
+            "threshold_log_odds": threshold,
+            "threshold": float(expit(threshold)),
             "target_sensitivity": config.target_sensitivity,
-            "chosen_on": "pooled out-of-fold validation probabilities (calibrated)",
-            "youden_threshold": youden,
+            "chosen_on": "pooled out-of-fold validation slides (calibrated log-odds)",
+            "youden_threshold_log_odds": youden,
         },
         "validation_pooled": evaluate(
             oof_y,
             oof_cal,
             threshold,
-            p_raw=softmax(oof_logits)[:, 1],
+            p_raw=expit(log_odds(oof_logits)),
             youden=youden,
             groups=[group[s] for s in oof_ids],
         ),
@@ -370,20 +372,23 @@ def _finish(
     curves = {"validation (out of fold)": (oof_y, oof_cal)}
     if test_ids:
         test_y = np.array([y[s] for s in test_ids])
-        p_test, p_test_raw = np.mean(test_cal, axis=0), np.mean(test_raw, axis=0)
+        # the fold ensemble: mean calibrated log-odds; spread of the folds' probabilities
+        s_test, s_test_raw = np.mean(test_cal, axis=0), np.mean(test_raw, axis=0)
         metrics["test"] = evaluate(
             test_y,
-            p_test,
+            s_test,
             threshold,
-            p_raw=p_test_raw,
+            p_raw=expit(s_test_raw),
             youden=youden,
             groups=[group[s] for s in test_ids],
         )
-        metrics["test"]["probability_std_mean"] = float(np.std(test_cal, axis=0).mean())
-        curves["test (fold ensemble)"] = (test_y, p_test)
-        plot_reliability(test_y, p_test_raw, p_test, out / "reliability.png")
+        metrics["test"]["probability_std_mean"] = float(expit(test_cal).std(axis=0).mean())
+        curves["test (fold ensemble)"] = (test_y, s_test)
+        plot_reliability(test_y, expit(s_test_raw), expit(s_test), out / "reliability.png")
     else:
-        plot_reliability(oof_y, softmax(oof_logits)[:, 1], oof_cal, out / "reliability.png")
+        plot_reliability(
+            oof_y, expit(log_odds(oof_logits)), expit(oof_cal), out / "reliability.png"
+        )
     plot_roc(curves, out / "roc.png", threshold)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     digest = hashlib.sha256()
@@ -410,7 +415,7 @@ def _finish(
                 "fold": c["fold"],
                 "dir": f"fold_{c['fold']}",
                 "temperature": c["temperature"],
-                "threshold": c["threshold"],
+                "threshold_log_odds": c["threshold_log_odds"],
             }
             for c in folds
         ],
