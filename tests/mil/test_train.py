@@ -208,3 +208,20 @@ def test_cli_train_and_predict(tmp_path, cohort, capsys):
     )
     text = capsys.readouterr().out
     assert rc == 1 and "FAILED" in text and "p = " in text
+
+
+@pytest.mark.parametrize("head", ["clam_sb", "clam_mb", "transmil", "max"])
+def test_every_head_trains_and_predicts_through_the_pipeline(tmp_path, cohort, head):
+    config = TrainConfig(model=head, folds=2, epochs=2, patience=2)
+    out = train_model(
+        cohort / "stores", cohort / "labels.csv", tmp_path / head, config, encoder=ENC
+    )
+    card = json.loads((out / "model.json").read_text())
+    fold_card = json.loads((out / "fold_0" / "card.json").read_text())
+    assert card["head"]["name"] == head and fold_card["encoder"]["name"] == ENC
+    store = sorted((cohort / "stores").glob("*.zarr"))[0]
+    result = predict_store(store, load_model(out), overwrite=True)
+    group = st.open_store(store)
+    att = np.asarray(group[f"predictions/{head}/attention_mean"][:])
+    assert np.isfinite(att).all() and att.sum() == pytest.approx(1, abs=1e-4)
+    assert 0 <= result["probability"] <= 1

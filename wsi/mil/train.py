@@ -276,12 +276,14 @@ def train_model(
         else:
             t0 = time.perf_counter()
             fold = _train_fold(k, train_ids, val_ids, y, bags, in_dim, config, folder)
+            encoder_id = {"name": encoder, "weights_sha256": weights_sha}
             val_y = [y[s] for s in val_ids]
             s_cal = log_odds(fold.val_logits, fold.temperature)
             threshold = m.threshold_for_sensitivity(val_y, s_cal, config.target_sensitivity)
             card = {
                 "fold": k,
                 "config_hash": chash,
+                "encoder": encoder_id,
                 "head": {"name": config.model, "hparams": dict(fold.module.hparams)},
                 "in_dim": in_dim,
                 "temperature": fold.temperature,
