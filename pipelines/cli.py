@@ -229,6 +229,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_heatmap(args: argparse.Namespace) -> int:
+    from wsi.heatmap_exports import EXPORTS, HeatmapOptions, make_heatmap
+
+    exports = tuple(e.strip() for e in args.exports.split(",")) if args.exports else EXPORTS
+    options = HeatmapOptions(
+        source=args.source,
+        normalise=args.normalise,
+        smooth=args.smooth,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        exports=exports,
+    )
+    failed = 0
+    for store in args.stores:
+        try:
+            res = make_heatmap(store, args.model, args.out, options)
+        except (WsiError, OSError) as err:
+            failed += 1
+            print(f"  FAILED  {store}: {err}")
+            continue
+        top = res["regions"][0] if res["regions"] else None
+        where = f"; hottest region at level-0 {top['bbox_l0']}" if top else ""
+        print(f"  ok      {store}: {', '.join(res['files'].values())}{where}")
+    return 1 if failed else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsi.synthetic import make_synthetic_slide
 
@@ -338,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder written by `wsi train`")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("heatmap", help="heatmaps of predicted stores: PNG, QuPath GeoJSON, TIFF")
+    p.add_argument("stores", nargs="+")
+    p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
+    p.add_argument("--out", required=True, help="folder for the exports")
+    p.add_argument("--source", default="attention", choices=["attention", "attention_raw"])
+    p.add_argument(
+        "--normalise",
+        default="rank",
+        choices=["rank", "raw"],
+        help="rank: percentiles (default); raw: the scores as they are",
+    )
+    p.add_argument("--smooth", action="store_true", help="interpolate between tiles (display)")
+    p.add_argument("--exports", help="comma-separated: png,geojson,tiff (default: all)")
+    p.add_argument("--cmap", default="jet")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.set_defaults(func=_cmd_heatmap)
 
     from pipelines.h5cli import add_parsers as add_h5_parsers
 

@@ -1,0 +1,214 @@
+"""Heatmaps from per-tile scores, kept at tile-grid resolution and rendered at any size.
+
+A heatmap is a small grid (one cell per tiling step), never an array at full slide
+resolution: a 100k x 100k px slide tiled at 512 level-0 px has a grid of about 200 x 200
+cells. Where tiles overlap (stride smaller than the tile), a cell's value is the mean of
+the tiles covering it. Rendering maps each output pixel to its cell (nearest: the tile
+edges stay true) or, as a separate and labelled option, interpolates between cells.
+
+Coordinates are level-0 pixels; ``downsample`` is level-0 pixels per output pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsi import store as st
+from wsi.errors import ConfigError, StoreError
+
+__all__ = [
+    "TileScores",
+    "HeatGrid",
+    "tile_scores",
+    "heat_grid",
+    "colorize",
+    "hottest_cells",
+    "SOURCES",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("attention", "attention_raw")
+NORMALISE = ("rank", "raw")
+
+
+@dataclass(frozen=True)
+class TileScores:
+    """One score per tile: level-0 top-left ``coords_l0`` (N, 2), side ``footprint_l0``."""
+
+    coords_l0: np.ndarray
+    footprint_l0: float
+    scores: np.ndarray
+    slide_size_l0: tuple[int, int]  #: (width, height) of level 0
+    label: str  #: what the scores are, for legends
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Percentile ranks in [0, 1] (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    if len(x) < 2:
+        return np.ones_like(x, dtype=np.float64)
+    return np.asarray((rankdata(x) - 1) / (len(x) - 1))
+
+
+def tile_scores(
+    store: str | os.PathLike[str],
+    model: str,
+    *,
+    source: str = "attention",
+    normalise: str = "rank",
+) -> TileScores:
+    """The tile scores of ``predictions/<model>`` in a store.
+
+    ``source``: "attention" (each fold's attention normalised over tiles, averaged: the
+    default) or "attention_raw" (the fold heads' raw scores, averaged). For heads with
+    per-class scores the positive class's scores were stored at prediction time.
+    ``normalise``: "rank" (percentiles 0..1, comparable across slides) or "raw".
+    """
+    if source not in SOURCES:
+        raise ConfigError(f"heatmap source {source!r}: choose one of {SOURCES}")
+    if normalise not in NORMALISE:
+        raise ConfigError(f"heatmap normalise {normalise!r}: choose one of {NORMALISE}")
+    path = Path(store)
+    group = st.open_store(path)
+    stage = f"predictions/{model}"
+    if st.stage_entry(group, stage) is None:
+        raise StoreError(
+            f"{path}: no complete {stage}. Run `wsi predict {path} --model <folder of {model}>`."
+        )
+    if source == "attention":
+        raw = np.asarray(group[f"{stage}/attention_mean"][:], dtype=np.float64)
+    else:
+        raw = np.asarray(group[f"{stage}/attention"][:], dtype=np.float64).mean(axis=1)
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    footprint = float(group[st.TILES_COORDS].attrs["footprint_l0"])
+    dims = st.read_meta(group).get("slide", {}).get("level_dimensions")
+    if dims:
+        size = (int(dims[0][0]), int(dims[0][1]))
+    else:  # a features-only store: the extent of its tiles
+        size = (int(coords[:, 0].max() + footprint), int(coords[:, 1].max() + footprint))
+    scores = _rank(raw) if normalise == "rank" else raw
+    label = f"{model} {source} ({'percentile' if normalise == 'rank' else 'raw'})"
+    return TileScores(coords, footprint, scores.astype(np.float32), size, label)
+
+
+@dataclass(frozen=True)
+class HeatGrid:
+    """Mean tile score per grid cell; NaN where no tile lies.
+
+    Cell (i, j) covers level-0 x in ``origin_l0[0] + j*cell_l0`` .. ``+ cell_l0``, and y
+    likewise with i.
+    """
+
+    values: np.ndarray  #: float32 (rows, cols)
+    origin_l0: tuple[float, float]
+    cell_l0: float
+    slide_size_l0: tuple[int, int]
+    label: str = ""
+
+    def render(self, downsample: float, smooth: bool = False) -> np.ndarray:
+        """Float32 (ceil(H/ds), ceil(W/ds)) heat values at ``downsample``; NaN off-tile.
+
+        ``smooth`` interpolates linearly between cell centres (display only); otherwise
+        each pixel takes its cell's value, so tile edges stay where they are.
+        """
+        if downsample <= 0:
+            raise ValueError(f"downsample must be positive, got {downsample}")
+        w0, h0 = self.slide_size_l0
+        out_w, out_h = max(1, int(np.ceil(w0 / downsample))), max(1, int(np.ceil(h0 / downsample)))
+        # level-0 centre of each output pixel, in cell units
+        cx = ((np.arange(out_w) + 0.5) * downsample - self.origin_l0[0]) / self.cell_l0
+        cy = ((np.arange(out_h) + 0.5) * downsample - self.origin_l0[1]) / self.cell_l0
+        rows, cols = self.values.shape
+        if not smooth:
+            ix, iy = np.floor(cx).astype(np.int64), np.floor(cy).astype(np.int64)
+            okx, oky = (ix >= 0) & (ix < cols), (iy >= 0) & (iy < rows)
+            out = np.full((out_h, out_w), np.nan, dtype=np.float32)
+            sub = self.values[np.ix_(iy[oky], ix[okx])]
+            out[np.ix_(np.flatnonzero(oky), np.flatnonzero(okx))] = sub
+            return out
+        return self._render_smooth(cx - 0.5, cy - 0.5)
+
+    def _render_smooth(self, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import map_coordinates
+
+        have = np.isfinite(self.values)
+        filled = np.where(have, self.values, 0.0)
+        # interpolate values and coverage separately, by rows of output at a time
+        out = np.full((len(fy), len(fx)), np.nan, dtype=np.float32)
+        step = max(1, 4_000_000 // max(len(fx), 1))
+        nearest_x = np.clip(np.round(fx).astype(np.int64), 0, self.values.shape[1] - 1)
+        for r0 in range(0, len(fy), step):
+            ys = fy[r0 : r0 + step]
+            gy, gx = np.meshgrid(ys, fx, indexing="ij")
+            v = map_coordinates(filled, [gy, gx], order=1, mode="nearest")
+            w = map_coordinates(have.astype(np.float64), [gy, gx], order=1, mode="nearest")
+            nearest_y = np.clip(np.round(ys).astype(np.int64), 0, self.values.shape[0] - 1)
+            inside = have[np.ix_(nearest_y, nearest_x)]
+            block = np.where(inside & (w > 1e-6), v / np.maximum(w, 1e-6), np.nan)
+            out[r0 : r0 + step] = block
+        return out
+
+
+def heat_grid(scores: TileScores) -> HeatGrid:
+    """The grid of mean tile scores: cell side = the tiling step (level-0 px).
+
+    With tiles overlapping, each tile covers k x k cells (k = footprint / step) and a
+    cell's value is the mean over the tiles covering it.
+    """
+    coords = np.asarray(scores.coords_l0, dtype=np.float64)
+    if len(coords) == 0:
+        raise StoreError("no tiles to make a heatmap of")
+    footprint = scores.footprint_l0
+
+    def step_of(v: np.ndarray) -> float:
+        d = np.diff(np.unique(v))
+        d = d[d > 1e-6]
+        return float(d.min()) if len(d) else footprint
+
+    step = min(step_of(coords[:, 0]), step_of(coords[:, 1]), footprint)
+    k = max(1, int(round(footprint / step)))
+    step = footprint / k  # cells tile each footprint exactly
+    x0, y0 = coords[:, 0].min(), coords[:, 1].min()
+    ix = np.round((coords[:, 0] - x0) / step).astype(np.int64)
+    iy = np.round((coords[:, 1] - y0) / step).astype(np.int64)
+    rows, cols = int(iy.max()) + k, int(ix.max()) + k
+    total = np.zeros((rows, cols), dtype=np.float64)
+    count = np.zeros((rows, cols), dtype=np.int32)
+    for dy in range(k):
+        for dx in range(k):
+            np.add.at(total, (iy + dy, ix + dx), scores.scores)
+            np.add.at(count, (iy + dy, ix + dx), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(count > 0, total / count, np.nan).astype(np.float32)
+    return HeatGrid(values, (float(x0), float(y0)), float(step), scores.slide_size_l0, scores.label)
+
+
+def colorize(
+    heat: np.ndarray, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
+    """uint8 RGBA of float heat values; NaN is fully transparent."""
+    from matplotlib import colormaps
+
+    finite = np.isfinite(heat)
+    lo = float(np.nanmin(heat)) if vmin is None and finite.any() else (vmin or 0.0)
+    hi = float(np.nanmax(heat)) if vmax is None and finite.any() else (vmax or 1.0)
+    norm = np.clip((np.nan_to_num(heat, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgba = (colormaps[cmap](norm) * 255 + 0.5).astype(np.uint8)
+    rgba[..., 3] = np.where(finite, 255, 0)
+    return rgba
+
+
+def hottest_cells(grid: HeatGrid, top_fraction: float = 0.05) -> np.ndarray:
+    """Boolean (rows, cols): the cells at or above the (1 - top_fraction) quantile."""
+    finite = np.isfinite(grid.values)
+    if not finite.any():
+        return np.zeros_like(finite)
+    cut = np.quantile(grid.values[finite], 1 - top_fraction)
+    return finite & (grid.values >= cut)

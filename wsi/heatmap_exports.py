@@ -1,0 +1,319 @@
+"""Heatmap exports: PNG overlay, QuPath GeoJSON, pyramidal TIFF; and the heatmap stage.
+
+``make_heatmap(store, model, out_dir)`` stores the grid in ``heatmaps/<model>/grid`` and
+writes the chosen exports to ``out_dir``. Only the slide's main image is read (its
+thumbnail); label and macro images never appear in an export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.config import params_hash
+from wsi.errors import ConfigError
+from wsi.heatmap import HeatGrid, TileScores, colorize, heat_grid, hottest_cells, tile_scores
+
+__all__ = [
+    "HeatmapOptions",
+    "make_heatmap",
+    "overlay_png",
+    "qupath_geojson",
+    "pyramid_tiff",
+    "top_regions",
+    "EXPORTS",
+]
+
+log = logging.getLogger(__name__)
+
+EXPORTS = ("png", "geojson", "tiff")
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """What a heatmap shows and which exports are written."""
+
+    source: str = "attention"  #: "attention" or "attention_raw" (see wsi.heatmap)
+    normalise: str = "rank"  #: "rank" (percentiles) or "raw"
+    smooth: bool = False  #: display smoothing between tile cells (labelled when on)
+    cmap: str = "jet"
+    alpha: float = 0.5  #: heat layer opacity in the PNG
+    exports: tuple[str, ...] = EXPORTS
+    thumbnail_px: int = 2048  #: longer side of the PNG overlay
+    tiff_downsample: float = 16.0  #: level-0 px per pixel of the heatmap TIFF
+    top_fraction: float = 0.05  #: share of the tissue called "top regions"
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.exports) - set(EXPORTS))
+        if bad:
+            raise ConfigError(f"heatmap exports {bad}: choose from {list(EXPORTS)}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"heatmap alpha {self.alpha}: must be within 0..1")
+        if not 0 < self.top_fraction < 1:
+            raise ConfigError(f"heatmap top_fraction {self.top_fraction}: must be within 0..1")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of the hottest cells (level-0 px)."""
+
+    rank: int
+    mean_score: float
+    bbox_l0: tuple[float, float, float, float]  #: x0, y0, x1, y1
+    centroid_l0: tuple[float, float]
+    polygon: Any  #: shapely geometry in level-0 px
+
+
+def top_regions(grid: HeatGrid, top_fraction: float = 0.05, max_regions: int = 10) -> list[Region]:
+    """Connected regions of the cells in the top ``top_fraction``, hottest first."""
+    from scipy import ndimage
+    from shapely.geometry import box
+    from shapely.ops import unary_union
+
+    hot = hottest_cells(grid, top_fraction)
+    labels, n = ndimage.label(hot)
+    regions = []
+    c, (ox, oy) = grid.cell_l0, grid.origin_l0
+    for lab in range(1, n + 1):
+        rows, cols = np.nonzero(labels == lab)
+        poly = unary_union(
+            [
+                box(ox + j * c, oy + i * c, ox + (j + 1) * c, oy + (i + 1) * c)
+                for i, j in zip(rows, cols, strict=True)
+            ]
+        )
+        x0, y0, x1, y1 = poly.bounds
+        regions.append((float(np.nanmean(grid.values[rows, cols])), poly, (x0, y0, x1, y1)))
+    regions.sort(key=lambda r: -r[0])
+    return [
+        Region(i + 1, score, bbox, (poly.centroid.x, poly.centroid.y), poly)
+        for i, (score, poly, bbox) in enumerate(regions[:max_regions])
+    ]
+
+
+def qupath_geojson(scores: TileScores, regions: list[Region], path: Path) -> Path:
+    """A FeatureCollection QuPath imports: a detection per tile (its score a measurement,
+    so QuPath can colour by it) and an annotation per top region; level-0 pixels."""
+    from shapely.geometry import mapping
+
+    f = scores.footprint_l0
+    features = []
+    for i, ((x, y), s) in enumerate(
+        zip(scores.coords_l0.tolist(), scores.scores.tolist(), strict=True)
+    ):
+        ring = [[x, y], [x + f, y], [x + f, y + f], [x, y + f], [x, y]]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "detection",
+                    "name": f"tile {i}",
+                    "classification": {"name": "Tile", "color": [128, 128, 128]},
+                    "measurements": {"score": float(s)},
+                },
+            }
+        )
+    for r in regions:
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(r.polygon),
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"top region {r.rank}",
+                    "classification": {"name": "Top attention", "color": [255, 0, 0]},
+                    "measurements": {"mean score": r.mean_score, "rank": r.rank},
+                },
+            }
+        )
+    tmp = path.with_suffix(".geojson.tmp")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    os.replace(tmp, path)
+    return path
+
+
+def _resample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    iy = np.minimum((np.arange(h) * mask.shape[0] / h).astype(int), mask.shape[0] - 1)
+    ix = np.minimum((np.arange(w) * mask.shape[1] / w).astype(int), mask.shape[1] - 1)
+    return np.asarray(mask[np.ix_(iy, ix)], dtype=float)
+
+
+def overlay_png(
+    slide_path: str | os.PathLike[str],
+    grid: HeatGrid,
+    options: HeatmapOptions,
+    path: Path,
+    title: str,
+    tissue: np.ndarray | None = None,
+) -> Path:
+    """The slide thumbnail with the heatmap over it, a colour bar and the tissue outline.
+
+    ``tissue`` is a boolean mask covering the slide at any resolution (the store's
+    ``tissue/mask``). Only the slide's main image is read: no label or macro image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wsi.slide import open_slide
+
+    if not Path(slide_path).exists():
+        raise ConfigError(
+            f"{slide_path}: the slide file is not at the path its store recorded; the PNG "
+            "overlay needs its thumbnail. Put the slide back, or leave png out of --exports."
+        )
+    with open_slide(slide_path) as slide:
+        thumb = slide.thumbnail(options.thumbnail_px)
+    ds = grid.slide_size_l0[0] / thumb.shape[1]
+    heat = grid.render(ds, smooth=options.smooth)[: thumb.shape[0], : thumb.shape[1]]
+    fig_w = 8.0
+    fig, ax = plt.subplots(
+        figsize=(fig_w, fig_w * thumb.shape[0] / thumb.shape[1] + 0.6),
+        dpi=max(100, int(thumb.shape[1] / fig_w)),
+    )
+    ax.imshow(thumb)
+    rank = options.normalise == "rank"
+    im = ax.imshow(
+        np.ma.masked_invalid(heat),
+        cmap=options.cmap,
+        alpha=options.alpha,
+        vmin=0 if rank else None,
+        vmax=1 if rank else None,
+    )
+    if tissue is not None and tissue.any() and not tissue.all():
+        ax.contour(_resample(tissue, heat.shape), levels=[0.5], colors="black", linewidths=0.6)
+    ax.set_axis_off()
+    label = grid.label + (" (smoothed for display)" if options.smooth else "")
+    ax.set_title(f"{title}\n{label}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.01)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def pyramid_tiff(grid: HeatGrid, options: HeatmapOptions, mpp: float | None, path: Path) -> Path:
+    """The coloured heatmap as a pyramidal TIFF aligned to the slide: pixel (0, 0) is level-0
+    (0, 0), each pixel ``tiff_downsample`` level-0 px, resolution tags set from the mpp.
+
+    libvips upsamples the small grid lazily (nearest), so no full-size array is built.
+    """
+    import pyvips
+
+    d = options.tiff_downsample
+    w0, h0 = grid.slide_size_l0
+    out_w, out_h = max(1, int(np.ceil(w0 / d))), max(1, int(np.ceil(h0 / d)))
+    vmin, vmax = (0.0, 1.0) if options.normalise == "rank" else (None, None)
+    rgba = colorize(grid.values, options.cmap, vmin, vmax)
+    rows, cols = rgba.shape[:2]
+    img = pyvips.Image.new_from_memory(np.ascontiguousarray(rgba).tobytes(), cols, rows, 4, "uchar")
+    scale = grid.cell_l0 / d
+    img = img.affine(
+        [scale, 0, 0, scale], interpolate=pyvips.Interpolate.new("nearest"), odx=0, ody=0
+    )
+    img = img.embed(
+        int(round(grid.origin_l0[0] / d)),
+        int(round(grid.origin_l0[1] / d)),
+        out_w,
+        out_h,
+        extend="background",
+        background=[0, 0, 0, 0],
+    )
+    img = img.copy(interpretation="srgb")
+    kwargs: dict[str, Any] = {}
+    if mpp:
+        px_per_mm = 1000.0 / (mpp * d)  # libvips resolution unit: pixels per millimetre
+        kwargs.update(xres=px_per_mm, yres=px_per_mm, resunit="cm")
+    tmp = path.with_suffix(".tmp.tiff")
+    img.tiffsave(
+        str(tmp),
+        tile=True,
+        pyramid=True,
+        compression="deflate",
+        tile_width=256,
+        tile_height=256,
+        bigtiff=True,
+        **kwargs,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def make_heatmap(
+    store: str | os.PathLike[str],
+    model: str,
+    out_dir: str | os.PathLike[str],
+    options: HeatmapOptions | None = None,
+) -> dict[str, Any]:
+    """The heatmap stage: grid into ``heatmaps/<model>/grid``, exports into ``out_dir``.
+
+    Returns {"grid": shape, "regions": [...], "files": {export: path}}.
+    """
+    options = options or HeatmapOptions()
+    path = Path(store)
+    scores = tile_scores(path, model, source=options.source, normalise=options.normalise)
+    grid = heat_grid(scores)
+    regions = top_regions(grid, options.top_fraction)
+    group = st.open_store(path, mode="r+")
+    meta = st.read_meta(group)
+    slide_id = str(meta.get("slide_id") or path.stem)
+    stage = f"heatmaps/{model}"
+    phash = params_hash(
+        {
+            "options": options.__dict__ | {"exports": list(options.exports)},
+            "prediction": (st.stage_entry(group, f"predictions/{model}") or {}).get("params_hash"),
+        }
+    )
+    st.begin_stage(group, stage, {"source": options.source, "normalise": options.normalise}, phash)
+    if stage in group:
+        del group[stage]
+    arr = group.create_array(f"{stage}/grid", data=grid.values)
+    arr.attrs.update(
+        {
+            "origin_l0": list(grid.origin_l0),
+            "cell_l0": grid.cell_l0,
+            "label": grid.label,
+            "frame": "level-0 px; NaN: no tile",
+        }
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if "png" in options.exports:
+        tissue = np.asarray(group[st.TISSUE_MASK][:]) > 0 if st.TISSUE_MASK in group else None
+        slide_path = meta.get("source", {}).get("path") or "(no slide file recorded)"
+        png = out / f"{slide_id}_{model}.png"
+        files["png"] = str(
+            overlay_png(slide_path, grid, options, png, f"{slide_id}: {model}", tissue)
+        )
+    if "geojson" in options.exports:
+        files["geojson"] = str(qupath_geojson(scores, regions, out / f"{slide_id}_{model}.geojson"))
+    if "tiff" in options.exports:
+        mpp = (meta.get("slide", {}).get("mpp") or {}).get("x")
+        files["tiff"] = str(pyramid_tiff(grid, options, mpp, out / f"{slide_id}_{model}.tiff"))
+    region_rows = [
+        {
+            "rank": r.rank,
+            "mean_score": r.mean_score,
+            "bbox_l0": list(r.bbox_l0),
+            "centroid_l0": list(r.centroid_l0),
+        }
+        for r in regions
+    ]
+    group[stage].attrs.update({"regions": region_rows, "files": files})
+    st.complete_stage(
+        group, stage, {"cells": int(np.isfinite(grid.values).sum()), "regions": len(regions)}
+    )
+    return {"grid": list(grid.values.shape), "regions": region_rows, "files": files}
