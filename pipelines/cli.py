@@ -202,12 +202,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         r = metrics[part]
         at = r["at_threshold"]
         lo, hi = r["auroc_ci95"]
+
+        def f(v: object) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
         print(
-            f"{part}: AUROC {r['auroc']:.3f} (95% CI {lo:.2f}-{hi:.2f}), sensitivity "
-            f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f} at probability "
-            f"{op['threshold']:.3f} (target sensitivity {op['target_sensitivity']}), "
-            f"ECE {r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f} calibrated"
+            f"{part}: AUROC {f(r['auroc'])} (95% CI {f(lo)}-{f(hi)}), sensitivity "
+            f"{f(at['sensitivity'])}, specificity {f(at['specificity'])} at probability "
+            f"{f(op['threshold'])} (target sensitivity {op['target_sensitivity']}), "
+            f"ECE {f(r.get('ece_uncalibrated'))} -> {f(r['ece_calibrated'])} calibrated"
         )
+    if "test" not in metrics:
+        print("no test part: validation figures are in-sample for the operating point")
     print(f"model card: {out / 'model.json'}")
     return 0
 

@@ -97,3 +97,12 @@ def test_missing_columns_and_too_few_patients(tmp_path):
     table = read_labels(_labels(tmp_path, _cohort(n_patients=6)))
     with pytest.raises(ConfigError, match="fewer than 5 folds"):
         make_splits(table, folds=5, test_fraction=0.3)
+
+
+def test_excel_byte_order_mark_is_read_and_stray_fields_are_named(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("\ufeffslide_id,patient_id,label\na,p1,tumor\nb,p2,normal\n".encode())
+    assert [r.slide_id for r in read_labels(path).rows] == ["a", "b"]
+    path.write_text("slide_id,patient_id,label\na,p1,tumor,extra\nb,p2,normal\n")
+    with pytest.raises(ConfigError, match=r"more fields than columns on line\(s\): 2"):
+        read_labels(path)

@@ -113,12 +113,46 @@ def test_training_writes_cards_metrics_and_plots(trained):
     assert all(len(v) == 1 for v in by_patient.values())
 
 
-def test_a_rerun_keeps_finished_folds(cohort, trained):
-    before = [json.loads((trained / f"fold_{k}" / "card.json").read_text()) for k in range(3)]
+def _weights_mtimes(model: Path) -> list[int]:
+    return [(model / f"fold_{k}" / "model.safetensors").stat().st_mtime_ns for k in range(3)]
+
+
+def test_a_rerun_keeps_finished_folds_and_retrains_on_other_labels(tmp_path, cohort, trained):
+    import shutil
+
     config = TrainConfig(folds=3, test_fraction=0.25, epochs=20, patience=5, lr=1e-3)
+    before = _weights_mtimes(trained)
     train_model(cohort / "stores", cohort / "labels.csv", trained, config, encoder=ENC)
-    after = [json.loads((trained / f"fold_{k}" / "card.json").read_text()) for k in range(3)]
-    assert before == after
+    assert _weights_mtimes(trained) == before  # kept, not retrained
+    # the same folder with one patient's label flipped: nothing may be kept
+    copy = tmp_path / "model"
+    shutil.copytree(trained, copy)
+    text = (cohort / "labels.csv").read_text().splitlines()
+    flipped = [text[0]] + [
+        line.replace(",tumor,", ",normal,") if line.startswith("P01_") else line
+        for line in text[1:]
+    ]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(flipped) + "\n")
+    (copy / "splits.csv").unlink()
+    kept = _weights_mtimes(copy)
+    train_model(cohort / "stores", labels, copy, config, encoder=ENC)
+    assert all(a != b for a, b in zip(_weights_mtimes(copy), kept, strict=True))
+
+
+def test_splits_that_contradict_the_run_are_refused(tmp_path, cohort, trained):
+    config = TrainConfig(folds=2, test_fraction=0.25)
+    with pytest.raises(ConfigError, match="3 folds.*asks for 2 folds"):
+        train_model(cohort / "stores", cohort / "labels.csv", trained, config, encoder=ENC)
+    with pytest.raises(ConfigError, match="splits file not found"):
+        train_model(
+            cohort / "stores",
+            cohort / "labels.csv",
+            tmp_path / "m",
+            config,
+            encoder=ENC,
+            splits=tmp_path / "typo.csv",
+        )
 
 
 def test_prediction_writes_attention_that_finds_the_lesion(cohort, trained):

@@ -68,10 +68,19 @@ def read_labels(path: str | os.PathLike[str], positive: str | None = None) -> La
     """Read and check labels.csv: columns, duplicates, two classes, one label per patient."""
     p = Path(path)
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            raw = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            rows_read = list(reader)
+        extra = [str(i + 2) for i, row in enumerate(rows_read) if None in row]
+        if extra:
+            raise _problems(
+                p,
+                "more fields than columns on line(s)",
+                extra,
+                "Remove the stray commas (or quote values holding commas).",
+            )
+        raw = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows_read]
     except FileNotFoundError as err:
         raise ConfigError(f"{p}: labels file not found.") from err
     except (UnicodeDecodeError, csv.Error) as err:
@@ -149,26 +158,38 @@ def _positive_class(path: Path, classes: list[str], positive: str | None) -> str
     return known[0]
 
 
-def check_stores(table: LabelTable, stores_dir: str | os.PathLike[str], encoder: str) -> str:
-    """Every labelled slide has a store with complete ``encoder`` features of one set of weights.
+def check_stores(
+    table: LabelTable, stores_dir: str | os.PathLike[str], encoder: str
+) -> tuple[str, dict[str, str]]:
+    """Every labelled slide has a store with complete, non-empty ``encoder`` features, all of
+    one set of weights.
 
-    Returns that weights checksum. Raises one error listing every problem found.
+    Returns that weights checksum and, per slide, the params hash of its features stage
+    (what the features are: a fold trained on other features is never reused).
     """
     root = Path(stores_dir)
     stage, emb_key, _ = st.features_keys(encoder)
     no_store: list[str] = []
     no_feats: list[str] = []
+    empty: list[str] = []
     shas: dict[str, list[str]] = {}
+    identity: dict[str, str] = {}
     for row in table.rows:
         path = root / f"{row.slide_id}.zarr"
         if not (path / "zarr.json").exists():
             no_store.append(row.slide_id)
             continue
         group = st.open_store(path)
-        if st.stage_entry(group, stage) is None:
+        entry = st.stage_entry(group, stage)
+        if entry is None:
             no_feats.append(row.slide_id)
             continue
-        shas.setdefault(str(group[emb_key].attrs.get("weights_sha256")), []).append(row.slide_id)
+        if group[emb_key].shape[0] == 0:
+            empty.append(row.slide_id)
+            continue
+        identity[row.slide_id] = str(entry.get("params_hash"))
+        sha = group[emb_key].attrs.get("weights_sha256") or "unknown"
+        shas.setdefault(str(sha), []).append(row.slide_id)
     if no_store:
         raise StoreError(
             f"{table.path}: {len(no_store)} labelled slide(s) have no store in {root}: "
@@ -181,13 +202,18 @@ def check_stores(table: LabelTable, stores_dir: str | os.PathLike[str], encoder:
             f"{', '.join(no_feats[:_SHOWN])}{' ...' if len(no_feats) > _SHOWN else ''}. "
             f"Run `wsi embed` with --encoder {encoder} on them."
         )
+    if empty:
+        raise StoreError(
+            f"{root}: {len(empty)} store(s) hold no tiles: {', '.join(empty[:_SHOWN])}. "
+            "Drop them from labels.csv (a slide without tissue cannot be classified here)."
+        )
     if len(shas) > 1:
         parts = [f"{sha[:12]} ({len(ids)} slides, e.g. {ids[0]})" for sha, ids in shas.items()]
         raise StoreError(
             f"{root}: {encoder!r} features were made with different weights: "
             f"{'; '.join(parts)}. Re-embed so every slide uses the same weights."
         )
-    return next(iter(shas))
+    return next(iter(shas)), identity
 
 
 class BagSource:

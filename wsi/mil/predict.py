@@ -52,12 +52,20 @@ def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
     card_path = path / "model.json"
     if not card_path.exists():
         raise ConfigError(f"{path}: no model.json; is this a folder written by `wsi train`?")
-    card = json.loads(card_path.read_text())
-    heads = []
-    for fold in card["folds"]:
-        fold_dir = path / fold["dir"]
-        fold_card = json.loads((fold_dir / "card.json").read_text())
-        heads.append(load_fold(fold_dir, fold_card, int(card["in_dim"])))
+    try:
+        card = json.loads(card_path.read_text())
+        heads = []
+        for fold in card["folds"]:
+            fold_dir = path / fold["dir"]
+            fold_card = json.loads((fold_dir / "card.json").read_text())
+            heads.append(load_fold(fold_dir, fold_card, int(card["in_dim"])))
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(
+            f"{path}: the model folder is incomplete or damaged ({type(err).__name__}: {err}). "
+            "Train it again."
+        ) from err
     return TrainedModel(path, card, heads)
 
 
@@ -101,7 +109,12 @@ def predict_store(
             "model's encoder weights."
         )
     stage = f"predictions/{model.name}"
-    phash = params_hash({"model_id": model.card["model_id"], "features": sha})
+    features = st.stage_entry(group, st.features_keys(encoder)[0]) or {}
+    phash = params_hash(
+        {"model_id": model.card["model_id"], "features": features.get("params_hash"), "sha": sha}
+    )
+    if len(feats) == 0:
+        raise StoreError(f"{path}: the store holds no tiles; there is nothing to predict.")
     entry = st.stage_entry(group, stage)
     if entry and entry["params_hash"] == phash:
         return dict(group[stage].attrs)

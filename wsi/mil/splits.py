@@ -104,7 +104,12 @@ def _check(table: LabelTable, splits: Splits) -> None:
         )
     y = {r.slide_id: r.y for r in table.rows}
     for k in range(splits.folds):
-        _, val = splits.fold(k)
+        train, val = splits.fold(k)
+        if len({y[s] for s in train}) < 2:
+            raise ConfigError(
+                f"{table.path}: the training part of fold {k} does not hold both classes; "
+                "choose other splits."
+            )
         if len({y[s] for s in val}) < 2:
             raise ConfigError(
                 f"{table.path}: validation part of fold {k} does not hold both classes; "
@@ -128,10 +133,15 @@ def read_splits(path: str | os.PathLike[str], table: LabelTable) -> Splits:
     """Splits from an earlier ``splits.csv``; its slides must be those of labels.csv."""
     p = Path(path)
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError as err:
         raise ConfigError(f"{p}: splits file not found.") from err
+    if not rows or not {"slide_id", "part"} <= set(rows[0]):
+        raise ConfigError(f"{p}: needs the columns slide_id and part (as `wsi train` writes).")
+    bad = sorted({r["part"] for r in rows if not (r["part"] or "").isdigit()} - {TEST, "train"})
+    if bad:
+        raise ConfigError(f"{p}: unknown part value(s) {bad}; use fold numbers, train or test.")
     part = {r["slide_id"]: r["part"] for r in rows}
     labelled = {r.slide_id for r in table.rows}
     if set(part) != labelled:

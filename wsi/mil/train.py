@@ -139,7 +139,8 @@ def _train_fold(
             sid = train_ids[i]
             target = torch.tensor([y[sid]])
             out = module(_torch_bag(bags[sid], config.max_train_tiles, rng), label=y[sid])
-            loss = F.cross_entropy(out.logits[None], target, weight=weight)
+            # one bag per step: a weighted mean would divide the class weight out again
+            loss = F.cross_entropy(out.logits[None], target) * weight[y[sid]]
             if out.instance_loss is not None:
                 loss = (
                     1 - config.instance_weight
@@ -175,43 +176,90 @@ def _train_fold(
         bar.close()
     module.load_state_dict(best_state)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train_log.csv", "w", newline="") as f:
+    with open(folder / "train_log.csv.tmp", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(folder / "train_log.csv.tmp", folder / "train_log.csv")
     val_logits = _logits(module, bags, val_ids)
     temperature = fit_temperature(val_logits, val_y)
     return FoldModel(k, module, temperature, val_ids, val_logits)
 
 
 def _save_fold(fold: FoldModel, folder: Path, card: dict[str, Any]) -> None:
+    """Weights (temp file, then renamed), then the card with their sha256, written last."""
     from safetensors.torch import save_file
 
+    from wsi.encoders.weights import sha256_file
+
     state = {k: v.contiguous() for k, v in fold.module.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    tmp = folder / "card.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, folder / "card.json")  # last: the fold is done
+    tmp_w = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp_w))
+    os.replace(tmp_w, folder / "model.safetensors")
+    card["weights_sha256"] = sha256_file(folder / "model.safetensors")
+    _write_json(folder / "card.json", card)  # last: the fold is done
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _kept_card(path: Path, chash: str) -> dict[str, Any] | None:
+    """The card of a finished fold trained on exactly this run's inputs, else None."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) and card.get("config_hash") == chash else None
 
 
 def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
-    """The head of a saved fold, weights loaded strictly, in eval mode."""
+    """The head of a saved fold, weights checked against its card and loaded strictly."""
     from safetensors.torch import load_file
 
+    from wsi.encoders.weights import sha256_file
     from wsi.mil.heads import build_head
 
+    path = folder / "model.safetensors"
+    if not path.exists() or sha256_file(path) != card.get("weights_sha256"):
+        raise ConfigError(
+            f"{path}: missing, or not the weights its card.json describes (a run was "
+            "interrupted). Train again into this folder."
+        )
     module = build_head(card["head"]["name"], in_dim, 2, **card["head"]["hparams"])
-    module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    module.load_state_dict(load_file(str(path)), strict=True)
     return module.eval()
 
 
 def _splits(table: LabelTable, out: Path, config: TrainConfig, given: Path | None) -> Splits:
+    """The given splits.csv (copied into ``out``), the one ``out`` already has, or new ones.
+
+    Splits that contradict the config (another number of folds, a test part or none) are
+    refused rather than silently used.
+    """
+    import shutil
+
+    if given is not None and not given.exists():
+        raise ConfigError(f"{given}: splits file not found (--splits).")
     path = given or (out / "splits.csv")
-    if path.exists():
-        log.info("using the splits in %s", path)
-        return read_splits(path, table)
-    splits = make_splits(table, config.folds, config.test_fraction, config.seed)
-    write_splits(splits, table, out / "splits.csv")
+    if not path.exists():
+        splits = make_splits(table, config.folds, config.test_fraction, config.seed)
+        write_splits(splits, table, out / "splits.csv")
+        return splits
+    splits = read_splits(path, table)
+    if not table.has_split and (
+        splits.folds != config.folds or bool(splits.test) != (config.test_fraction > 0)
+    ):
+        raise ConfigError(
+            f"{path}: {splits.folds} folds and {len(splits.test)} test slides, but the run "
+            f"asks for {config.folds} folds and test fraction {config.test_fraction}. Train "
+            "into a new folder, or ask for what the splits hold."
+        )
+    if given is not None and given.resolve() != (out / "splits.csv").resolve():
+        shutil.copyfile(given, out / "splits.csv")
+    log.info("using the splits in %s", path)
     return splits
 
 
@@ -246,16 +294,31 @@ def train_model(
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {config.model!r}.{hint} Known: {', '.join(HEADS)}")
     table = read_labels(labels, positive)
-    weights_sha = check_stores(table, stores_dir, encoder)
+    weights_sha, features_id = check_stores(table, stores_dir, encoder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = _splits(table, out, config, Path(splits) if splits else None)
     bags = BagSource(stores_dir, encoder)
     in_dim = int(bags[table.rows[0].slide_id].shape[1])
     y = {r.slide_id: r.y for r in table.rows}
+    # everything a fold's weights depend on: a kept fold must have been trained on exactly this
     chash = params_hash(
-        {"config": dataclasses.asdict(config), "weights": weights_sha, "splits": parts.part}
+        {
+            "schema": 1,
+            "config": dataclasses.asdict(config),
+            "encoder": encoder,
+            "weights": weights_sha,
+            "features": features_id,
+            "labels": {r.slide_id: r.y for r in table.rows},
+            "positive": table.positive,
+            "splits": parts.part,
+        }
     )
+    if not parts.test:
+        log.warning(
+            "no held-out test part: the validation figures are those the operating point "
+            "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
+        )
     folds: list[dict[str, Any]] = []
     oof_ids: list[str] = []
     oof_logits, oof_cal = [], []
@@ -266,14 +329,22 @@ def train_model(
         train_ids, val_ids = parts.fold(k)
         folder = out / f"fold_{k}"
         card_path = folder / "card.json"
-        card = json.loads(card_path.read_text()) if card_path.exists() else None
-        if card is not None and card.get("config_hash") == chash:
-            log.info("fold %d already trained, kept", k)
-            module = load_fold(folder, card, in_dim)
+        card = _kept_card(card_path, chash)
+        module = None
+        if card is not None:
+            try:
+                module = load_fold(folder, card, in_dim)
+                log.info("fold %d already trained, kept", k)
+            except ConfigError as err:
+                log.warning("fold %d retrained: %s", k, err)
+        if card is not None and module is not None:
             fold = FoldModel(
                 k, module, card["temperature"], val_ids, _logits(module, bags, val_ids)
             )
         else:
+            # the old record must not outlive its weights: a crash below leaves no card
+            card_path.unlink(missing_ok=True)
+            (out / "model.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
             fold = _train_fold(k, train_ids, val_ids, y, bags, in_dim, config, folder)
             encoder_id = {"name": encoder, "weights_sha256": weights_sha}
@@ -287,7 +358,9 @@ def train_model(
                 "head": {"name": config.model, "hparams": dict(fold.module.hparams)},
                 "in_dim": in_dim,
                 "temperature": fold.temperature,
-                "temperature_at_bound": fold.temperature in T_BOUNDS,
+                "temperature_at_bound": any(
+                    abs(fold.temperature - b) <= 1e-3 * b for b in T_BOUNDS
+                ),
                 "threshold_log_odds": threshold,
                 "youden_threshold_log_odds": m.youden_threshold(val_y, s_cal),
                 "train": _counts(table, train_ids),
@@ -361,6 +434,8 @@ def _finish(
             "chosen_on": "pooled out-of-fold validation slides (calibrated log-odds)",
             "youden_threshold_log_odds": youden,
         },
+        "validation_note": "in-sample for the operating point and the temperatures "
+        "(both fitted on these slides): optimistic; the test part is not",
         "validation_pooled": evaluate(
             oof_y,
             oof_cal,
@@ -392,7 +467,7 @@ def _finish(
             oof_y, expit(log_odds(oof_logits)), expit(oof_cal), out / "reliability.png"
         )
     plot_roc(curves, out / "roc.png", threshold)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_json(out / "metrics.json", metrics)
     digest = hashlib.sha256()
     for c in folds:
         digest.update((out / f"fold_{c['fold']}" / "model.safetensors").read_bytes())
@@ -438,8 +513,6 @@ def _finish(
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),
     }
-    tmp = out / "model.json.tmp"
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, out / "model.json")
+    _write_json(out / "model.json", card)
     log.info("model %s: validation AUROC %.3f", out, metrics["validation_pooled"]["auroc"] or 0)
     return out
