@@ -147,6 +147,33 @@ def _resample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(mask[np.ix_(iy, ix)], dtype=float)
 
 
+def _outline(tissue: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (h, w): the tissue boundary at ``shape``, two pixels wide."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    mask = _resample(tissue, shape) > 0.5
+    return np.asarray(binary_dilation(mask & ~binary_erosion(mask)))
+
+
+def _colour_bar(height: int, cmap: str, lo: float, hi: float, label: str) -> Any:
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    bar_h = max(64, int(height * 0.6))
+    ramp = colormaps[cmap](np.linspace(1, 0, bar_h))[:, :3]
+    strip = (np.repeat(ramp[:, None, :], 24, axis=1) * 255).astype(np.uint8)
+    panel = Image.new("RGB", (110, height), "white")
+    top = (height - bar_h) // 2
+    panel.paste(Image.fromarray(strip), (8, top))
+    draw = ImageDraw.Draw(panel)
+    for frac in (0.0, 0.5, 1.0):
+        y = top + int((1 - frac) * (bar_h - 1))
+        draw.line([(32, y), (38, y)], fill="black")
+        draw.text((42, y - 6), f"{lo + frac * (hi - lo):.2g}", fill="black")
+    draw.text((4, max(0, top - 16)), label[:18], fill="black")
+    return panel
+
+
 def overlay_png(
     slide_path: str | os.PathLike[str],
     grid: HeatGrid,
@@ -159,11 +186,9 @@ def overlay_png(
 
     ``tissue`` is a boolean mask covering the slide at any resolution (the store's
     ``tissue/mask``). Only the slide's main image is read: no label or macro image.
+    Memory: the thumbnail and a few arrays of its size.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw
 
     from wsi.slide import open_slide
 
@@ -174,32 +199,26 @@ def overlay_png(
         )
     with open_slide(slide_path) as slide:
         thumb = slide.thumbnail(options.thumbnail_px)
-    ds = grid.slide_size_l0[0] / thumb.shape[1]
-    heat = grid.render(ds, smooth=options.smooth)[: thumb.shape[0], : thumb.shape[1]]
-    fig_w = 8.0
-    fig, ax = plt.subplots(
-        figsize=(fig_w, fig_w * thumb.shape[0] / thumb.shape[1] + 0.6),
-        dpi=max(100, int(thumb.shape[1] / fig_w)),
-    )
-    ax.imshow(thumb)
+    h, w = thumb.shape[:2]
+    ds = grid.slide_size_l0[0] / w
+    heat = grid.render(ds, smooth=options.smooth)[:h, :w]
     rank = options.normalise == "rank"
-    im = ax.imshow(
-        np.ma.masked_invalid(heat),
-        cmap=options.cmap,
-        alpha=options.alpha,
-        vmin=0 if rank else None,
-        vmax=1 if rank else None,
-    )
+    finite = np.isfinite(heat)
+    lo = 0.0 if rank else (float(np.nanmin(heat)) if finite.any() else 0.0)
+    hi = 1.0 if rank else (float(np.nanmax(heat)) if finite.any() else 1.0)
+    rgba = colorize(heat, options.cmap, lo, hi)
+    a = (rgba[..., 3:4].astype(np.float32) / 255.0) * options.alpha
+    out = thumb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a + 0.5
+    image = out.astype(np.uint8)
     if tissue is not None and tissue.any() and not tissue.all():
-        ax.contour(_resample(tissue, heat.shape), levels=[0.5], colors="black", linewidths=0.6)
-    ax.set_axis_off()
+        image[_outline(tissue, (h, w))] = 0
     label = grid.label + (" (smoothed for display)" if options.smooth else "")
-    ax.set_title(f"{title}\n{label}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.01)
-    fig.tight_layout()
+    canvas = Image.new("RGB", (w + 110, h + 36), "white")
+    canvas.paste(Image.fromarray(image), (0, 36))
+    canvas.paste(_colour_bar(h, options.cmap, lo, hi, "score"), (w, 36))
+    ImageDraw.Draw(canvas).text((4, 4), f"{title}\n{label}", fill="black")
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
+    canvas.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
 
