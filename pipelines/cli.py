@@ -236,9 +236,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
-    from wsi.heatmap_exports import EXPORTS, HeatmapOptions, make_heatmap
+    from wsi.heatmap_exports import DEFAULT_EXPORTS, HeatmapOptions, make_heatmap
 
-    exports = tuple(e.strip() for e in args.exports.split(",")) if args.exports else EXPORTS
+    exports = tuple(e.strip() for e in args.exports.split(",")) if args.exports else DEFAULT_EXPORTS
     options = HeatmapOptions(
         source=args.source,
         normalise=args.normalise,
@@ -383,14 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank: percentiles (default); raw: the scores as they are",
     )
     p.add_argument("--smooth", action="store_true", help="interpolate between tiles (display)")
-    p.add_argument("--exports", help="comma-separated: png,geojson,tiff (default: all)")
+    p.add_argument(
+        "--exports", help="comma-separated: png,geojson,tiff,viewer (default: png,geojson,tiff)"
+    )
     p.add_argument("--cmap", default="jet")
     p.add_argument("--alpha", type=float, default=0.5)
     p.set_defaults(func=_cmd_heatmap)
 
     from pipelines.h5cli import add_parsers as add_h5_parsers
+    from pipelines.viewcli import add_parsers as add_view_parsers
 
     add_h5_parsers(sub)
+    add_view_parsers(sub)
 
     p = sub.add_parser("demo", help="tile and embed a generated synthetic slide (no files needed)")
     p.add_argument("--out", default="demo_out")

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"sensitivity {at['sensitivity']:.2f}, specificity {at['specificity']:.2f} at "
-        f"probability {op['threshold']:.3f} (log-odds {op['threshold_log_odds']:.2f}; target sensitivity {op['target_sensitivity']}, "
-        "chosen on validation)"
+        f"probability {op['threshold']:.3f} (log-odds {op['threshold_log_odds']:.2f}; "
+        f"target sensitivity {op['target_sensitivity']}, chosen on validation)"
     )
     print(
         f"attention tile AUROC {tile_auc:.3f} ({sum(len(x) for x in lesion)} tiles of "

@@ -29,11 +29,13 @@ __all__ = [
     "pyramid_tiff",
     "top_regions",
     "EXPORTS",
+    "DEFAULT_EXPORTS",
 ]
 
 log = logging.getLogger(__name__)
 
-EXPORTS = ("png", "geojson", "tiff")
+EXPORTS = ("png", "geojson", "tiff", "viewer")
+DEFAULT_EXPORTS = ("png", "geojson", "tiff")  #: the viewer's pyramids cost minutes on big slides
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class HeatmapOptions:
     smooth: bool = False  #: display smoothing between tile cells (labelled when on)
     cmap: str = "jet"
     alpha: float = 0.5  #: heat layer opacity in the PNG
-    exports: tuple[str, ...] = EXPORTS
+    exports: tuple[str, ...] = DEFAULT_EXPORTS
     thumbnail_px: int = 2048  #: longer side of the PNG overlay
     tiff_downsample: float = 16.0  #: level-0 px per pixel of the heatmap TIFF
     top_fraction: float = 0.05  #: share of the tissue called "top regions"
@@ -322,6 +324,10 @@ def make_heatmap(
     if "tiff" in options.exports:
         mpp = (meta.get("slide", {}).get("mpp") or {}).get("x")
         files["tiff"] = str(pyramid_tiff(grid, options, mpp, out / f"{slide_id}_{model}.tiff"))
+    if "viewer" in options.exports:
+        from wsi.viewer import write_viewer
+
+        files["viewer"] = str(write_viewer(path, model, out, options) / "index.html")
     region_rows = [
         {
             "rank": r.rank,

@@ -1,0 +1,81 @@
+"""``wsi viewer`` (write offline deep-zoom viewers) and ``wsi view`` (serve them locally).
+
+:func:`add_parsers` adds both subcommands to the ``wsi`` parser's subparsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_viewer(args: argparse.Namespace) -> int:
+    from pipelines.h5cli import _report, run_items
+    from wsi.heatmap_exports import HeatmapOptions
+    from wsi.viewer import write_viewer
+
+    options = HeatmapOptions(
+        source=args.source, normalise=args.normalise, cmap=args.cmap, alpha=args.alpha
+    )
+    results = run_items(
+        list(args.stores),
+        lambda s: write_viewer(s, args.model, args.out, options, max_regions=args.max_regions),
+    )
+    code = _report("wrote viewers of", "store(s)", args.out, results)
+    if any(r.status == "ok" for r in results):
+        print(f"open with: wsi view {args.out}   (or open <slide>_viewer/index.html directly)")
+    return code
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from wsi.errors import ConfigError
+    from wsi.viewer import serve
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder")
+    pages = (
+        [Path("index.html")]
+        if (root / "index.html").exists()
+        else sorted(p.relative_to(root) for p in root.glob("*/index.html"))
+    )
+    url, server = serve(root, args.port)
+    try:
+        print(f"serving {root} at {url} (127.0.0.1 only); Ctrl-C to stop")
+        for page in pages:
+            print(f"  {url}{page.as_posix()}")
+        if not pages:
+            print("  (no index.html found: write viewers with `wsi viewer`)")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``viewer`` and ``view`` to ``sub`` (from ``parser.add_subparsers()``)."""
+    p = sub.add_parser(
+        "viewer", help="write an offline deep-zoom viewer (slide + heatmap) per predicted store"
+    )
+    p.add_argument("stores", nargs="+", metavar="STORE", help="<slide_id>.zarr stores")
+    p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
+    p.add_argument("--out", required=True, help="folder for the <slide_id>_viewer folders")
+    p.add_argument("--source", default="attention", choices=["attention", "attention_raw"])
+    p.add_argument("--normalise", default="rank", choices=["rank", "raw"])
+    p.add_argument("--cmap", default="jet")
+    p.add_argument("--alpha", type=float, default=0.5, help="initial heatmap opacity")
+    p.add_argument("--max-regions", type=int, default=10, help="regions listed in the viewer")
+    p.set_defaults(func=_cmd_viewer)
+
+    p = sub.add_parser("view", help="serve viewer folders on 127.0.0.1 until Ctrl-C")
+    p.add_argument("dir", metavar="DIR", help="a <slide>_viewer folder or the folder of several")
+    p.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    p.set_defaults(func=_cmd_view)
