@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.batch import report
 from wsi.errors import WsiError
 
 __all__ = ["main"]
@@ -95,14 +96,8 @@ def _run_tiling(args: argparse.Namespace, slides: Sequence[str]) -> int:
             overwrite=args.overwrite,
             progress=progress,
         )
-    ok = [r for r in results if r.status == "ok"]
-    failed = [r for r in results if r.status != "ok"]
-    print(f"tiled {len(ok)} of {len(results)} slide(s) into {args.out}")
-    for r in ok:
-        print(f"  ok      {r.slide} -> {r.store} ({r.seconds:.1f} s)")
-    for r in failed:
-        print(f"  FAILED  {r.slide}: {r.error}")
-    return 1 if failed else 0
+    ok = sum(r.status == "ok" for r in results)
+    return report(f"tiled {ok} of {len(results)} slide(s) into {args.out}", results)
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
@@ -156,14 +151,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     )
     progress = False if args.quiet else None
     results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
-    ok = [r for r in results if r.status == "ok"]
-    failed = [r for r in results if r.status != "ok"]
-    print(f"embedded {len(ok)} of {len(results)} store(s) with {config.encoder}")
-    for r in ok:
-        print(f"  ok      {r.slide} ({r.seconds:.1f} s)")
-    for r in failed:
-        print(f"  FAILED  {r.slide}: {r.error}")
-    return 1 if failed else 0
+    ok = sum(r.status == "ok" for r in results)
+    return report(f"embedded {ok} of {len(results)} store(s) with {config.encoder}", results)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -223,13 +212,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     results = predict_stores(args.stores, args.model, overwrite=args.overwrite)
     failed = 0
-    for res, pred in results:
-        if pred is None:
+    for res in results:
+        pred = res.value
+        if res.status != "ok":
             failed += 1
-            print(f"  FAILED  {res.slide}: {res.error}")
+            print(f"  FAILED  {res.item}: {res.error}")
             continue
         print(
-            f"  {pred['decision']:<8} {res.slide}: p = {pred['probability']:.3f} "
+            f"  {pred['decision']:<8} {res.item}: p = {pred['probability']:.3f} "
             f"(+/- {pred['probability_std']:.3f} across folds; threshold {pred['threshold']:.3f})"
         )
     return 1 if failed else 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipelines.tiling import SlideResult
+from pipelines.batch import ItemResult, run_item
 from wsi.config import EmbedConfig
 from wsi.embed import embed_store, is_embedded
 from wsi.errors import WsiError
@@ -31,7 +31,7 @@ def embed_stores(
     *,
     overwrite: bool = False,
     progress: bool | None = None,
-) -> list[SlideResult]:
+) -> list[ItemResult]:
     """Embed each store's tiles; the encoder is loaded once, for the first store needing it.
 
     Stores already embedded with this encoder and weights are skipped without loading
@@ -43,7 +43,6 @@ def embed_stores(
     encoder: Any = None
     results = []
     for store in stores:
-        t0 = time.perf_counter()
         if encoder is None and not _done(store, config):
             encoder = load_encoder(
                 config.encoder,
@@ -51,18 +50,16 @@ def embed_stores(
                 device=config.device,
                 precision=config.precision,
             )
-        try:
-            out = embed_store(
-                store, config, encoder=encoder, overwrite=overwrite, progress=progress
-            )
-        except (WsiError, OSError) as err:
-            msg = str(err) if isinstance(err, WsiError) else f"{store}: {err}"
-            log.error("%s", msg)
-            results.append(
-                SlideResult(str(store), "failed", error=msg, seconds=time.perf_counter() - t0)
-            )
-            continue
         results.append(
-            SlideResult(str(store), "ok", store=str(out), seconds=time.perf_counter() - t0)
+            run_item(
+                store,
+                partial(
+                    embed_store,
+                    config=config,
+                    encoder=encoder,
+                    overwrite=overwrite,
+                    progress=progress,
+                ),
+            )
         )
     return results

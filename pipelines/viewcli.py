@@ -14,7 +14,7 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_viewer(args: argparse.Namespace) -> int:
-    from pipelines.h5cli import _report, run_items
+    from pipelines.batch import report, run_items
     from wsi.heatmap_exports import HeatmapOptions
     from wsi.viewer import write_viewer
 
@@ -22,10 +22,11 @@ def _cmd_viewer(args: argparse.Namespace) -> int:
         source=args.source, normalise=args.normalise, cmap=args.cmap, alpha=args.alpha
     )
     results = run_items(
-        list(args.stores),
+        args.stores,
         lambda s: write_viewer(s, args.model, args.out, options, max_regions=args.max_regions),
     )
-    code = _report("wrote viewers of", "store(s)", args.out, results)
+    ok = sum(r.status == "ok" for r in results)
+    code = report(f"wrote viewers of {ok} of {len(results)} store(s) into {args.out}", results)
     if any(r.status == "ok" for r in results):
         print(f"open with: wsi view {args.out}   (or open <slide>_viewer/index.html directly)")
     return code

@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     embedded = embed_stores(
-        [r.store for r in tiled if r.store], EmbedConfig(device="cpu"), progress=False
+        [r.output for r in tiled if r.output], EmbedConfig(device="cpu"), progress=False
     )
     times["embedding"] = time.perf_counter() - t0
-    n_tiles = sum(open_store(r.store)[TILES_COORDS].shape[0] for r in embedded if r.store)
+    n_tiles = sum(open_store(r.output)[TILES_COORDS].shape[0] for r in embedded if r.output)
 
     t0 = time.perf_counter()
     config = TrainConfig(

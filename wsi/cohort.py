@@ -543,22 +543,11 @@ def _write_png_atomic(path: Path, mask: np.ndarray) -> None:
 
 
 def _write_tiff_atomic(path: Path, image: pyvips.Image) -> None:
+    from wsi.synthetic import save_slide_tiff
+
     tmp = _tmp_name(path)
-    px_per_mm = 1000.0 / COHORT_MPP  # libvips resolution is in pixels per millimetre
     try:
-        image.tiffsave(
-            str(tmp),
-            tile=True,
-            pyramid=True,
-            compression="jpeg",
-            Q=_QUALITY,
-            tile_width=_TIFF_TILE,
-            tile_height=_TIFF_TILE,
-            bigtiff=True,
-            xres=px_per_mm,
-            yres=px_per_mm,
-            resunit="cm",
-        )
+        save_slide_tiff(image, tmp, mpp=COHORT_MPP, quality=_QUALITY, tile=_TIFF_TILE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -35,14 +35,24 @@ class EmbeddingError(WsiError, ArithmeticError):
     """The encoder produced non-finite features."""
 
 
-def _tiles_identity(group: Any, path: Path) -> dict[str, Any]:
+def _tiles_record(group: Any) -> dict[str, Any] | None:
+    """Which tiles run features are made from, or None while the tiles are not complete."""
     entry = st.stage_entry(group, "tiles")
-    if entry is None:
+    return (
+        None
+        if entry is None
+        else {"params_hash": entry["params_hash"], "run_id": entry.get("run_id")}
+    )
+
+
+def _tiles_identity(group: Any, path: Path) -> dict[str, Any]:
+    record = _tiles_record(group)
+    if record is None:
         raise StoreError(
             f"{path}: the tiles stage is not complete. Run (or resume) `wsi tile` on its "
             "slide first."
         )
-    return {"params_hash": entry["params_hash"], "run_id": entry.get("run_id")}
+    return record
 
 
 def _check_existing(
@@ -156,11 +166,10 @@ def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None
     config = config or EmbedConfig()
     path = Path(store)
     group = st.open_store(path, mode="r")
-    entry = st.stage_entry(group, "tiles")
+    tiles = _tiles_record(group)
     identity = planned_identity(config.encoder, config.weights, config.device, config.precision)
-    if entry is None or identity is None:
+    if tiles is None or identity is None:
         return False
-    tiles = {"params_hash": entry["params_hash"], "run_id": entry.get("run_id")}
     done = st.stage_entry(group, st.features_keys(config.encoder)[0])
     if done is None:
         return False

@@ -530,6 +530,26 @@ def _upscale_mask(mask_img: pyvips.Image, ds: int, width: int, height: int) -> p
     return cond.crop(0, 0, width, height)
 
 
+def save_slide_tiff(
+    image: pyvips.Image, path: Path, *, mpp: float, quality: int, tile: int
+) -> None:
+    """Write ``image`` as a tiled pyramidal JPEG TIFF with ``mpp`` in its resolution tags."""
+    px_per_mm = 1000.0 / mpp  # libvips resolution is in pixels per millimetre
+    image.tiffsave(
+        str(path),
+        tile=True,
+        pyramid=True,
+        compression="jpeg",
+        Q=quality,
+        tile_width=tile,
+        tile_height=tile,
+        bigtiff=True,
+        xres=px_per_mm,
+        yres=px_per_mm,
+        resunit="cm",
+    )
+
+
 def _attach_progress(image: pyvips.Image, label: str) -> None:
     """Log libvips evaluation progress of ``image`` every 10 %."""
     state = {"next": 10}
@@ -622,20 +642,7 @@ def make_synthetic_slide(
     try:
         _vips_from_numpy(mask).pngsave(str(tmp_mask), compression=6)
         _attach_progress(image, out_path.name)
-        px_per_mm = 1000.0 / mpp_f  # libvips resolution is in pixels per millimetre
-        image.tiffsave(
-            str(tmp_slide),
-            tile=True,
-            pyramid=True,
-            compression="jpeg",
-            Q=q,
-            tile_width=ts,
-            tile_height=ts,
-            bigtiff=True,
-            xres=px_per_mm,
-            yres=px_per_mm,
-            resunit="cm",
-        )
+        save_slide_tiff(image, tmp_slide, mpp=mpp_f, quality=q, tile=ts)
         os.replace(tmp_mask, mask_path)
         os.replace(tmp_slide, out_path)
     finally:
