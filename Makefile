@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean browser
+.PHONY: demo test test-all bench lint clean sysdeps-run sysdeps-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,24 +13,34 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Run the main job: make a synthetic slide, tile it on a local Dask cluster, embed the tiles.
-demo: $(STAMP)
+demo: $(STAMP) sysdeps-run
 	$(VENV)/bin/wsi demo --out demo_out
 
-## Headless Chromium for the viewer's browser test: installed from Debian when missing and
-## this is root with apt; otherwise that one test skips and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    { timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
-	      { timeout 300 apt-get update -q >/dev/null 2>&1 && \
-	        timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; } ; } || \
-	  echo "note: chromium not installed; the viewer's browser test will skip"
+## System libraries from Debian, installed when missing and this is root with apt (otherwise a
+## note, and the parts that need them say so): Pango for WeasyPrint's PDF reports (main job and
+## tests), Chromium for the browser tests, poppler-utils (pdftoppm) to check PDF pages in tests.
+SYSDEPS_RUN  := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
+SYSDEPS_TEST := $(SYSDEPS_RUN) chromium poppler-utils
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { timeout 300 apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	    { timeout 300 apt-get update -q >/dev/null 2>&1 && \
+	      timeout 300 apt-get install -y -q $$missing >/dev/null 2>&1; }; } ; } || \
+	  echo "note: could not install $$missing (needs root and apt): see README"
+endef
+
+sysdeps-run:
+	$(call apt_install,$(SYSDEPS_RUN))
+
+sysdeps-test:
+	$(call apt_install,$(SYSDEPS_TEST))
 
 ## Run the tests (the fast default set; slow ones with `make test-all`).
-test: $(STAMP) browser
+test: $(STAMP) sysdeps-test
 	$(PY) -m pytest -q
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) sysdeps-test
 	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)

@@ -225,6 +225,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from wsi.reports import ReportOptions, report
+
+    options = ReportOptions(top_k=args.top_k, least_k=args.least_k, pdf=not args.no_pdf)
+    result = report(args.stores, args.model, args.out, options)
+    for r in result.slides:
+        flags = f" [{', '.join(r.row['flags'])}]" if r.row["flags"] else ""
+        print(f"  {r.row['decision']:<8} {r.slide_id}: p = {r.row['probability']:.3f}{flags}")
+        print(f"           {r.html}" + (f" + {r.pdf.name}" if r.pdf else ""))
+    for f in result.failed:
+        print(f"  FAILED  {f['slide_id']}: {f['error']}")
+    print(f"cohort report: {result.cohort_html} and {result.cohort_csv}")
+    if result.failed and not result.slides:
+        return 2
+    return 1 if result.failed else 0
+
+
 def _cmd_heatmap(args: argparse.Namespace) -> int:
     from wsi.heatmap_exports import DEFAULT_EXPORTS, HeatmapOptions, make_heatmap
 
@@ -379,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="jet")
     p.add_argument("--alpha", type=float, default=0.5)
     p.set_defaults(func=_cmd_heatmap)
+
+    p = sub.add_parser(
+        "report", help="second-opinion reports (HTML + PDF) per slide and a cohort triage table"
+    )
+    p.add_argument("stores", nargs="+", help="predicted slide stores")
+    p.add_argument("--model", required=True, help="model folder written by `wsi train`")
+    p.add_argument("--out", required=True, help="folder for the reports")
+    p.add_argument("--top-k", type=int, default=8, help="most attended tiles shown (default 8)")
+    p.add_argument(
+        "--least-k", type=int, default=4, help="least attended tiles shown for contrast (0: none)"
+    )
+    p.add_argument("--no-pdf", action="store_true", help="HTML only (no WeasyPrint needed)")
+    p.set_defaults(func=_cmd_report)
 
     from pipelines.h5cli import add_parsers as add_h5_parsers
     from pipelines.viewcli import add_parsers as add_view_parsers

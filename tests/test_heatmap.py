@@ -73,35 +73,6 @@ def test_geojson_is_valid_and_matches_the_tiles(tmp_path):
     assert shape(tops[0]["geometry"]).bounds[0] >= 2048  # the hot half is on the right
 
 
-@pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
-    """A small real run: cohort slides, tiles, embeddings, ABMIL, predictions."""
-    from wsi.cohort import make_cohort
-    from wsi.config import EmbedConfig
-    from wsi.embed import embed_store
-    from wsi.encoders import load_encoder
-    from wsi.mil.predict import load_model, predict_store
-    from wsi.mil.train import TrainConfig, train_model
-    from wsi.tiling import tile_slide
-
-    root = tmp_path_factory.mktemp("heat")
-    cohort = make_cohort(root / "cohort", slides=8, size=3000, seed=5, min_lesion_diameter_um=192)
-    enc = load_encoder(device="cpu")
-    for slide in cohort.slides:
-        store = tile_slide(slide, root / "stores", progress=False)
-        embed_store(store, EmbedConfig(device="cpu"), encoder=enc, progress=False)
-    model_dir = train_model(
-        root / "stores",
-        cohort.labels_csv,
-        root / "abmil",
-        TrainConfig(folds=2, epochs=30, patience=10, lr=1e-3),
-    )
-    model = load_model(model_dir)
-    for slide in cohort.slides:
-        predict_store(root / "stores" / f"{slide.stem}.zarr", model)
-    return root, cohort, model.name
-
-
 def test_hottest_region_overlaps_the_ground_truth_lesion(tmp_path, predicted):
     import csv
 

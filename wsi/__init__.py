@@ -20,6 +20,7 @@ __all__ = [
     "features_of",
     "load_encoder",
     "WsiError",
+    "report",
     "__version__",
 ]
 
@@ -32,6 +33,7 @@ _LAZY = {
     "features_of": "wsi.embed",
     "load_encoder": "wsi.encoders",
     "WsiError": "wsi.errors",
+    "report": "wsi.reports",
 }
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from wsi.embed import embed_store, features_of
     from wsi.encoders import load_encoder
     from wsi.errors import WsiError
+    from wsi.reports import report
     from wsi.slide import open_slide
     from wsi.tiling import tile_slide
 

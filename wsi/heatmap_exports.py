@@ -25,6 +25,8 @@ __all__ = [
     "HeatmapOptions",
     "make_heatmap",
     "overlay_png",
+    "compose_overlay",
+    "outline",
     "qupath_geojson",
     "pyramid_tiff",
     "top_regions",
@@ -149,7 +151,7 @@ def _resample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(mask[np.ix_(iy, ix)], dtype=float)
 
 
-def _outline(tissue: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def outline(tissue: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Boolean (h, w): the tissue boundary at ``shape``, two pixels wide."""
     from scipy.ndimage import binary_dilation, binary_erosion
 
@@ -176,6 +178,38 @@ def _colour_bar(height: int, cmap: str, lo: float, hi: float, label: str) -> Any
     return panel
 
 
+def compose_overlay(
+    thumb: np.ndarray,
+    grid: HeatGrid,
+    options: HeatmapOptions,
+    title: str,
+    tissue: np.ndarray | None = None,
+) -> Any:
+    """A PIL image: ``thumb`` (RGB of the whole slide at any size) with the heatmap over
+    it, the tissue outline, a colour bar and ``title``. Memory: a few arrays of its size."""
+    from PIL import Image, ImageDraw
+
+    h, w = thumb.shape[:2]
+    ds = grid.slide_size_l0[0] / w
+    heat = grid.render(ds, smooth=options.smooth)[:h, :w]
+    rank = options.normalise == "rank"
+    finite = np.isfinite(heat)
+    lo = 0.0 if rank else (float(np.nanmin(heat)) if finite.any() else 0.0)
+    hi = 1.0 if rank else (float(np.nanmax(heat)) if finite.any() else 1.0)
+    rgba = colorize(heat, options.cmap, lo, hi)
+    a = (rgba[..., 3:4].astype(np.float32) / 255.0) * options.alpha
+    out = thumb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a + 0.5
+    image = out.astype(np.uint8)
+    if tissue is not None and tissue.any() and not tissue.all():
+        image[outline(tissue, (h, w))] = 0
+    label = grid.label + (" (smoothed for display)" if options.smooth else "")
+    canvas = Image.new("RGB", (w + 110, h + 36), "white")
+    canvas.paste(Image.fromarray(image), (0, 36))
+    canvas.paste(_colour_bar(h, options.cmap, lo, hi, "score"), (w, 36))
+    ImageDraw.Draw(canvas).text((4, 4), f"{title}\n{label}", fill="black")
+    return canvas
+
+
 def overlay_png(
     slide_path: str | os.PathLike[str],
     grid: HeatGrid,
@@ -190,8 +224,6 @@ def overlay_png(
     ``tissue/mask``). Only the slide's main image is read: no label or macro image.
     Memory: the thumbnail and a few arrays of its size.
     """
-    from PIL import Image, ImageDraw
-
     from wsi.slide import open_slide
 
     if not Path(slide_path).exists():
@@ -201,24 +233,7 @@ def overlay_png(
         )
     with open_slide(slide_path) as slide:
         thumb = slide.thumbnail(options.thumbnail_px)
-    h, w = thumb.shape[:2]
-    ds = grid.slide_size_l0[0] / w
-    heat = grid.render(ds, smooth=options.smooth)[:h, :w]
-    rank = options.normalise == "rank"
-    finite = np.isfinite(heat)
-    lo = 0.0 if rank else (float(np.nanmin(heat)) if finite.any() else 0.0)
-    hi = 1.0 if rank else (float(np.nanmax(heat)) if finite.any() else 1.0)
-    rgba = colorize(heat, options.cmap, lo, hi)
-    a = (rgba[..., 3:4].astype(np.float32) / 255.0) * options.alpha
-    out = thumb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a + 0.5
-    image = out.astype(np.uint8)
-    if tissue is not None and tissue.any() and not tissue.all():
-        image[_outline(tissue, (h, w))] = 0
-    label = grid.label + (" (smoothed for display)" if options.smooth else "")
-    canvas = Image.new("RGB", (w + 110, h + 36), "white")
-    canvas.paste(Image.fromarray(image), (0, 36))
-    canvas.paste(_colour_bar(h, options.cmap, lo, hi, "score"), (w, 36))
-    ImageDraw.Draw(canvas).text((4, 4), f"{title}\n{label}", fill="black")
+    canvas = compose_overlay(thumb, grid, options, title, tissue)
     tmp = path.with_suffix(".tmp.png")
     canvas.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -518,7 +518,14 @@ VIEWER_JS = r"""// Deep-zoom viewer of a slide and its heatmap: plain JavaScript
     li.appendChild(button);
     list.appendChild(li);
   });
+  // a link such as index.html#box=x0,y0,x1,y1 (level-0 px) opens on that box
+  function fromHash() {
+    var m = /box=(-?[0-9.]+),(-?[0-9.]+),(-?[0-9.]+),(-?[0-9.]+)/.exec(window.location.hash);
+    if (m) goTo({ bbox_l0: [+m[1], +m[2], +m[3], +m[4]] });
+  }
+  window.addEventListener("hashchange", fromHash);
   window.viewerReady = false;
   home();
+  fromHash();
 })();
 """

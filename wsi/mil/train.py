@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from wsi.mil import metrics as m
 from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
 from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
+from wsi.mil.reference import build_reference, save_reference
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
 
 __all__ = ["TrainConfig", "train_model", "FoldModel"]
@@ -382,6 +384,13 @@ def train_model(
             logits = _logits(fold.module, bags, test_ids)
             test_cal.append(log_odds(logits, fold.temperature))
             test_raw.append(log_odds(logits))
+    # what "seen in training" means for the report's out-of-distribution flag
+    held_out = set(test_ids)
+    reference = build_reference(
+        {r.slide_id: bags[r.slide_id] for r in table.rows if r.slide_id not in held_out},
+        seed=config.seed,
+    )
+    save_reference(reference, out)
     return _finish(
         out,
         table,
@@ -389,6 +398,7 @@ def train_model(
         config,
         encoder,
         weights_sha,
+        reference.summary(),
         folds,
         oof_ids,
         np.concatenate(oof_logits),
@@ -407,6 +417,7 @@ def _finish(
     config: TrainConfig,
     encoder: str,
     weights_sha: str,
+    reference: dict[str, Any],
     folds: list[dict[str, Any]],
     oof_ids: list[str],
     oof_logits: np.ndarray,
@@ -510,6 +521,8 @@ def _finish(
             if test_ids
             else None,
         },
+        "reference": reference,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),
     }

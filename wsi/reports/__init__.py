@@ -1,0 +1,390 @@
+"""Second-opinion reports for pathologists: one per slide (HTML and PDF) and one per cohort.
+
+``report(stores, model, out_dir)`` writes, for every predicted store,
+``<slide_id>.html``, ``<slide_id>.pdf`` and ``<slide_id>.json`` (the row of the cohort
+table), then ``cohort.html`` and ``cohort.csv`` sorted by risk. A report says where
+(heatmap), what (the call), why (the most attended tiles) and how sure (calibrated
+probability, spread across fold models, flags), and that the diagnosis is the
+pathologist's. It never shows the slide's label or macro image, its path, or any slide
+property outside an allow-list (see ``wsi.reports.facts``), and every string is escaped.
+
+Example::
+
+    from wsi.reports import report
+    result = report(["stores/s1.zarr"], "models/abmil", "reports")
+    print(result.cohort_html)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wsi.errors import WsiError
+from wsi.reports.facts import Finding, SlideFacts, TileImage, flags, gather
+from wsi.reports.options import ReportOptions
+from wsi.reports.render import (
+    DISCLAIMER,
+    check_pdf,
+    data_uri,
+    pct,
+    render,
+    write_atomic,
+    write_pdf,
+)
+
+__all__ = ["report", "report_slide", "report_cohort", "ReportOptions", "SlideReport", "Reports"]
+
+log = logging.getLogger(__name__)
+
+COHORT_COLUMNS = (
+    "rank",
+    "slide_id",
+    "decision",
+    "probability",
+    "probability_std",
+    "positive",
+    "flags",
+    "tiles",
+    "tissue_mm2",
+    "report",
+)
+
+
+@dataclass(frozen=True)
+class SlideReport:
+    """The files of one slide's report and its row of the cohort table."""
+
+    slide_id: str
+    html: Path
+    pdf: Path | None
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reports:
+    """What ``report`` wrote: per-slide reports, failures (slide id, error), cohort files."""
+
+    slides: list[SlideReport]
+    failed: list[dict[str, str]] = field(default_factory=list)
+    cohort_html: Path | None = None
+    cohort_csv: Path | None = None
+
+
+def _load(model: Any) -> Any:
+    from wsi.mil.predict import load_model
+
+    return load_model(model) if isinstance(model, (str, os.PathLike)) else model
+
+
+def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
+    """What the operating point means, in the words of the validation (and test) figures."""
+    pos, neg = finding.positive_class, finding.negative_class
+    val = (card.get("metrics") or {}).get("validation_pooled") or {}
+    at = val.get("at_threshold") or {}
+    if at.get("sensitivity") is None:
+        text = "The model card holds no validation figures for this operating point."
+    else:
+        n_pos, n_neg = at["tp"] + at["fn"], at["tn"] + at["fp"]
+        text = (
+            f"At this threshold the model found {pct(at['sensitivity'])} of {pos} slides in "
+            f"validation ({at['tp']} of {n_pos}), with specificity {pct(at['specificity'])} "
+            f"({at['tn']} of {n_neg} {neg} slides called {neg}). These validation slides "
+            "also chose the threshold, so the figures are optimistic."
+        )
+    test = (card.get("metrics") or {}).get("test") or {}
+    t_at = test.get("at_threshold") or {}
+    test_text = None
+    if t_at.get("sensitivity") is not None:
+        test_text = (
+            f"On {t_at['tp'] + t_at['fn'] + t_at['tn'] + t_at['fp']} held-out test slides "
+            f"it found {pct(t_at['sensitivity'])} of {pos} slides ({t_at['tp']} of "
+            f"{t_at['tp'] + t_at['fn']}) with specificity {pct(t_at['specificity'])}."
+        )
+    if not finding.positive:
+        text += f" A {neg} call does not rule out {pos}."
+    return text, test_text
+
+
+def _metric_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    metrics = card.get("metrics") or {}
+    for key, name in (("validation_pooled", "Validation (out of fold)"), ("test", "Test")):
+        part = metrics.get(key)
+        if not part:
+            continue
+        ci = part.get("auroc_ci95") or [None, None]
+        at = part.get("at_threshold") or {}
+        auroc = "n/a" if part.get("auroc") is None else f"{part['auroc']:.3f}"
+        ci_text = "" if ci[0] is None else f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+        rows.append(
+            (
+                name,
+                f"AUROC {auroc}{ci_text}; at the operating point sensitivity "
+                f"{pct(at.get('sensitivity'))}, specificity {pct(at.get('specificity'))} "
+                f"(n = {at.get('tp', 0) + at.get('fn', 0) + at.get('tn', 0) + at.get('fp', 0)})",
+            )
+        )
+    if not metrics.get("test"):
+        rows.append(("Test", "no held-out test part: only the (optimistic) validation figures"))
+    return rows
+
+
+def _mpp_words(source: str | None) -> str:
+    return {
+        "metadata": "stated by the slide",
+        "tiff-resolution": "from the TIFF resolution tags",
+        "override": "given by the user: the slide states none",
+    }.get(str(source), str(source))
+
+
+def _quality_rows(
+    facts: SlideFacts, finding: Finding, options: ReportOptions
+) -> list[tuple[str, str]]:
+    qc = facts.qc
+    area = "unknown" if facts.tissue_mm2 is None else f"{facts.tissue_mm2:.2f} mm²"
+    mpp = _mpp_words(facts.mpp_source)
+    rows = [
+        (
+            "Tissue",
+            f"{area}, {facts.tiles:,} tiles (flag below {options.min_tissue_mm2} mm² "
+            f"or {options.min_tiles} tiles)",
+        ),
+        ("Resolution", mpp if facts.mpp else "unknown"),
+    ]
+    if qc:
+        rows += [
+            ("Blurred tiles", f"{pct(qc['blurred'])} (flag above {pct(options.blur_fraction)})"),
+            ("Tiles with pen ink", f"{pct(qc['pen'])} (flag above {pct(options.pen_fraction)})"),
+            ("Mostly background tiles", pct(qc["background"])),
+        ]
+    if finding.far_fraction is None:
+        rows.append(("Similarity to training tiles", "not checked: the model has no reference"))
+    else:
+        rows.append(
+            (
+                "Tiles unlike any training tile",
+                f"{pct(finding.far_fraction)} (about {pct(finding.far_expected)} expected; "
+                f"flag above {pct(options.ood_fraction)})",
+            )
+        )
+    return rows
+
+
+def _viewer_link(store: Path, model: str, out_dir: Path, viewer: Path | None) -> str | None:
+    """Relative link from the report to the viewer's index.html, if there is one."""
+    if viewer is None:
+        from wsi import store as st
+
+        group = st.open_store(store)
+        files = (
+            dict(group[f"heatmaps/{model}"].attrs).get("files", {})
+            if f"heatmaps/{model}" in group
+            else {}
+        )
+        viewer = Path(files["viewer"]) if files.get("viewer") else None
+    if viewer is None:
+        return None
+    index = viewer if viewer.name == "index.html" else viewer / "index.html"
+    if not index.exists():
+        return None
+    return Path(os.path.relpath(index.resolve(), out_dir.resolve())).as_posix()
+
+
+def _tile_rows(tiles: list[TileImage], link: str | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": t.index,
+            "src": data_uri(t.pixels, quality=90),
+            "box": t.box_l0,
+            "percentile": t.percentile,
+            "link": f"{link}#box={','.join(str(v) for v in t.box_l0)}" if link else None,
+        }
+        for t in tiles
+    ]
+
+
+def report_slide(
+    store: str | os.PathLike[str],
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    options: ReportOptions | None = None,
+    *,
+    viewer: str | os.PathLike[str] | None = None,
+) -> SlideReport:
+    """Write the report of one predicted store: ``<slide_id>.html``, ``.pdf``, ``.json``.
+
+    Parameters
+    ----------
+    store: a slide store with ``predictions/<model>`` (``wsi predict``).
+    model: the model folder written by ``wsi train`` (or a loaded ``TrainedModel``).
+    out_dir: where the files go (created).
+    options: contents and flag thresholds (``ReportOptions``).
+    viewer: the slide's viewer folder (``wsi viewer``) to link tiles into; by default the
+        one recorded by ``wsi heatmap --exports viewer``, if any.
+
+    Coordinates in the report are level-0 pixels; areas are in mm² from the slide's mpp.
+    """
+    from wsi.heatmap_exports import HeatmapOptions, compose_overlay, outline
+
+    options = options or ReportOptions()
+    trained = _load(model)
+    path = Path(store)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    facts, finding, top, least, grid = gather(path, trained, options)
+    found = flags(facts, finding, options)
+    thumb = facts.thumbnail.copy()
+    if facts.tissue_mask is not None and facts.tissue_mask.any():
+        thumb[outline(facts.tissue_mask, thumb.shape[:2])] = 0
+    overlay = compose_overlay(facts.thumbnail, grid, HeatmapOptions(), "", facts.tissue_mask)
+    link = _viewer_link(path, trained.name, out, Path(viewer) if viewer else None)
+    meaning, test_meaning = _meaning(trained.card, finding)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    from wsi import __version__
+
+    html = render(
+        "slide.html.j2",
+        facts=facts,
+        finding=finding,
+        card=trained.card,
+        flags=found,
+        meaning=meaning,
+        test_meaning=test_meaning,
+        fold_list=", ".join(pct(p, 1) for p in finding.fold_probabilities),
+        mpp_source=_mpp_words(facts.mpp_source),
+        images={"thumbnail": data_uri(thumb), "overlay": data_uri(overlay)},
+        top=_tile_rows(top, link),
+        least=_tile_rows(least, link),
+        viewer_link=link,
+        quality=_quality_rows(facts, finding, options),
+        metric_rows=_metric_rows(trained.card),
+        disclaimer=DISCLAIMER,
+        created=now,
+        version=__version__,
+    )
+    sid = facts.slide_id
+    html_path = write_atomic(out / f"{_safe(sid)}.html", html)
+    pdf_path = write_pdf(html, out / f"{_safe(sid)}.pdf") if options.pdf else None
+    row = {
+        "slide_id": sid,
+        "decision": finding.decision,
+        "positive": finding.positive,
+        "probability": finding.probability,
+        "probability_std": finding.probability_std,
+        "log_odds": finding.log_odds,
+        "flags": [f.title for f in found],
+        "tiles": facts.tiles,
+        "tissue_mm2": facts.tissue_mm2,
+        "report": html_path.name,
+        "pdf": pdf_path.name if pdf_path else None,
+        "model": finding.model,
+        "model_id": trained.card["model_id"],
+    }
+    write_atomic(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
+    return SlideReport(sid, html_path, pdf_path, row)
+
+
+def _safe(slide_id: str) -> str:
+    """A file name for a slide id: path separators and control characters replaced."""
+    bad = set("/\\\0") | {chr(c) for c in range(32)}
+    name = "".join("_" if c in bad else c for c in slide_id).lstrip(".")
+    return name or "_"
+
+
+def report_cohort(
+    rows: list[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str,
+    positive: str,
+    failed: list[dict[str, str]] | None = None,
+) -> tuple[Path, Path]:
+    """The triage table: every slide sorted by risk (calibrated log-odds, highest first),
+    with decision, probability, spread and flags, linking to each slide's report; slides
+    that failed are listed with their stage and error. Writes ``cohort.html`` and
+    ``cohort.csv``; returns both paths."""
+    from wsi import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(rows, key=lambda r: (-float(r["log_odds"]), str(r["slide_id"])))
+    html = render(
+        "cohort.html.j2",
+        rows=ordered,
+        failed=failed or [],
+        model=model,
+        positive=positive,
+        disclaimer=DISCLAIMER,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        version=__version__,
+    )
+    html_path = write_atomic(out / "cohort.html", html)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*COHORT_COLUMNS, "error"], lineterminator="\n")
+    writer.writeheader()
+    for rank, r in enumerate(ordered, 1):
+        writer.writerow(
+            {
+                **{k: r.get(k) for k in COHORT_COLUMNS if k != "rank"},
+                "rank": rank,
+                "probability": f"{r['probability']:.6f}",
+                "probability_std": f"{r['probability_std']:.6f}",
+                "flags": "; ".join(r["flags"]),
+                "error": "",
+            }
+        )
+    for f in failed or []:
+        writer.writerow({"slide_id": f["slide_id"], "error": f"{f['stage']}: {f['error']}"})
+    csv_path = write_atomic(out / "cohort.csv", buf.getvalue())
+    return html_path, csv_path
+
+
+def report(
+    stores: list[str | os.PathLike[str]],
+    model: Any,
+    out_dir: str | os.PathLike[str],
+    options: ReportOptions | None = None,
+) -> Reports:
+    """Per-slide reports of ``stores`` and the cohort report, in ``out_dir``.
+
+    A store that cannot be reported (no prediction, damaged) is listed in ``failed`` and in
+    the cohort report; the others go on.
+
+    Example::
+
+        result = report(sorted(Path("stores").glob("*.zarr")), "models/abmil", "reports")
+    """
+    options = options or ReportOptions()
+    if options.pdf:
+        check_pdf()
+    trained = _load(model)
+    done: list[SlideReport] = []
+    failed: list[dict[str, str]] = []
+    for s in stores:
+        try:
+            done.append(report_slide(s, trained, out_dir, options))
+        except (WsiError, OSError) as err:  # one bad slide never stops the cohort
+            log.error("%s", err)
+            failed.append(
+                {
+                    "slide_id": Path(s).name.removesuffix(".zarr"),
+                    "stage": "report",
+                    "error": str(err),
+                }
+            )
+    html, csv_path = report_cohort(
+        [r.row for r in done],
+        out_dir,
+        model=trained.name,
+        positive=trained.card["task"]["positive"],
+        failed=failed,
+    )
+    return Reports(done, failed, html, csv_path)

@@ -1,0 +1,307 @@
+"""What a report says, gathered from a slide store and a model folder.
+
+Only allow-listed facts leave the store: the slide id, scanner vendor, level-0 size,
+mpp (and where it came from), objective power, tissue area and tile counts. The slide's
+path, its label and macro images and every other property stay out. Images are the main
+image's thumbnail (or, where the slide file is gone, a mosaic of the stored tiles) and
+tiles from ``tiles/pixels``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi import store as st
+from wsi.errors import StoreError
+from wsi.reports.options import ReportOptions
+
+__all__ = ["SlideFacts", "Finding", "TileImage", "Flag", "gather"]
+
+log = logging.getLogger(__name__)
+
+_THUMB_PX = 1024
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A plain-language warning. ``kind`` is "uncertain", "ood" or "quality"."""
+
+    kind: str
+    title: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class TileImage:
+    """One tile shown as evidence: its pixels, level-0 box and attention."""
+
+    index: int
+    pixels: np.ndarray  #: (S, S, 3) uint8 at the tiling resolution
+    box_l0: tuple[int, int, int, int]  #: x0, y0, x1, y1, level-0 px
+    attention: float  #: normalised mean attention (rank within the slide: see heatmap)
+    percentile: float  #: share of the slide's tiles with lower attention, 0..100
+
+
+@dataclass(frozen=True)
+class SlideFacts:
+    """The allow-listed description of a slide."""
+
+    slide_id: str
+    vendor: str | None
+    size_l0: tuple[int, int]
+    mpp: float | None
+    mpp_source: str | None
+    objective_power: float | None
+    tissue_mm2: float | None
+    tiles: int
+    tile_size: int
+    tile_mpp: float | None
+    thumbnail: np.ndarray  #: RGB, longer side <= 1024 px
+    thumbnail_source: str  #: "slide" or "tiles"
+    tissue_mask: np.ndarray | None
+    qc: dict[str, float] = field(default_factory=dict)  #: fraction of tiles blurred / inked
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The model's call on a slide and how sure it is."""
+
+    model: str
+    positive_class: str
+    negative_class: str
+    decision: str
+    positive: bool
+    probability: float
+    probability_std: float
+    fold_probabilities: list[float]
+    log_odds: float
+    threshold: float
+    threshold_log_odds: float
+    target_sensitivity: float
+    far_fraction: float | None  #: share of tiles far from the training tiles; None: no reference
+    far_expected: float | None  #: the share expected by chance (1 - reference quantile)
+
+
+def _tissue_mm2(group: Any) -> float | None:
+    if st.TISSUE_MASK not in group:
+        return None
+    arr = group[st.TISSUE_MASK]
+    mpp = arr.attrs.get("mpp")
+    if not mpp:
+        return None
+    return float(np.count_nonzero(arr[:]) * float(mpp) ** 2 / 1e6)
+
+
+def _qc(group: Any, options: ReportOptions) -> dict[str, float]:
+    """Fraction of tiles that are blurred, carry pen ink, or are mostly background."""
+    if st.TILES_QC not in group or group[st.TILES_QC].shape[0] == 0:
+        return {}
+    from wsi.qc import QC_COLUMNS
+
+    qc = np.asarray(group[st.TILES_QC][:])
+    col = {name: qc[:, i] for i, name in enumerate(QC_COLUMNS)}
+    return {
+        "blurred": float((col["blur"] < options.blur_variance).mean()),
+        "pen": float((col["pen"] > 0.05).mean()),
+        "background": float((col["background"] > 0.5).mean()),
+    }
+
+
+def _mosaic(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
+    """The stored tiles pasted at their places: a thumbnail without the slide file."""
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    pixels = group[st.TILES_PIXELS]
+    foot = float(group[st.TILES_COORDS].attrs.get("footprint_l0") or pixels.shape[1])
+    ds = max(size_l0) / max_px
+    w, h = max(1, round(size_l0[0] / ds)), max(1, round(size_l0[1] / ds))
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    side = max(1, round(foot / ds))
+    from wsi.slide.base import resize_rgb
+
+    step = pixels.chunks[0]
+    for start in range(0, len(coords), step):
+        block = np.asarray(pixels[start : start + step])
+        for (x, y), tile in zip(coords[start : start + step], block, strict=False):
+            cx, cy = int(x / ds), int(y / ds)
+            small = resize_rgb(tile, (side, side))[: h - cy, : w - cx]
+            canvas[cy : cy + small.shape[0], cx : cx + small.shape[1]] = small
+    return canvas
+
+
+def _thumbnail(group: Any, meta: dict[str, Any], size_l0: tuple[int, int]) -> tuple[Any, str]:
+    from wsi.errors import WsiError
+    from wsi.slide import open_slide
+
+    path = meta.get("source", {}).get("path")
+    if path and Path(path).exists():
+        try:
+            with open_slide(path) as slide:
+                if slide.dimensions == size_l0:
+                    return slide.thumbnail(_THUMB_PX), "slide"
+                log.warning("%s: not the size the store was tiled from; using tiles", path)
+        except WsiError as err:
+            log.warning("thumbnail from the stored tiles: %s", err)
+    return _mosaic(group, size_l0, _THUMB_PX), "tiles"
+
+
+def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileImage]:
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    foot = int(round(float(group[st.TILES_COORDS].attrs.get("footprint_l0") or 0)))
+    pixels = group[st.TILES_PIXELS]
+    ranks = np.argsort(np.argsort(att, kind="stable"), kind="stable")
+    out = []
+    for i in order[:k]:
+        x, y = (int(v) for v in coords[i])
+        out.append(
+            TileImage(
+                int(i),
+                np.asarray(pixels[int(i)]),
+                (x, y, x + foot, y + foot),
+                float(att[i]),
+                100.0 * float(ranks[i]) / max(1, len(att) - 1),
+            )
+        )
+    return out
+
+
+def gather(
+    store: str | os.PathLike[str], model: Any, options: ReportOptions
+) -> tuple[SlideFacts, Finding, list[TileImage], list[TileImage], Any]:
+    """Facts, finding, most and least attended tiles, and the heat grid of one store.
+
+    ``model`` is a loaded ``wsi.mil.predict.TrainedModel`` whose prediction is in the store
+    (``wsi predict``); StoreError otherwise.
+    """
+    from wsi.embed import features_of
+    from wsi.heatmap import heat_grid, tile_scores
+    from wsi.mil.reference import far_fraction, load_reference
+
+    path = Path(store)
+    group = st.open_store(path)
+    meta = st.read_meta(group)
+    stage = f"predictions/{model.name}"
+    if st.stage_entry(group, stage) is None:
+        raise StoreError(
+            f"{path}: no prediction of model {model.name!r}. Run `wsi predict {path} "
+            f"--model {model.folder}` first (or `wsi run`)."
+        )
+    pred = dict(group[stage].attrs)
+    if pred.get("model_id") != model.card["model_id"]:
+        raise StoreError(
+            f"{path}: its {stage} comes from another model with this name "
+            f"({pred.get('model_id')}, now {model.card['model_id']}). "
+            "Run `wsi predict --overwrite` with this model."
+        )
+    slide = meta.get("slide", {})
+    dims = slide.get("level_dimensions") or [[0, 0]]
+    size_l0 = (int(dims[0][0]), int(dims[0][1]))
+    mpp = slide.get("mpp") or {}
+    pixels_attrs = dict(group[st.TILES_PIXELS].attrs) if st.TILES_PIXELS in group else {}
+    thumb, thumb_source = _thumbnail(group, meta, size_l0)
+    mask = np.asarray(group[st.TISSUE_MASK][:]) > 0 if st.TISSUE_MASK in group else None
+    facts = SlideFacts(
+        slide_id=str(meta.get("slide_id") or path.name.removesuffix(".zarr")),
+        vendor=slide.get("vendor"),
+        size_l0=size_l0,
+        mpp=(float(mpp["x"]) + float(mpp["y"])) / 2 if mpp.get("x") else None,
+        mpp_source=mpp.get("source"),
+        objective_power=slide.get("objective_power"),
+        tissue_mm2=_tissue_mm2(group),
+        tiles=int(group[st.TILES_COORDS].shape[0]) if st.TILES_COORDS in group else 0,
+        tile_size=int(pixels_attrs.get("tile_size") or 0),
+        tile_mpp=pixels_attrs.get("tile_mpp"),
+        thumbnail=thumb,
+        thumbnail_source=thumb_source,
+        tissue_mask=mask,
+        qc=_qc(group, options),
+    )
+    reference = load_reference(model.folder)
+    far = None
+    if reference is not None:
+        far, _ = far_fraction(features_of(path, model.card["encoder"]["name"]), reference)
+    finding = Finding(
+        model=model.name,
+        positive_class=model.card["task"]["positive"],
+        negative_class=model.card["task"]["negative"],
+        decision=str(pred["decision"]),
+        positive=bool(pred["positive"]),
+        probability=float(pred["probability"]),
+        probability_std=float(pred["probability_std"]),
+        fold_probabilities=[float(p) for p in pred["fold_probabilities"]],
+        log_odds=float(pred["log_odds"]),
+        threshold=float(pred["threshold"]),
+        threshold_log_odds=float(pred["threshold_log_odds"]),
+        target_sensitivity=float(pred["target_sensitivity"]),
+        far_fraction=far,
+        far_expected=None if reference is None else 1.0 - reference.quantile,
+    )
+    att = np.asarray(group[f"{stage}/attention_mean"][:], np.float64)
+    order = np.argsort(-att, kind="stable")
+    top = _tiles(group, order, att, options.top_k)
+    least = _tiles(group, order[::-1], att, options.least_k) if options.least_k else []
+    grid = heat_grid(tile_scores(path, model.name))
+    return facts, finding, top, least, grid
+
+
+def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[Flag]:
+    """The plain warnings of a report, most important first."""
+    out: list[Flag] = []
+    fold_calls = {p >= finding.threshold for p in finding.fold_probabilities}
+    near = abs(finding.log_odds - finding.threshold_log_odds) < options.uncertain_margin
+    if finding.probability_std > options.uncertain_std or len(fold_calls) > 1 or near:
+        why = []
+        if len(fold_calls) > 1:
+            why.append("the fold models disagree about the call")
+        if finding.probability_std > options.uncertain_std:
+            why.append(f"their probabilities spread widely (std {finding.probability_std:.2f})")
+        if near:
+            why.append("the score lies close to the operating threshold")
+        out.append(Flag("uncertain", "Uncertain case", "; ".join(why).capitalize() + "."))
+    if finding.far_fraction is not None and finding.far_fraction > options.ood_fraction:
+        out.append(
+            Flag(
+                "ood",
+                "Out of distribution",
+                f"{finding.far_fraction:.0%} of the tiles lie farther from every training "
+                f"tile than {1 - (finding.far_expected or 0):.0%} of training tiles do "
+                f"(about {finding.far_expected or 0:.0%} expected). The tissue, stain, "
+                "scanner or artefacts may differ from what the model was trained on.",
+            )
+        )
+    if (facts.tissue_mm2 is not None and facts.tissue_mm2 < options.min_tissue_mm2) or (
+        facts.tiles < options.min_tiles
+    ):
+        area = "unknown" if facts.tissue_mm2 is None else f"{facts.tissue_mm2:.2f} mm²"
+        out.append(
+            Flag(
+                "quality",
+                "Little tissue",
+                f"{facts.tiles} tiles, tissue area {area}: too little to trust a slide-level call.",
+            )
+        )
+    if facts.qc.get("blurred", 0.0) > options.blur_fraction:
+        out.append(
+            Flag("quality", "Blur", f"{facts.qc['blurred']:.0%} of the tiles are out of focus.")
+        )
+    if facts.qc.get("pen", 0.0) > options.pen_fraction:
+        out.append(
+            Flag("quality", "Pen marks", f"{facts.qc['pen']:.0%} of the tiles carry marker ink.")
+        )
+    if facts.mpp_source == "override":
+        out.append(
+            Flag(
+                "quality",
+                "Resolution set by hand",
+                "The slide states no resolution; the mpp given by the user was used. "
+                "Tile sizes and areas are only as right as that value.",
+            )
+        )
+    elif facts.mpp is None:
+        out.append(Flag("quality", "Resolution unknown", "No mpp: areas cannot be given."))
+    return out

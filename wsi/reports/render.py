@@ -1,0 +1,104 @@
+"""HTML of the reports (Jinja2, every value escaped) and the PDF made from it (WeasyPrint).
+
+Images are embedded as ``data:`` URIs, so one HTML file is the whole report and opens
+offline; a Content-Security-Policy forbids loading anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi.errors import BackendUnavailableError
+
+__all__ = ["DISCLAIMER", "check_pdf", "data_uri", "render", "write_pdf", "write_atomic"]
+
+DISCLAIMER = (
+    "Assistive second opinion from research software. It does not make a diagnosis: the "
+    "diagnosis is the pathologist's, made on the slide itself."
+)
+
+_TEMPLATES = Path(__file__).parent / "templates"
+PDF_FIX = (
+    "PDF reports need WeasyPrint and the Pango library: `pip install weasyprint` and, on "
+    "Debian/Ubuntu, `apt-get install libpango-1.0-0 libpangoft2-1.0-0`; or pass --no-pdf."
+)
+
+
+def data_uri(image: Any, fmt: str = "JPEG", quality: int = 85) -> str:
+    """An RGB array or PIL image as a ``data:`` URI (JPEG or PNG)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image)) if isinstance(image, np.ndarray) else image
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        img.save(buf, format="PNG", optimize=True)
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def pct(x: float | None, digits: int = 0) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+@cache
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        autoescape=True,  # every value from a slide, manifest or model card becomes text
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+    )
+    env.globals["pct"] = pct
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` with the report stylesheet inlined."""
+    from markupsafe import Markup
+
+    css = Markup((_TEMPLATES / "report.css").read_text())  # our own file: not escaped
+    return str(_environment().get_template(template).render(css=css, **context))
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` through a temporary file and a rename: never half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def check_pdf() -> None:
+    """BackendUnavailableError naming the fix when WeasyPrint or Pango is missing: checked
+    before a cohort starts, so no slide is half reported."""
+    try:
+        import weasyprint  # noqa: F401 - loads Pango through cffi
+    except (ImportError, OSError) as err:
+        raise BackendUnavailableError(f"cannot write PDF reports ({err}). {PDF_FIX}") from err
+
+
+def write_pdf(html: str, path: Path) -> Path:
+    """Render ``html`` to a PDF at ``path`` (atomically). BackendUnavailableError naming the
+    fix when WeasyPrint or Pango is missing."""
+    try:
+        import weasyprint
+    except (ImportError, OSError) as err:
+        raise BackendUnavailableError(f"{path}: cannot write the PDF ({err}). {PDF_FIX}") from err
+    # data: URIs only: a report never loads a file or a network resource
+    fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})
+    pdf = weasyprint.HTML(string=html, url_fetcher=fetcher).write_pdf()
+    return write_atomic(path, pdf)
