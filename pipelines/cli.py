@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pipelines.batch import report
 from wsi.errors import WsiError
@@ -268,35 +267,6 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from wsi.synthetic import make_synthetic_slide
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slide_path = out / "synthetic_demo.tiff"
-    if not slide_path.exists():
-        log.info("making a %d x %d synthetic slide at %s", args.size, args.size, slide_path)
-        make_synthetic_slide(slide_path, width=args.size, height=args.size, mpp=0.25, seed=0)
-    args.slides = [str(slide_path)]
-    args.out = str(out / "stores")
-    rc = _run_tiling(args, args.slides)  # the Dask cluster is closed before torch starts
-    if rc != 0:
-        return rc
-    from pipelines.embedding import embed_stores
-    from wsi.config import EmbedConfig
-    from wsi.store import open_store
-
-    store = Path(args.out) / "synthetic_demo.zarr"
-    config = EmbedConfig()
-    results = embed_stores([store], config, progress=False if args.quiet else None)
-    if results[0].status != "ok":
-        print(f"embedding FAILED: {results[0].error}")
-        return 1
-    print(f"embedded {store} with {config.encoder} ({results[0].seconds:.1f} s)")
-    print(open_store(store).tree())
-    return 0
-
-
 def _add_tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpp", type=float, help="level-0 micrometres per pixel, for slides without it")
     p.add_argument("--config", help="YAML config (section `tiling`), see configs/default.yaml")
@@ -416,11 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_h5_parsers(sub)
     add_view_parsers(sub)
 
-    p = sub.add_parser("demo", help="tile and embed a generated synthetic slide (no files needed)")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--size", type=int, default=12000, help="synthetic slide side, pixels")
-    _add_tiling_options(p)
-    p.set_defaults(func=_cmd_demo)
+    from pipelines.runcli import add_parsers as add_run_parsers
+
+    add_run_parsers(sub)
     return parser
 
 

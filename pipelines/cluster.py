@@ -35,7 +35,10 @@ def _environ_restored(keys: dict[str, Any]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def dask_client(
-    scheduler: str | None = None, workers: int | None = None, memory_limit: str = "2GiB"
+    scheduler: str | None = None,
+    workers: int | None = None,
+    memory_limit: str = "2GiB",
+    threads_per_worker: int = 1,
 ) -> Iterator[Any]:
     """A ``distributed.Client``: to ``scheduler`` if given, else a LocalCluster.
 
@@ -80,7 +83,7 @@ def dask_client(
     ):
         cluster = LocalCluster(
             n_workers=n,
-            threads_per_worker=1,
+            threads_per_worker=threads_per_worker,
             processes=True,
             memory_limit=memory_limit,
             dashboard_address=None,

@@ -68,12 +68,26 @@ def test_existing_scheduler(tmp_path, pyramid):
     assert st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"] > 10
 
 
-def test_demo_tiles_and_embeds_a_synthetic_slide(tmp_path, capsys):
-    from pipelines.cli import main
-    from wsi.embed import features_of
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    """wsi demo, smaller than its default: cohort -> train ABMIL -> wsi run on held-out
+    slides -> heatmaps, viewer, reports (HTML + PDF), and where to look."""
+    import csv
+    import json
 
-    assert main(["-q", "demo", "--out", str(tmp_path), "--size", "5000", "--workers", "1"]) == 0
-    store = tmp_path / "stores" / "synthetic_demo.zarr"
-    feats = features_of(store, "efficientnet_lite0")
-    assert feats.shape[1] == 1280 and feats.shape[0] > 0
-    assert "embedded" in capsys.readouterr().out
+    from pipelines.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--slides", "16", "--size", "2800"]) == 0
+    printed = capsys.readouterr().out
+    assert "Where to look" in printed and "held-out slides against the truth" in printed
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    held = {r["slide_id"] for r in summary["per_slide"]}
+    with open(out / "train_labels.csv") as f:
+        trained = {r["slide_id"] for r in csv.DictReader(f)}
+    assert held and not held & trained  # the run saw only slides the model never trained on
+    assert summary["ok"] == len(held) and summary["failed"] == 0
+    reports = out / "run" / "reports"
+    for sid in held:
+        assert (reports / f"{sid}.html").exists() and (reports / f"{sid}.pdf").exists()
+        assert (out / "run" / "heatmaps" / f"{sid}_viewer" / "index.html").exists()
+    assert (reports / "cohort.html").exists() and (out / "abmil" / "model.json").exists()

@@ -205,7 +205,7 @@ class ClusterConfig:
 
     #: address of an existing Dask scheduler (``tcp://host:8786``); None: a LocalCluster
     scheduler: str | None = None
-    n_workers: int | None = None  #: LocalCluster workers; None: one per 2 cores, at least 1
+    n_workers: int | None = None  #: LocalCluster workers; None: one per core
     threads_per_worker: int = 1  #: LocalCluster threads per worker
     memory_limit: str = "auto"  #: per LocalCluster worker, Dask syntax ("4GiB") or "auto"
     #: worker resource the encoder's tasks ask for where workers declare it (``--resources``)
@@ -242,10 +242,10 @@ class ClusterConfig:
                 )
 
     def local_workers(self) -> int:
-        """Workers of the LocalCluster: ``n_workers``, or one per 2 cores (at least 1)."""
+        """Workers of the LocalCluster: ``n_workers``, or one per core."""
         if self.n_workers is not None:
             return self.n_workers
-        return max(1, (os.cpu_count() or 1) // 2)
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

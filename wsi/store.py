@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi.errors import StoreError
+from wsi.errors import ConfigError, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,6 +38,7 @@ __all__ = [
     "FEATURES",
     "features_keys",
     "slide_id_for",
+    "check_slide_id",
     "store_path_for",
     "source_record",
     "open_store",
@@ -83,6 +84,17 @@ def slide_id_for(path: str | os.PathLike[str]) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+def check_slide_id(slide_id: str) -> str:
+    """``slide_id`` if it can name a store folder; ConfigError saying why otherwise."""
+    bad = [c for c in slide_id if c in '/\\\0' or ord(c) < 32]
+    if not slide_id.strip() or bad or slide_id.startswith("."):
+        raise ConfigError(
+            f"slide id {slide_id!r} cannot name a store: it must be non-empty, not start "
+            "with '.', and hold no '/', '\\' or control characters"
+        )
+    return slide_id
 
 
 def store_path_for(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

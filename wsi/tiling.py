@@ -158,12 +158,12 @@ def _reader(config: TilingConfig, slide: Slide, choice: LevelChoice) -> str:
     return tile_backend(slide, choice.level)
 
 
-def _slide_meta(slide: Slide, source: dict[str, Any]) -> dict[str, Any]:
+def _slide_meta(slide: Slide, source: dict[str, Any], slide_id: str) -> dict[str, Any]:
     info = slide.info().as_dict()
     info.pop("path")
     return {
         "schema_version": st.SCHEMA_VERSION,
-        "slide_id": st.slide_id_for(slide.path),
+        "slide_id": slide_id,
         "source": source,
         "slide": info,
         "versions": st.package_versions(),
@@ -329,8 +329,12 @@ def tile_slide(
     client: Any = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    slide_id: str | None = None,
 ) -> Path:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr`` and return the store path.
+
+    ``slide_id`` names the store and is what reports show (a manifest's pseudonymous id);
+    by default the file name without its extension.
 
     ``mpp`` overrides the slide's level-0 micrometres per pixel. ``client`` is a
     ``dask.distributed.Client`` (tasks per chunk of tiles on its workers); None runs
@@ -340,9 +344,10 @@ def tile_slide(
     config = config or TilingConfig()
     out = Path(out_dir)
     slide_path = Path(path)
+    sid = st.check_slide_id(slide_id) if slide_id else st.slide_id_for(slide_path)
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
-        store_path = st.store_path_for(slide_path, out)
+        store_path = out / f"{sid}.zarr"
         source = st.source_record(slide_path)
         params = _stage_params(config, slide, mpp)
         phash = params_hash(params)
@@ -368,7 +373,7 @@ def tile_slide(
             # forget any earlier run first (new tiles void every later stage too), then lay
             # out, and only then mark the run pending: a kill at any point leaves nothing
             # that a later run would resume wrongly
-            st.write_meta(group, _slide_meta(slide, source))
+            st.write_meta(group, _slide_meta(slide, source, sid))
             choice = grid.choice
             reader = _reader(config, slide, choice)
             _write_layout(group, grid, mask, config)
@@ -403,7 +408,7 @@ def tile_slide(
         if not done[c]
     ]
     update, close = progress_reporter(
-        len(coords), st.slide_id_for(slide_path), progress, unit="tile"
+        len(coords), sid, progress, unit="tile"
     )
     update(len(coords) - sum(len(j.coords) for j in jobs))
     t0 = time.perf_counter()

@@ -1,0 +1,261 @@
+"""``wsi run``: the whole pipeline on real Dask clusters (a LocalCluster, and a real
+``dask scheduler`` with ``dask worker`` processes, one declaring a GPU resource), a bad slide
+in the batch, a killed run that resumes, manifests, and config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.run import resolve_slides, run_job
+from wsi.config import ClusterConfig, RunConfig
+from wsi.errors import ConfigError
+from wsi.reports import ReportOptions
+
+NO_PDF = ReportOptions(pdf=False, top_k=2, least_k=0)
+
+
+def _slides(predicted, n: int) -> list[Path]:
+    _, cohort, _ = predicted
+    return sorted(cohort.slides)[:n]
+
+
+def _status(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "status").glob("*.json")}
+
+
+def test_run_on_local_cluster_with_a_bad_slide(predicted, tmp_path):
+    root, cohort, _ = predicted
+    good = _slides(predicted, 2)
+    broken = tmp_path / "broken.tiff"
+    data = good[0].read_bytes()
+    broken.write_bytes(data[: len(data) // 3])  # a truncated slide file
+    missing = tmp_path / "gone.svs"
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(root / "abmil"),
+                    slides=tuple(map(str, [*good, broken, missing])))  # fmt: skip
+    result = run_job(run, ClusterConfig(n_workers=2), report=NO_PDF, progress=False)
+    assert result.exit_code == 1
+    by_id = {s["slide_id"]: s for s in result.slides}
+    for p in good:
+        rec = by_id[p.stem]
+        assert rec["status"] == "ok" and set(rec["stages"]) == {
+            "tile", "embed", "predict", "heatmap", "report"
+        }  # fmt: skip
+        assert (out / "reports" / f"{p.stem}.html").exists()
+        assert (out / "heatmaps" / f"{p.stem}_abmil.png").exists()
+        assert (out / "heatmaps" / f"{p.stem}_abmil.geojson").exists()
+    for bad, name in ((broken, "broken"), (missing, "gone")):
+        rec = by_id[name]
+        assert rec["status"] == "failed" and rec["stage"] == "tile"
+        assert str(bad) in rec["error"] or bad.name in rec["error"]
+        assert (
+            not (out / "stores" / f"{name}.zarr" / "zarr.json").exists()
+            or not (out / "reports" / f"{name}.html").exists()
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 2 and summary["failed"] == 2 and summary["exit_code"] == 1
+    with open(out / "reports" / "cohort.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["slide_id"] for r in rows if r["error"]] == ["broken", "gone"]
+    assert "wsi run finished: 2 ok, 2 failed" in (out / "run.log").read_text()
+    assert set(_status(out)) == {"broken", "gone", *(p.stem for p in good)}
+
+    # a second run: the finished slides are skipped, the failed ones tried again
+    again = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    by_id = {s["slide_id"]: s for s in again.slides}
+    assert all(by_id[p.stem].get("skipped") for p in good)
+    assert by_id["broken"]["status"] == "failed" and not by_id["broken"].get("skipped")
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on localhost: ``gpu0``
+    declares the resource GPU=1 (this machine has no GPU: the encoder runs on its CPU),
+    ``cpu0`` declares none."""
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+                "--host",
+                "127.0.0.1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    ]
+    deadline = time.monotonic() + 60
+    while not sched_file.exists():
+        assert time.monotonic() < deadline, "the dask scheduler did not start"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    address = json.loads(sched_file.read_text())["address"]
+    for name, extra in (("gpu0", ["--resources", "GPU=1"]), ("cpu0", [])):
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--no-dashboard",
+                    "--name",
+                    name,
+                    "--memory-limit",
+                    "4GiB",
+                    *extra,
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=tmp_path,
+            )  # fmt: skip
+        )
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(2, timeout=90)
+        workers = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+    try:
+        yield address, workers
+    finally:
+        for p in procs[::-1]:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_run_on_a_real_scheduler_embeds_on_the_gpu_worker(predicted, dask_cluster, tmp_path):
+    address, workers = dask_cluster
+    root, _, _ = predicted
+    slides = _slides(predicted, 3)
+    out = tmp_path / "run"
+    rc = main(["-q", "run", *map(str, slides), "--out", str(out), "--model",
+               str(root / "abmil"), "--scheduler", address, "--no-pdf"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 3
+    for s in summary["per_slide"]:
+        assert s["embed_worker"] == workers["gpu0"], "the encoder ran off the GPU worker"
+    assert (out / "reports" / "cohort.html").exists()
+    # the same job against an unreachable scheduler: a clear error, exit 2
+    rc = main(["-q", "run", str(slides[0]), "--out", str(tmp_path / "x"), "--model",
+               str(root / "abmil"), "--scheduler", "tcp://127.0.0.1:9", "--no-pdf"])  # fmt: skip
+    assert rc == 2
+
+
+def test_killed_run_resumes_and_finishes_only_what_is_missing(predicted, tmp_path):
+    root, _, _ = predicted
+    slides = _slides(predicted, 4)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipelines.cli", "-q", "run", *map(str, slides), "--out",
+           str(out), "--model", str(root / "abmil"), "--no-pdf", "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while not any((out / "status").glob("*.json")):  # one slide finished: kill the run
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = set(_status(out))
+    assert 1 <= len(first) < len(slides)
+    assert not (out / "summary.json").exists()
+    rc = main(["-q", "run", *map(str, slides), "--out", str(out), "--model",
+               str(root / "abmil"), "--no-pdf", "--workers", "2"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    done_before = {s["slide_id"] for s in summary["per_slide"] if s.get("skipped")}
+    assert done_before == first and summary["ok"] == len(slides)
+    assert len(list((out / "reports").glob("slide_*.html"))) == len(slides)
+
+
+def test_manifest_ids_and_mpp(predicted, tmp_path):
+    root, _, _ = predicted
+    slide = _slides(predicted, 1)[0]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"slide_id,path,mpp,patient_id,label\ncase-A,{slide},0.25,Jane Doe,tumor\n")
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(root / "abmil"), manifest=str(manifest))
+    result = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert result.exit_code == 0
+    assert (out / "stores" / "case-A.zarr").is_dir()
+    html = (out / "reports" / "case-A.html").read_text()
+    assert "case-A" in html and "Resolution set by hand" in html
+    assert "Jane Doe" not in html and slide.stem not in html  # the pseudonym only
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide_id,path,mpp\nx,a.svs,fast\n")
+    with pytest.raises(ConfigError, match=r"bad.csv:2: mpp 'fast'"):
+        resolve_slides(RunConfig(out="o", model="m", manifest=str(bad)))
+
+
+def test_run_config_file_and_its_errors(predicted, tmp_path, capsys):
+    root, _, _ = predicted
+    slide = _slides(predicted, 1)[0]
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"run:\n  out: out\n  model: {root / 'abmil'}\n  slides: [{slide}]\n"
+        "report:\n  pdf: false\n  top_k: 2\ncluster:\n  n_workers: 1\n"
+    )
+    assert main(["-q", "run", "--config", str(cfg)]) == 0
+    assert (tmp_path / "out" / "reports" / f"{slide.stem}.html").exists()  # relative to file
+    cfg.write_text(f"run:\n  out: out\n  modle: {root / 'abmil'}\n  slides: [{slide}]\n")
+    assert main(["-q", "run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "run.modle" in err and "model" in err
+
+
+def test_folder_and_glob_inputs(predicted, tmp_path):
+    slides = _slides(predicted, 2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in slides:
+        shutil.copy(s, folder / s.name)
+    (folder / "notes.txt").write_text("not a slide")
+    jobs = resolve_slides(RunConfig(out="o", model="m", slides=(str(folder),)))
+    assert [j.slide_id for j in jobs] == [s.stem for s in slides]
+    jobs = resolve_slides(RunConfig(out="o", model="m", slides=(str(folder / "*.tiff"),)))
+    assert len(jobs) == 2
+    with pytest.raises(ConfigError, match="nothing|no slide"):
+        resolve_slides(RunConfig(out="o", model="m", slides=(str(folder / "*.svs"),)))
+    twice = tmp_path / "other"
+    twice.mkdir()
+    shutil.copy(slides[0], twice / slides[0].name)
+    with pytest.raises(ConfigError, match="stores would collide"):
+        resolve_slides(RunConfig(out="o", model="m", slides=(str(folder), str(twice))))
