@@ -21,11 +21,9 @@ from wsi import store as st
 from wsi.errors import StoreError
 from wsi.reports.options import ReportOptions
 
-__all__ = ["SlideFacts", "Finding", "TileImage", "Flag", "gather"]
+__all__ = ["SlideFacts", "Finding", "TileImage", "Flag", "gather", "thumbnail_of", "tissue_mm2"]
 
 log = logging.getLogger(__name__)
-
-_THUMB_PX = 1024
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,8 @@ class Finding:
     far_expected: float | None  #: the share expected by chance (1 - reference quantile)
 
 
-def _tissue_mm2(group: Any) -> float | None:
+def tissue_mm2(group: Any) -> float | None:
+    """Tissue area of a store in mm² (tissue mask pixels x mask mpp²); None without a mask."""
     if st.TISSUE_MASK not in group:
         return None
     arr = group[st.TISSUE_MASK]
@@ -134,7 +133,12 @@ def _mosaic(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
     return canvas
 
 
-def _thumbnail(group: Any, meta: dict[str, Any], size_l0: tuple[int, int]) -> tuple[Any, str]:
+def thumbnail_of(
+    group: Any, meta: dict[str, Any], size_l0: tuple[int, int], max_px: int = 1024
+) -> tuple[Any, str]:
+    """RGB thumbnail of a store's slide (longer side ``max_px``) and where it came from:
+    "slide" (the main image, when the file is still at its recorded path with the same
+    size) or "tiles" (a mosaic of the stored tiles). Never a label or macro image."""
     from wsi.errors import WsiError
     from wsi.slide import open_slide
 
@@ -143,11 +147,11 @@ def _thumbnail(group: Any, meta: dict[str, Any], size_l0: tuple[int, int]) -> tu
         try:
             with open_slide(path) as slide:
                 if slide.dimensions == size_l0:
-                    return slide.thumbnail(_THUMB_PX), "slide"
+                    return slide.thumbnail(max_px), "slide"
                 log.warning("%s: not the size the store was tiled from; using tiles", path)
         except WsiError as err:
             log.warning("thumbnail from the stored tiles: %s", err)
-    return _mosaic(group, size_l0, _THUMB_PX), "tiles"
+    return _mosaic(group, size_l0, max_px), "tiles"
 
 
 def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileImage]:
@@ -203,7 +207,7 @@ def gather(
     size_l0 = (int(dims[0][0]), int(dims[0][1]))
     mpp = slide.get("mpp") or {}
     pixels_attrs = dict(group[st.TILES_PIXELS].attrs) if st.TILES_PIXELS in group else {}
-    thumb, thumb_source = _thumbnail(group, meta, size_l0)
+    thumb, thumb_source = thumbnail_of(group, meta, size_l0)
     mask = np.asarray(group[st.TISSUE_MASK][:]) > 0 if st.TISSUE_MASK in group else None
     facts = SlideFacts(
         slide_id=str(meta.get("slide_id") or path.name.removesuffix(".zarr")),
@@ -212,7 +216,7 @@ def gather(
         mpp=(float(mpp["x"]) + float(mpp["y"])) / 2 if mpp.get("x") else None,
         mpp_source=mpp.get("source"),
         objective_power=slide.get("objective_power"),
-        tissue_mm2=_tissue_mm2(group),
+        tissue_mm2=tissue_mm2(group),
         tiles=int(group[st.TILES_COORDS].shape[0]) if st.TILES_COORDS in group else 0,
         tile_size=int(pixels_attrs.get("tile_size") or 0),
         tile_mpp=pixels_attrs.get("tile_mpp"),

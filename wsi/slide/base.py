@@ -54,6 +54,7 @@ class SlideInfo:
     associated_images: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: sizes as [w, h] lists in pixels, mpp as {x, y, source}."""
         return {
             "path": self.path,
             "backend": self.backend,
@@ -83,7 +84,14 @@ class Slide(ABC):
     """A whole-slide image opened for reading. Use ``wsi.open_slide`` to get one.
 
     Subclasses implement ``_read_level`` and the metadata attributes; everything that
-    involves resolution is implemented once, here.
+    involves resolution is implemented once, here. In Jupyter a slide shows its
+    thumbnail and metadata (``_repr_html_``).
+
+    Example::
+
+        with wsi.open_slide("s1.svs") as slide:
+            slide.dimensions                                     # level-0 (w, h) px
+            patch = slide.read_region((1000, 2000), (256, 256), mpp=0.5)
     """
 
     backend: str = "abstract"
@@ -107,10 +115,12 @@ class Slide(ABC):
 
     @property
     def level_count(self) -> int:
+        """Number of pyramid levels (level 0 is the full resolution)."""
         return len(self.level_dimensions)
 
     @property
     def has_mpp(self) -> bool:
+        """Whether the level-0 resolution (mpp) is known: stated or given as an override."""
         return self._mpp is not None
 
     @property
@@ -123,6 +133,7 @@ class Slide(ABC):
         return self._mpp
 
     def info(self) -> SlideInfo:
+        """The slide's metadata (no label or macro pixels); ``mpp`` None if unknown."""
         return SlideInfo(
             path=str(self.path),
             backend=self.backend,
@@ -250,6 +261,61 @@ class Slide(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, dimensions={self.dimensions})"
+
+    def _repr_html_(self) -> str:
+        """HTML for Jupyter: the main image's thumbnail and allow-listed metadata.
+
+        The thumbnail (longer side 384 px, an embedded JPEG ``data:`` URI) comes from the
+        main image only (``thumbnail``), never the label or macro image. The table holds
+        the file's name (not its path), backend, vendor, level-0 size (w x h px), levels,
+        mpp and its source (or "unknown") and objective power. Every string is escaped.
+        """
+        import base64
+        import html
+        import io
+
+        from PIL import Image
+
+        from wsi.errors import WsiError
+
+        name = self.path.name
+        try:
+            buf = io.BytesIO()
+            Image.fromarray(self.thumbnail(384)).save(buf, format="JPEG", quality=85)
+            src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            picture = f'<img src="{src}" alt="{html.escape(name)}" style="max-width:384px">'
+        except WsiError as err:  # shown in the view: the metadata still helps
+            detail = str(err).replace(str(self.path), name)  # the name only, never the path
+            picture = f"<p>No thumbnail: {html.escape(detail)}</p>"
+        mpp = self._mpp
+        if mpp is None:
+            mpp_text = "unknown"
+        elif abs(mpp.x - mpp.y) < 1e-9:
+            mpp_text = f"{mpp.x:.4g} µm/px ({mpp.source})"
+        else:
+            mpp_text = f"{mpp.x:.4g} × {mpp.y:.4g} µm/px ({mpp.source})"
+        w, h = self.dimensions
+        downsamples = ", ".join(f"{d:g}" for d in self.level_downsamples)
+        power = self.objective_power
+        rows = [
+            ("File", name),
+            ("Backend", self.backend),
+            ("Vendor", self.vendor or "unknown"),
+            ("Level-0 size", f"{w:,} × {h:,} px"),
+            ("Levels", f"{self.level_count} (downsamples {downsamples})"),
+            ("Resolution", mpp_text),
+            ("Objective", "unknown" if power is None else f"{power:g}×"),
+        ]
+        cell = 'style="padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"'
+        table = "".join(
+            f"<tr><th {cell}>{html.escape(k)}</th><td {cell}>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return (
+            '<div class="wsi-slide" style="display:flex;gap:16px;align-items:flex-start;'
+            f'font-family:sans-serif"><div>{picture}</div>'
+            f'<table style="border-collapse:collapse;font-size:13px">{table}</table></div>'
+        )
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
