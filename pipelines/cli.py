@@ -288,24 +288,26 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsi", description="Whole-slide pathology pipeline")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log detail (-vv: debug)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="print slide metadata")
-    p.add_argument("slides", nargs="+")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--mpp", type=float, help="override the level-0 mpp")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("tile", help="tile slides into per-slide Zarr stores")
-    p.add_argument("slides", nargs="+")
+    p.add_argument("slides", nargs="+", help="slide files")
     p.add_argument("--out", required=True, help="output folder for <slide_id>.zarr stores")
     _add_tiling_options(p)
     p.set_defaults(func=_cmd_tile)
 
     p = sub.add_parser("encoders", help="list registered encoders and whether weights are here")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_encoders)
 
     p = sub.add_parser("embed", help="embed the tiles of stores with a frozen encoder")
@@ -334,25 +336,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sensitivity", type=float, help="operating point (default 0.95)")
     p.add_argument("--positive", help="the positive (tumour) label, if not recognised")
     p.add_argument("--splits", help="splits.csv of an earlier run, to repeat it exactly")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="most epochs per fold (default 50)")
+    p.add_argument("--patience", type=int, help="early stopping patience, epochs (default 8)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")
+    p.add_argument("--seed", type=int, help="seed of splits and training (default 0)")
     p.add_argument("--max-train-tiles", type=int, help="subsample bigger bags while training")
     p.add_argument("--config", help="YAML config (section `train`), see configs/default.yaml")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="predict stores with a trained model")
-    p.add_argument("stores", nargs="+")
+    p.add_argument("stores", nargs="+", help="embedded slide stores")
     p.add_argument("--model", required=True, help="model folder written by `wsi train`")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a prediction of another model of this name",
+    )
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("heatmap", help="heatmaps of predicted stores: PNG, QuPath GeoJSON, TIFF")
-    p.add_argument("stores", nargs="+")
+    p.add_argument("stores", nargs="+", help="predicted slide stores")
     p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
     p.add_argument("--out", required=True, help="folder for the exports")
-    p.add_argument("--source", default="attention", choices=["attention", "attention_raw"])
+    p.add_argument(
+        "--source",
+        default="attention",
+        choices=["attention", "attention_raw"],
+        help="fold attention normalised then averaged (default), or the raw scores",
+    )
     p.add_argument(
         "--normalise",
         default="rank",
@@ -363,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exports", help="comma-separated: png,geojson,tiff,viewer (default: png,geojson,tiff)"
     )
-    p.add_argument("--cmap", default="jet")
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--cmap", default="jet", help="matplotlib colour map")
+    p.add_argument("--alpha", type=float, default=0.5, help="heat layer opacity, 0..1")
     p.set_defaults(func=_cmd_heatmap)
 
     p = sub.add_parser(

@@ -69,9 +69,19 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("stores", nargs="+", metavar="STORE", help="<slide_id>.zarr stores")
     p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
     p.add_argument("--out", required=True, help="folder for the <slide_id>_viewer folders")
-    p.add_argument("--source", default="attention", choices=["attention", "attention_raw"])
-    p.add_argument("--normalise", default="rank", choices=["rank", "raw"])
-    p.add_argument("--cmap", default="jet")
+    p.add_argument(
+        "--source",
+        default="attention",
+        choices=["attention", "attention_raw"],
+        help="fold attention normalised then averaged (default), or the raw scores",
+    )
+    p.add_argument(
+        "--normalise",
+        default="rank",
+        choices=["rank", "raw"],
+        help="rank: percentiles within the slide; raw: the scores as they are",
+    )
+    p.add_argument("--cmap", default="jet", help="matplotlib colour map")
     p.add_argument("--alpha", type=float, default=0.5, help="initial heatmap opacity")
     p.add_argument("--max-regions", type=int, default=10, help="regions listed in the viewer")
     p.set_defaults(func=_cmd_viewer)

@@ -107,8 +107,15 @@ def _check_report(html_path: Path, options: ReportOptions) -> _Page:
     assert csp and "default-src 'none'" in str(csp[0]["content"])
     text = page.body_text
     assert "the diagnosis is the pathologist's" in text
-    for words in ("Calibrated probability", "Operating point", "At this threshold the model found",
-                  "Most attended tiles", "Least attended tiles", "weights sha256", "AUROC"):
+    for words in (
+        "Calibrated probability",
+        "Operating point",
+        "At this threshold the model found",
+        "Most attended tiles",
+        "Least attended tiles",
+        "weights sha256",
+        "AUROC",
+    ):
         assert words in text, words
     return page
 
@@ -162,8 +169,15 @@ def test_slide_report_html_and_pdf(cohort_reports, tmp_path):
     assert sum(int(((p[..., 1] - p[..., 0] > 40) & (p[..., 1] - p[..., 2] > 20)).sum())
                for p in pages) > 200  # fmt: skip
     pdf_text = _pdf_text(positive.pdf)
-    for words in (positive.slide_id, "Finding", "Evidence", "Quality", "Model card",
-                  "the diagnosis is the pathologist's", "Page 1 of"):
+    for words in (
+        positive.slide_id,
+        "Finding",
+        "Evidence",
+        "Quality",
+        "Model card",
+        "the diagnosis is the pathologist's",
+        "Page 1 of",
+    ):
         assert words in pdf_text, words
 
 
