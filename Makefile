@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_tiling.py
 	$(PY) tools/bench_embed.py
 	$(PY) tools/bench_mil.py
+	$(PY) tools/bench_run.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wsi pipelines tests tools

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipelines.batch import report
 from wsi.errors import WsiError
@@ -16,13 +17,30 @@ __all__ = ["main"]
 log = logging.getLogger("wsi")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (pytest and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Console logging at the level asked for. The loggers themselves pass INFO on, so a
+    run's log file (``wsi run``) holds INFO lines even with ``-q``."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("wsi", "pipelines"):
         logger = logging.getLogger(name)
-        logger.setLevel(level)
+        for old in [h for h in logger.handlers if isinstance(h, _Stderr)]:
+            logger.removeHandler(old)  # main() called again in one process
+        handler = _Stderr()
+        handler.setLevel(level)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.setLevel(min(level, logging.INFO))
         logger.addHandler(handler)
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
 

@@ -290,19 +290,25 @@ def _complete(status: dict[str, Any] | None, key: str, out: Path) -> bool:
 
 @contextmanager
 def _log_to(path: Path) -> Iterator[None]:
+    """Append INFO and above of this package (and Dask's warnings) to ``path``."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("wsi", "pipelines")]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    dask_log = logging.getLogger("distributed")
+    dask_log.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        dask_log.removeHandler(handler)
         handler.close()
 
 

@@ -319,7 +319,7 @@ def test_run_and_cluster_dataclasses():
     with pytest.raises(ConfigError, match="run.slides = 'a.svs': must be a list"):
         RunConfig("o", "m", "a.svs")  # type: ignore[arg-type]
     assert ClusterConfig(n_workers=3).local_workers() == 3
-    assert ClusterConfig().local_workers() == max(1, (os.cpu_count() or 1) // 2)
+    assert ClusterConfig().local_workers() == max(1, os.cpu_count() or 1)
     for address in ("tcp://10.0.0.1:8786", "localhost:8786", "tls://sched.example.org:8786"):
         assert ClusterConfig(scheduler=address).scheduler == address
     with pytest.raises(ConfigError, match="cluster.scheduler = 'my scheduler'"):

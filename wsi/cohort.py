@@ -594,7 +594,7 @@ def make_cohort(
         out_dir: Cohort folder (created).
         slides: Number of slides, >= 1.
         size: Side of every (square) slide in level-0 pixels at ``COHORT_MPP``
-            (0.25 um/px).
+            (0.25 um/px), 512 to 200,000 (4000 px is 1 mm).
         patients: Number of patients, 1..``slides`` (default ``max(1, slides // 2)``:
             two slides per patient).  Slides are spread as evenly as possible.
         positive_fraction: Fraction of *patients* labelled ``tumor`` (rounded; when
@@ -607,7 +607,8 @@ def make_cohort(
         tile_source_dir: Folder of the real H&E images (default
             ``<repo>/../shared/data/tiles``); a procedural texture replaces a
             texture set none of whose images is there.
-        mask_downsample: Level-0 pixels per mask pixel of the tissue and lesion masks.
+        mask_downsample: Level-0 pixels per mask pixel of the tissue and lesion masks,
+            1 to ``size``, large enough that a mask holds at most 64 million pixels.
         min_lesion_diameter_um: Each lesion covers at least the area of a disk of
             this diameter, micrometres.
         overwrite: Regenerate a cohort folder that holds a cohort made with other
@@ -620,6 +621,15 @@ def make_cohort(
         ConfigError: On an invalid argument, a slide too small for one lesion of the
             minimum size within ``lesion_fraction``, or a folder holding a cohort
             made with other parameters (without ``overwrite``).
+
+    Example::
+
+        cohort = wsi.make_cohort("cohort", slides=20, size=8000, seed=1)
+        cohort.slides[0]                  # cohort/slides/slide_000.tiff, 8000 x 8000 px
+        cohort.labels_csv                 # cohort/labels.csv: slide_id,patient_id,label
+        for slide in cohort.slides:       # then the usual pipeline
+            wsi.tile_slide(slide, "cohort/stores")
+        cohort.lesion_mask("slide_000")   # cohort/masks/slide_000_lesion.png, 1 px: 16 x 16 px
     """
     import numpy as np
 

@@ -74,7 +74,30 @@ class TissueConfig:
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How tiles are cut and stored (see ``wsi.tiling``)."""
+    """How tiles are cut and stored (see ``wsi.tiling``); section ``tiling`` of a config.
+
+    A tile is ``tile_size`` x ``tile_size`` output pixels at ``target_mpp`` micrometres
+    per pixel (0.05 to 50), read from the coarsest pyramid level at least that fine and
+    resized (a level within 2 % of the target is used as is); its footprint on level 0 is
+    ``tile_size * target_mpp / slide mpp`` level-0 pixels. Tiles lie on a grid with a
+    step of ``stride`` output pixels (None: ``tile_size``, no overlap; at most
+    4 x ``tile_size``) and are kept where at least ``min_tissue`` (0..1) of their area
+    is tissue (``tissue``: a ``TissueConfig``, areas in µm²). ``tile_size`` is 16 to
+    4096 pixels. ``chunk_tiles`` (1 to 1024) tiles make one Zarr chunk and one Dask
+    task; uncompressed, a chunk (``tile_size² * 3 * chunk_tiles`` bytes) may not exceed
+    ``MAX_CHUNK_MIB`` (128 MiB). ``codec`` ``"jpeg"`` (lossy, ``quality`` 1..100, default
+    90, ``chroma_subsampling`` ``"444"`` or ``"420"``) or ``"zstd"`` (lossless, level
+    1..22, default 1); ``backend`` the tile reader, ``"openslide"`` or ``"pyvips"``.
+
+    Raises ``ConfigError`` naming ``tiling.<field>`` for a value of the wrong type or out
+    of range.
+
+    Example::
+
+        config = TilingConfig(tile_size=224, target_mpp=0.5, stride=112, codec="zstd")
+        config.step, config.level      # (112, 1): output pixels between tiles, zstd level
+        store = wsi.tile_slide("slides/s1.svs", "stores", config)
+    """
 
     tile_size: int = 256  #: output tile side, pixels
     target_mpp: float = 0.5  #: output resolution, micrometres per pixel
@@ -143,7 +166,30 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """How a store's tiles are embedded (see ``wsi.embed``)."""
+    """How a store's tiles are embedded (see ``wsi.embed``); section ``embed`` of a config.
+
+    ``encoder`` is a registered encoder or a timm architecture name; ``weights`` a local
+    weight file (a relative path in a config file is resolved against the file's folder;
+    None: the encoder's registered source). ``device`` is ``"auto"`` (a CUDA GPU if there
+    is one, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or ``"mps"``);
+    ``precision`` the compute precision: ``"auto"`` (bf16 on a CUDA GPU, fp32 otherwise),
+    ``"fp32"``, ``"bf16"`` or ``"fp16"``. ``batch_size`` is tiles per forward pass
+    (1 to 8192; None: 64 on a CPU, 256 on a GPU); ``dtype`` the stored features'
+    (``"float32"`` or ``"float16"``); ``loader_threads`` (1 to 64; None: 1 on a CPU, else
+    up to 8) threads read and decode tile chunks while the model runs, ``prefetch``
+    (1 to 64) batches ahead. The encoder, its weights, the precision and ``dtype`` make
+    the features' identity (see ``wsi.embed.is_embedded``); batch size and threads do
+    not change it.
+
+    Raises ``ConfigError`` naming ``embed.<field>`` for a value of the wrong type or out
+    of range.
+
+    Example::
+
+        config = EmbedConfig(encoder="uni", weights="weights/uni/pytorch_model.bin",
+                             device="cuda:0", dtype="float16")
+        wsi.embed_store("stores/s1.zarr", config)
+    """
 
     encoder: str = "efficientnet_lite0"  #: registered name or timm architecture (`wsi encoders`)
     #: local weight file; None: the encoder's registered source (``wsi encoders``)

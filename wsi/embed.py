@@ -138,7 +138,28 @@ def _prefetch(
 
 
 def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
-    """The complete features (N, D) of ``encoder`` in a store; StoreError if not complete."""
+    """The complete features (N, D) of ``encoder`` in a store, row i the tile at
+    ``tiles/coords[i]`` (level-0 ``(x, y)`` of its top-left corner, pixels).
+
+    Args:
+        store: a slide store folder (``<slide_id>.zarr``) or a ``wsi.SlideStore``.
+        encoder: the encoder name the features were stored under (``features/<encoder>``),
+            e.g. ``"efficientnet_lite0"``.
+
+    Returns:
+        A numpy array (N, D) in the stored dtype: float32, or float16 where
+        ``EmbedConfig.dtype`` was ``"float16"``; D is the encoder's feature dimension
+        (1280 for ``efficientnet_lite0``).
+
+    Raises:
+        StoreError: ``store`` is not a slide store, or holds no complete features of
+            ``encoder`` (the message names the encoders present and the command to run),
+            or ``encoder`` cannot name a store group (empty, ``/``, leading ``.``).
+
+    Example::
+
+        x = wsi.features_of("stores/s1.zarr", "efficientnet_lite0")   # (N, 1280) float32
+    """
     path = Path(store)
     group = st.open_store(path, mode="r")
     stage, emb_key, _ = st.features_keys(encoder)
@@ -156,10 +177,38 @@ def _params(identity: dict[str, Any], config: EmbedConfig, tiles: dict[str, Any]
 
 
 def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None) -> bool:
-    """True if ``store`` holds complete features for exactly this encoder, weights and config.
+    """True if ``store`` holds complete features that ``embed_store(store, config)`` would
+    keep as they are.
 
-    Checks the weight file's checksum but builds no model, so a batch of finished stores
-    costs no model loading.
+    That is: the tiles stage is complete, and the features stage of ``config.encoder`` is
+    complete with the same encoder contract (architecture, feature dimension, input size
+    and normalisation), the same weights (sha256 and file name), the same compute
+    precision, the same stored ``dtype`` and the same tiles run. ``batch_size``,
+    ``loader_threads`` and ``prefetch`` do not count; the device counts only through the
+    precision ("auto" is bf16 on a CUDA GPU and fp32 on a CPU, so features made on a GPU
+    with "auto" are not "embedded" for a CPU config). The weight file's checksum is
+    computed (once per process and file) but no model is built, so a batch of finished
+    stores costs no model loading.
+
+    Args:
+        store: a slide store folder (``<slide_id>.zarr``).
+        config: the embedding config; None: ``EmbedConfig()``.
+
+    Returns:
+        True or False; also False where the tiles are not complete or no weight file of
+        ``config.encoder`` is found on this machine.
+
+    Raises:
+        StoreError: ``store`` is not a slide store.
+        UnknownEncoderError: ``config.encoder`` is neither registered nor a timm name.
+        ConfigError: ``config.device`` asks for CUDA where torch sees no GPU.
+
+    Example::
+
+        from wsi.embed import is_embedded
+
+        cfg = wsi.EmbedConfig(encoder="efficientnet_lite0", device="cpu")
+        todo = [s for s in sorted(Path("stores").glob("*.zarr")) if not is_embedded(s, cfg)]
     """
     from wsi.encoders.encoder import planned_identity
 
@@ -184,14 +233,58 @@ def embed_store(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Embed every tile of ``store`` into ``features/<encoder>/embeddings`` and return the path.
+    """Embed every tile of ``store`` into ``features/<encoder>/embeddings``; returns the store.
 
-    ``config`` names the encoder, weights, device and batching (defaults: the
-    ``efficientnet_lite0`` ImageNet weights, a GPU if present). Pass an already loaded
-    ``encoder`` (:func:`wsi.encoders.load_encoder`) to embed many stores without
-    reloading it. A complete stage with the same encoder, weights and preprocessing is a
-    no-op; an interrupted one resumes; other weights under the same name are refused
-    unless ``overwrite``.
+    Writes ``features/<encoder>/embeddings``, (N, D) in ``config.dtype`` (float32 by
+    default), row i the tile at ``tiles/coords[i]``, with the encoder's identity in its
+    attrs (weights sha256, input contract, compute precision, device), and
+    ``features/<encoder>/done`` (bool per batch). Batches are fixed row ranges, so an
+    interrupted run resumes where it stopped and, on a CPU with the same thread count, a
+    repeated run writes the same bytes. A complete stage with the same encoder, weights,
+    precision, dtype and tiles is a no-op (see ``is_embedded``); features of other
+    weights or parameters under the same encoder name are refused unless ``overwrite``.
+
+    Args:
+        store: a slide store whose tiles stage is complete (``wsi.tile_slide``).
+        config: encoder name, weight file, device, precision, batch size (tiles per
+            forward pass), stored dtype and loader threads; None: ``EmbedConfig()``
+            (``efficientnet_lite0`` with its packaged ImageNet weights, a GPU if there is
+            one, 64 tiles per batch on a CPU and 256 on a GPU).
+        encoder: an already loaded ``Encoder`` (``wsi.load_encoder``), to embed many
+            stores without reloading it. Its name, weights, device and precision are then
+            used, and ``config``'s ``encoder``, ``weights``, ``device`` and ``precision``
+            are ignored (its batch size, dtype, loader threads and prefetch still apply).
+        overwrite: replace features of the same encoder name made with other weights or
+            other parameters.
+        progress: True shows a progress bar, False logs every 10 %, None shows a bar when
+            stderr is a terminal.
+
+    Returns:
+        ``Path(store)``: the store folder (the features are in
+        ``features/<encoder>/embeddings`` inside it; read them with ``features_of``).
+
+    Raises:
+        StoreError: ``store`` is not a slide store, its tiles stage is not complete, or
+            reading or computing stopped (an ``OSError``, ``ValueError`` or
+            ``RuntimeError`` such as CUDA out of memory, chained as the cause); the
+            batches done so far are kept and a re-run resumes.
+        StageConflictError: features of this encoder name exist with other weights or
+            other parameters and ``overwrite`` is False.
+        EmbeddingError: the encoder gave NaN or infinite features (``wsi.embed``; also an
+            ``ArithmeticError``); re-run with ``precision="fp32"``.
+        UnknownEncoderError, WeightsNotFoundError, WeightsError, ConfigError: loading the
+            encoder failed (see ``wsi.load_encoder``).
+
+    Example::
+
+        store = wsi.tile_slide("slides/s1.svs", "stores")
+        wsi.embed_store(store, wsi.EmbedConfig(device="cpu"))
+        wsi.features_of(store, "efficientnet_lite0").shape     # (N, 1280)
+
+        cfg = wsi.EmbedConfig(encoder="uni", weights="weights/uni.bin", device="cuda")
+        enc = wsi.load_encoder(cfg.encoder, weights=cfg.weights, device=cfg.device)
+        for path in sorted(Path("stores").glob("*.zarr")):
+            wsi.embed_store(path, cfg, encoder=enc, progress=False)
     """
     import torch
 

@@ -42,7 +42,41 @@ DEFAULT_EXPORTS = ("png", "geojson", "tiff")  #: the viewer's pyramids cost minu
 
 @dataclass(frozen=True)
 class HeatmapOptions:
-    """What a heatmap shows and which exports are written."""
+    """What a heatmap shows and which exports are written (section ``heatmap`` of a config).
+
+    Fields:
+
+    - ``source``: the tile scores: ``"attention"`` (default: each fold's attention
+      normalised over the tiles, averaged) or ``"attention_raw"`` (the fold heads' raw
+      attention, averaged).
+    - ``normalise``: ``"rank"`` (default: percentiles within the slide, 0..1, comparable
+      across slides) or ``"raw"`` (the scores as they are; the colour scale spans their
+      minimum to maximum).
+    - ``smooth``: interpolate linearly between cell centres in the PNG overlay (display
+      only, labelled "smoothed for display"); off, each tile cell keeps its own value.
+    - ``cmap``: a matplotlib colormap name (default ``"jet"``).
+    - ``alpha``: opacity of the heat layer over the slide in the PNG, 0..1.
+    - ``exports``: files ``make_heatmap`` writes, from ``EXPORTS``: ``"png"`` (overlay
+      on the slide thumbnail), ``"geojson"`` (QuPath: a detection per tile, an annotation
+      per top region, level-0 pixels), ``"tiff"`` (pyramidal RGBA TIFF aligned to level
+      0), ``"viewer"`` (offline deep-zoom viewer, minutes on big slides); default png,
+      geojson, tiff.
+    - ``thumbnail_px``: longer side, in pixels, of the slide thumbnail under the PNG
+      overlay (the PNG adds a 110 px colour bar and a 36 px title band).
+    - ``tiff_downsample``: level-0 pixels per pixel of the heatmap TIFF (default 16;
+      its resolution tags are set from the slide's mpp times this).
+    - ``top_fraction``: share of the grid cells holding tiles, hottest first, that make
+      up the "top regions", strictly between 0 and 1 (default 0.05: the top 5 %).
+
+    Raises ``ConfigError`` for an unknown export, ``alpha`` outside 0..1 or
+    ``top_fraction`` outside (0, 1). ``source`` and ``normalise`` are checked when the
+    scores are read (``ConfigError`` then), ``cmap`` when a colour layer is drawn.
+
+    Example::
+
+        options = wsi.HeatmapOptions(normalise="raw", alpha=0.4, exports=("png", "geojson"))
+        wsi.make_heatmap("stores/s1.zarr", "abmil", "heatmaps", options)
+    """
 
     source: str = "attention"  #: "attention" or "attention_raw" (see wsi.heatmap)
     normalise: str = "rank"  #: "rank" (percentiles) or "raw"
@@ -295,7 +329,43 @@ def make_heatmap(
 ) -> dict[str, Any]:
     """The heatmap stage: grid into ``heatmaps/<model>/grid``, exports into ``out_dir``.
 
-    Returns {"grid": shape, "regions": [...], "files": {export: path}}.
+    Averages the tile scores of ``predictions/<model>`` into a grid whose cell side is
+    the tiling step in level-0 pixels (cell (i, j) covers level-0 x from
+    ``origin_l0[0] + j * cell_l0``, y likewise with i; NaN where no tile lies), finds the
+    top regions (connected hottest cells, at most 10), and stores the grid, the regions
+    and the written files in the store. The stage runs again at every call (nothing is
+    skipped), replacing the store's ``heatmaps/<model>`` and files of the same names.
+
+    Args:
+        store: a slide store with a complete ``predictions/<model>`` (``wsi.predict_store``).
+        model: the model's name (``TrainedModel.name``, the ``predictions/<model>`` group),
+            not a loaded model.
+        out_dir: folder of the exports (created): ``<slide_id>_<model>.png``,
+            ``<slide_id>_<model>.geojson``, ``<slide_id>_<model>.tiff`` and
+            ``<slide_id>_viewer/index.html``, as ``options.exports`` asks.
+        options: what to show and export; None: ``HeatmapOptions()``.
+
+    Returns:
+        ``{"grid": [rows, cols], "regions": [...], "files": {export: path}}``: each region
+        a dict of ``rank`` (1 = hottest), ``mean_score``, ``bbox_l0`` ``[x0, y0, x1, y1]``
+        and ``centroid_l0`` ``[x, y]`` in level-0 pixels; ``files`` maps each written
+        export (``"png"``, ``"geojson"``, ``"tiff"``, ``"viewer"``) to its path as a str.
+
+    Raises:
+        StoreError: ``store`` is not a slide store, has no complete
+            ``predictions/<model>``, or no tiles.
+        ConfigError: ``options.source`` or ``options.normalise`` is unknown; or the PNG
+            (or viewer) export needs the slide file and it is not at the path the store
+            recorded (the viewer also refuses a file of another level-0 size).
+        SlideOpenError: the recorded slide file cannot be opened for the PNG.
+        ImportError: the ``tiff`` or ``viewer`` export without pyvips installed (raised
+            as is, not as a ``WsiError``).
+
+    Example::
+
+        result = wsi.make_heatmap("stores/s1.zarr", "abmil", "heatmaps")
+        result["files"]["geojson"]        # "heatmaps/s1_abmil.geojson"
+        result["regions"][0]["bbox_l0"]   # level-0 box of the hottest region
     """
     options = options or HeatmapOptions()
     path = Path(store)

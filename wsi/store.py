@@ -88,7 +88,7 @@ def slide_id_for(path: str | os.PathLike[str]) -> str:
 
 def check_slide_id(slide_id: str) -> str:
     """``slide_id`` if it can name a store folder; ConfigError saying why otherwise."""
-    bad = [c for c in slide_id if c in '/\\\0' or ord(c) < 32]
+    bad = [c for c in slide_id if c in "/\\\0" or ord(c) < 32]
     if not slide_id.strip() or bad or slide_id.startswith("."):
         raise ConfigError(
             f"slide id {slide_id!r} cannot name a store: it must be non-empty, not start "

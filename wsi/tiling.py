@@ -333,18 +333,76 @@ def tile_slide(
 ) -> Path:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr`` and return the store path.
 
-    ``slide_id`` names the store and is what reports show (a manifest's pseudonymous id);
-    by default the file name without its extension.
+    Detects tissue on a low-resolution image (``config.tissue``), lays a grid of square
+    tiles of ``config.tile_size`` pixels at ``config.target_mpp`` micrometres per pixel
+    over the slide (only tiles wholly inside it, row-major), keeps those whose tissue
+    fraction is at least ``config.min_tissue``, and writes their pixels and QC to the
+    store. The store holds:
 
-    ``mpp`` overrides the slide's level-0 micrometres per pixel. ``client`` is a
-    ``dask.distributed.Client`` (tasks per chunk of tiles on its workers); None runs
-    the chunks in this process. Re-running a complete slide with the same parameters
-    returns at once; an interrupted run resumes from ``tiles/done``.
+    - ``tissue/mask``: uint8 (h, w), one pixel per ``downsample`` level-0 pixels (attrs
+      ``downsample``, ``mpp`` in µm/px, ``threshold``, ``tissue_fraction``);
+    - ``tiles/coords``: int32 (N, 2), level-0 ``(x, y)`` in pixels of each tile's top-left
+      corner (attr ``footprint_l0``: the tile side in level-0 pixels);
+    - ``tiles/pixels``: uint8 (N, S, S, 3) RGB, S = ``tile_size``, at ``tile_mpp`` µm/px
+      (the attr; within 2 % of ``target_mpp``), JPEG or zstd per ``config.codec``;
+    - ``tiles/qc``: float32 (N, 3), columns ``blur``, ``pen``, ``background``
+      (``wsi.qc``); row i of every array is tile i.
+
+    Re-running a complete slide with the same parameters returns at once; an interrupted
+    run resumes from ``tiles/done`` (chunks already written are kept). New tiles delete
+    the store's later stages (features, predictions, heatmaps).
+
+    Args:
+        path: the slide file (anything ``wsi.open_slide`` reads).
+        out_dir: folder of slide stores; created if missing.
+        config: tile size (pixels), target resolution (µm/px), stride, tissue threshold,
+            codec and reader; None: ``TilingConfig()`` (256 px at 0.5 µm/px, JPEG 90).
+        mpp: level-0 resolution in micrometres per pixel that overrides the slide's own
+            (for slides that state none); part of the stage's parameters.
+        client: a ``dask.distributed.Client``: one task per chunk of
+            ``config.chunk_tiles`` tiles on its workers, each reading the slide itself.
+            None runs the chunks one after another in this process.
+        overwrite: redo tiles made with other parameters, and replace a store made from
+            another file of the same name; otherwise both are refused.
+        progress: True shows a progress bar, False logs every 10 %, None shows a bar when
+            stderr is a terminal.
+        slide_id: names the store and is what reports show (e.g. a manifest's
+            pseudonymous id); None (or empty): the file name without its extension
+            (``s1.svs`` -> ``s1``, ``s1.ome.tiff`` -> ``s1``).
+
+    Returns:
+        The store folder, ``Path(out_dir) / f"{slide_id}.zarr"``.
+
+    Raises:
+        SlideNotFoundError: ``path`` does not exist.
+        SlideOpenError: ``path`` is not a readable slide.
+        MppError: the slide states no plausible resolution and ``mpp`` is not given (or
+            ``mpp`` is implausible); raised before anything is written.
+        NoTissueError: no tile holds ``config.min_tissue`` tissue (``wsi.tiling``; also a
+            ``ValueError``).
+        StoreError: ``<out_dir>/<slide_id>.zarr`` exists but is not a slide store, or was
+            made from another file and ``overwrite`` is False.
+        StageConflictError: the store's tiles were made with other parameters and
+            ``overwrite`` is False.
+        ConfigError: ``slide_id`` cannot name a folder (``/``, ``\\``, control
+            characters, a leading ``.``).
+        SlideReadError: a tile's data is corrupt (chunks written before it are kept).
+
+    Example::
+
+        store = wsi.tile_slide("slides/s1.svs", "stores")   # -> Path("stores/s1.zarr")
+
+        config = wsi.TilingConfig(tile_size=224, target_mpp=0.5, min_tissue=0.25)
+        wsi.tile_slide("slides/s2.tiff", "stores", config, mpp=0.25, slide_id="case_017")
+
+        from distributed import Client
+        with Client(n_workers=4, threads_per_worker=1) as client:
+            wsi.tile_slide("slides/s3.ndpi", "stores", client=client, progress=False)
     """
     config = config or TilingConfig()
     out = Path(out_dir)
     slide_path = Path(path)
-    sid = st.check_slide_id(slide_id) if slide_id else st.slide_id_for(slide_path)
+    sid = st.check_slide_id(slide_id) if slide_id is not None else st.slide_id_for(slide_path)
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
         store_path = out / f"{sid}.zarr"
@@ -407,9 +465,7 @@ def tile_slide(
         for c in range(len(done))
         if not done[c]
     ]
-    update, close = progress_reporter(
-        len(coords), sid, progress, unit="tile"
-    )
+    update, close = progress_reporter(len(coords), sid, progress, unit="tile")
     update(len(coords) - sum(len(j.coords) for j in jobs))
     t0 = time.perf_counter()
     try:

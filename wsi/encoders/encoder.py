@@ -160,9 +160,49 @@ def load_encoder(
 ) -> Encoder:
     """Build encoder ``name`` with its weights loaded strictly; nothing is downloaded.
 
-    ``weights`` is a local ``.safetensors`` or state-dict file; without it the registered
-    source is searched (``wsi encoders`` lists what is found). ``precision`` "auto" is
-    bf16 autocast on a GPU and float32 on a CPU.
+    The model is frozen (inference only) and comes with its input contract: uint8 RGB
+    tiles whose side differs from the encoder's input size in pixels (224 for the
+    registered ones) are resized (bilinear, antialiased), then normalised on the device.
+
+    Args:
+        name: a registered encoder (``efficientnet_lite0`` (default, 1280-d),
+            ``resnet50_trunc`` (1024-d), ``uni`` (1024-d), ``uni2_h`` (1536-d); ``wsi
+            encoders`` lists them) or any timm architecture name, whose weights come from
+            ``weights`` or ``$WSI_WEIGHTS_DIR/<name>/``.
+        weights: a local ``.safetensors`` or state-dict file (``.pth``, ``.bin`` ...; read
+            without running pickled code). None: the registered source is searched
+            (an installed package, ``$WSI_WEIGHTS_DIR/<name>/``, the local Hugging Face
+            and torch hub caches).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, a ``torch.device``, or
+            ``"auto"`` / None for the first GPU if there is one, else the CPU.
+        precision: compute precision (autocast): ``"fp32"``, ``"bf16"``, ``"fp16"``, or
+            ``"auto"``: bf16 on a CUDA GPU, fp32 otherwise.
+
+    Returns:
+        An ``Encoder``: called on uint8 tiles ``(B, H, W, 3)`` (a torch tensor) it returns
+        float32 features ``(B, D)`` on its device, D = ``encoder.spec.feature_dim``;
+        ``weights_sha256`` identifies the weights and ``identity()`` what a store records.
+
+    Raises:
+        UnknownEncoderError: ``name`` is neither registered nor a timm architecture (the
+            message suggests close names).
+        WeightsNotFoundError: ``weights`` is not a file, or (without ``weights``) no
+            weight file of a registered encoder is on this machine (the message says where
+            to put one).
+        WeightsError: the file is unreadable, holds pickled objects other than tensors,
+            or its keys or shapes do not fit the architecture.
+        ConfigError: ``device`` asks for CUDA where torch sees no GPU, or ``precision``
+            is not one of the four names.
+
+    Example::
+
+        import torch
+
+        enc = wsi.load_encoder("efficientnet_lite0", device="cpu")
+        tiles = torch.zeros((8, 256, 256, 3), dtype=torch.uint8)   # 8 RGB tiles, 256 px
+        enc(tiles).shape                                            # (8, 1280) float32
+
+        uni = wsi.load_encoder("uni", weights="weights/uni/pytorch_model.bin", device="cuda")
     """
     spec = get_spec(name)
     path = Path(weights).expanduser() if weights is not None else find_weights(spec)

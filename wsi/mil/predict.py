@@ -8,8 +8,9 @@ model's operating point.
     predictions/<model>/attention        float32 (N, F): raw attention of each fold's head
     predictions/<model>/attention_mean   float32 (N,): per-fold softmax over tiles, averaged
     attrs of the group: probability, log_odds, probability_std, fold_probabilities,
-                        decision, threshold (and in log-odds), target_sensitivity,
-                        model_id, encoder, weights_sha256
+                        decision, positive, threshold (and in log-odds),
+                        target_sensitivity, model, model_id, encoder, weights_sha256,
+                        tiles (what predict_store returns)
 """
 
 from __future__ import annotations
@@ -33,7 +34,29 @@ log = logging.getLogger(__name__)
 
 
 class TrainedModel:
-    """The fold heads of a model folder and its card (``model.json``)."""
+    """A trained model as ``load_model`` reads it: the fold heads and the model card.
+
+    Attributes:
+        folder: the model folder, as given to ``load_model``.
+        card: ``model.json`` as a dict: ``name``, ``model_id`` (16 hex digits of the
+            fold weights' sha256), ``task`` (``positive`` / ``negative`` class names),
+            ``encoder`` (``name``, ``weights_sha256``), ``head`` (``name``, ``hparams``),
+            ``in_dim`` (feature dimension D), ``folds`` (per fold: ``dir``,
+            ``temperature``, ``threshold_log_odds``), ``operating_point``
+            (``threshold`` as a probability, ``threshold_log_odds``,
+            ``target_sensitivity``), ``metrics``, ``training`` (the ``TrainConfig``).
+        heads: one torch module per fold, in eval mode on the CPU, in the card's fold
+            order; each maps a bag (N, D) float32 to logits and raw attention.
+
+    ``name`` is ``card["name"]``: the folder's name when it was trained (renaming the
+    folder later does not change it). Stores hold its prediction in
+    ``predictions/<name>``.
+
+    Example::
+
+        model = wsi.load_model("models/abmil")
+        model.name, len(model.heads), model.card["operating_point"]["threshold"]
+    """
 
     def __init__(self, folder: Path, card: dict[str, Any], heads: list[Any]) -> None:
         self.folder = folder
@@ -42,10 +65,33 @@ class TrainedModel:
 
     @property
     def name(self) -> str:
+        """The model's name (``card["name"]``), which names ``predictions/<name>``."""
         return str(self.card["name"])
 
 
 def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
+    """Load a model folder written by ``wsi.train_model`` (``wsi train``).
+
+    Every fold's weights are checked against the sha256 in its ``card.json`` and loaded
+    strictly, on the CPU.
+
+    Args:
+        folder: the model folder, the one with ``model.json``.
+
+    Returns:
+        The ``TrainedModel``: its fold heads and card.
+
+    Raises:
+        ConfigError: ``folder`` has no ``model.json``; or the folder is incomplete or
+            damaged (unreadable JSON, a missing fold folder or key, a fold's
+            ``model.safetensors`` missing or not the one its card describes, weights that
+            do not fit the head): train it again.
+
+    Example::
+
+        model = wsi.load_model("models/abmil")
+        wsi.predict_store("stores/s1.zarr", model)
+    """
     from wsi.mil.train import load_fold
 
     path = Path(folder)
@@ -90,7 +136,52 @@ def _normalised(a: np.ndarray, weights: bool) -> np.ndarray:
 def predict_store(
     store: str | os.PathLike[str], model: TrainedModel, *, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Score one store with every fold of ``model``; write and return the prediction."""
+    """Score one store with every fold of ``model``; write and return the prediction.
+
+    Each fold head scores the store's features (every tile); the folds' calibrated
+    positive-class log-odds are averaged, and the slide is called positive when that mean
+    is at least the model's operating point (``threshold_log_odds``). Writes, in the store:
+
+    - ``predictions/<model.name>/attention``: float32 (N, F), each fold's raw attention
+      per tile (F folds; multi-branch heads: the positive class's branch);
+    - ``predictions/<model.name>/attention_mean``: float32 (N,), each fold's attention
+      normalised over the tiles (softmax; TransMIL: clipped at 0), averaged; sums to 1;
+    - the returned dict as that group's attrs.
+
+    Row i belongs to the tile at ``tiles/coords[i]`` (level-0 ``(x, y)``, pixels). A
+    complete prediction of the same model on the same features is not recomputed: its
+    stored attrs are returned.
+
+    Args:
+        store: a slide store with complete features of the model's encoder
+            (``model.card["encoder"]["name"]``), made with the weights it was trained on.
+        model: a loaded model (``wsi.load_model``), not a folder path.
+        overwrite: replace a ``predictions/<model.name>`` made by another model of the
+            same name or from other features.
+
+    Returns:
+        A dict: ``model`` (name), ``model_id``, ``encoder``, ``weights_sha256`` (of the
+        encoder weights), ``probability`` (calibrated, 0..1: the sigmoid of
+        ``log_odds``), ``probability_std`` (standard deviation of the folds'
+        probabilities), ``fold_probabilities`` (list, fold order), ``log_odds`` (mean of
+        the folds' calibrated log-odds), ``decision`` (the class name:
+        ``model.card["task"]["positive"]`` or ``["negative"]``), ``positive`` (bool),
+        ``threshold`` (operating point as a probability), ``threshold_log_odds``,
+        ``target_sensitivity``, ``tiles`` (N).
+
+    Raises:
+        StoreError: ``store`` is not a slide store; it has no complete features of the
+            model's encoder, or they come from other weights than the model was trained
+            on, or it holds no tiles; or ``predictions/<model.name>`` exists with other
+            parameters (another model of this name, or features embedded again) and
+            ``overwrite`` is False.
+
+    Example::
+
+        model = wsi.load_model("models/abmil")
+        result = wsi.predict_store("stores/s1.zarr", model)
+        result["decision"], round(result["probability"], 3), result["probability_std"]
+    """
     import torch
 
     from wsi.embed import features_of

@@ -7,6 +7,7 @@ Output folder::
     <out>/model.json            model card: encoder + weights, head, data, metrics, operating point
     <out>/metrics.json          per fold, pooled out-of-fold validation, held-out test
     <out>/roc.png, reliability.png
+    <out>/reference.safetensors  training tiles for the out-of-distribution check
     <out>/fold_<k>/model.safetensors, card.json, train_log.csv
 
 A finished fold (its ``card.json`` written last, with the same config hash) is kept when
@@ -51,7 +52,45 @@ INTENDED_USE = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a MIL head is trained and its operating point chosen (see ``wsi.mil.train``)."""
+    """How a MIL head is trained and its operating point chosen (see ``wsi.mil.train``).
+
+    Section ``train`` of a config file maps onto it one to one. Fields:
+
+    - ``model``: the head, a name of ``wsi.mil.heads.HEADS`` as written there:
+      ``"abmil"`` (default), ``"clam_sb"``, ``"clam_mb"``, ``"transmil"``, ``"mean"``,
+      ``"max"``.
+    - ``folds``: patient-level, label-stratified cross-validation folds (at least 2,
+      checked when the splits are made); one model per fold. Ignored when labels.csv has
+      a ``split`` column (one fixed fold).
+    - ``test_fraction``: fraction of the patients of each class held out as a test part
+      (0 <= f < 0.9, at least one patient per class when above 0); 0: no test part.
+      Also ignored with a ``split`` column (its ``test`` rows are the test part).
+    - ``epochs``: most passes over the training bags per fold (>= 1); one bag per
+      optimiser step, in a random order.
+    - ``patience``: epochs without a lower validation loss before a fold stops (>= 1); the
+      weights of the lowest validation loss are kept.
+    - ``lr``, ``weight_decay``: AdamW learning rate and weight decay.
+    - ``seed``: the splits, and per fold k (as ``seed + k``) the weight initialisation,
+      the bag order and the tile subsampling; also the out-of-distribution reference.
+    - ``target_sensitivity``: the operating point, in (0, 1]: the threshold on the pooled
+      out-of-fold validation slides' calibrated log-odds whose sensitivity is at least
+      this, with the highest specificity.
+    - ``instance_weight``: CLAM heads only: the loss is ``(1 - w) * bag loss + w *
+      instance clustering loss``.
+    - ``max_train_tiles``: in training only, a bag of more tiles is randomly subsampled to
+      this many tiles at each step (validation and prediction use every tile); None: all.
+    - ``hparams``: keyword arguments of the head (e.g. ``{"hidden": 256, "attn_dim": 128,
+      "dropout": 0.25}`` for ``abmil``); an unknown one is a ``ConfigError`` when the
+      head is built.
+
+    Raises ``ConfigError`` when ``target_sensitivity`` is outside (0, 1] or ``epochs`` or
+    ``patience`` is below 1; ``train_model`` refuses an unknown ``model``.
+
+    Example::
+
+        config = wsi.TrainConfig(model="clam_sb", folds=5, test_fraction=0.2, epochs=30,
+                                 max_train_tiles=8000, hparams={"dropout": 0.25})
+    """
 
     model: str = "abmil"  #: head name (``wsi.mil.heads.HEADS``)
     folds: int = 5  #: patient-level cross-validation folds
@@ -285,7 +324,61 @@ def train_model(
     splits: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Train ``config.model`` on the ``encoder`` features of the labelled stores; returns
-    the model folder (with ``model.json``, the model card)."""
+    the model folder (with ``model.json``, the model card).
+
+    Every slide of labels.csv must have a store ``<stores_dir>/<slide_id>.zarr`` with
+    complete, non-empty ``encoder`` features, all of one set of weights; this is checked
+    before any training. Splits are by patient. Each fold's head is trained with a
+    class-weighted cross-entropy, stops early on its validation loss and is calibrated by
+    temperature scaling on its validation slides; the operating point is chosen on the
+    pooled out-of-fold validation slides for ``config.target_sensitivity``. Without a
+    test part the validation figures are optimistic (a warning is logged).
+
+    The folder gets ``splits.csv``, ``model.json``, ``metrics.json``, ``roc.png``,
+    ``reliability.png``, ``reference.safetensors`` (a sample of the tiles of every slide
+    outside the test part, for the reports' out-of-distribution flag) and ``fold_<k>/``
+    with ``model.safetensors``, ``card.json`` and ``train_log.csv``. A fold finished by an
+    earlier run on exactly the same inputs (config, encoder, weights, features, labels,
+    splits) is kept, so a killed run resumes.
+
+    Args:
+        stores_dir: folder of slide stores, one ``<slide_id>.zarr`` per labelled slide.
+        labels: labels.csv: columns ``slide_id``, ``patient_id``, ``label`` (two classes)
+            and optionally ``group`` (per-group metrics) and ``split``
+            (``train``/``val``/``test``: a fixed split instead of folds).
+        out_dir: the model folder (created). Its name is the model's name, under which
+            ``predict_store`` writes ``predictions/<name>`` into stores.
+        config: the head and training settings; None: ``TrainConfig()``.
+        encoder: whose features to train on (``features/<encoder>`` in the stores).
+        positive: the label value of the positive (tumour) class; None: the one label
+            among ``1``, ``tumor``, ``tumour``, ``positive``, ``malignant``, ``cancer``,
+            ``true``, ``yes`` (case-insensitive).
+        splits: a ``splits.csv`` (``slide_id``, ``part``) to reuse, copied into
+            ``out_dir``; None: ``out_dir``'s own ``splits.csv`` if there is one, else new
+            splits from ``config.folds``, ``config.test_fraction`` and ``config.seed``.
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        ConfigError: ``config.model`` is not a head name, or ``config.hparams`` has a key
+            the head does not take; labels.csv is missing, not a CSV, lacks a column, has
+            empty cells, duplicate slides, not exactly two labels, a patient with two
+            labels, or no recognisable positive class; ``splits`` is missing, or the splits
+            disagree with ``config.folds`` / ``config.test_fraction``; a class has fewer
+            patients outside the test part than folds; ``folds`` < 2 or ``test_fraction``
+            outside [0, 0.9).
+        StoreError: a labelled slide has no store, no complete ``encoder`` features or no
+            tiles, or the stores' features come from different weights.
+
+    Example::
+
+        config = wsi.TrainConfig(model="abmil", folds=5, test_fraction=0.2, seed=0)
+        folder = wsi.train_model("stores", "labels.csv", "models/abmil", config,
+                                 encoder="efficientnet_lite0", positive="tumor")
+        card = json.loads((folder / "model.json").read_text())
+        card["operating_point"]["threshold"]      # probability at which a slide is called
+    """
     from wsi.mil.heads import HEADS
 
     config = config or TrainConfig()

@@ -231,6 +231,34 @@ def report_slide(
         one recorded by ``wsi heatmap --exports viewer``, if any.
 
     Coordinates in the report are level-0 pixels; areas are in mm² from the slide's mpp.
+    In detail: tile boxes are level-0 ``(x0, y0, x1, y1)`` in pixels; the tissue area is
+    the tissue mask's pixel count times its pixel area (the mask's µm/px, from the
+    slide's mpp, squared), in mm²; resolutions are in micrometres per pixel. File names
+    are the slide id with ``/``, ``\\`` and control characters replaced by ``_`` and
+    leading dots removed.
+
+    Returns
+    -------
+    A ``SlideReport``: ``slide_id``, ``html`` (``<out_dir>/<slide_id>.html``), ``pdf``
+    (``<out_dir>/<slide_id>.pdf``, or None when ``options.pdf`` is False) and ``row``, the
+    dict also written to ``<slide_id>.json``: ``slide_id``, ``decision``, ``positive``,
+    ``probability``, ``probability_std``, ``log_odds``, ``flags`` (titles), ``tiles``,
+    ``tissue_mm2``, ``report`` and ``pdf`` (file names), ``model``, ``model_id``.
+
+    Raises
+    ------
+    StoreError: ``store`` is not a slide store, or holds no prediction of ``model`` (or one
+        from another model of the same name): run ``wsi.predict_store`` first; or, where
+        the model has an out-of-distribution reference, it lacks the model's features.
+    ConfigError: ``model`` is a folder that ``wsi.load_model`` cannot load.
+    BackendUnavailableError: ``options.pdf`` and WeasyPrint or Pango is missing (the HTML
+        is written by then, the JSON not).
+
+    Example::
+
+        model = wsi.load_model("models/abmil")
+        one = wsi.report_slide("stores/s1.zarr", model, "reports", wsi.ReportOptions(pdf=False))
+        one.html, one.row["decision"], one.row["flags"]   # reports/s1.html, "tumor", [...]
     """
     from wsi.heatmap_exports import HeatmapOptions, compose_overlay, outline
 
@@ -271,8 +299,10 @@ def report_slide(
         version=__version__,
     )
     sid = facts.slide_id
-    html_path = write_atomic(out / f"{_safe(sid)}.html", html)
+    # PDF first, then HTML, then the JSON row last: a failure leaves no report that looks
+    # finished (the JSON row is what the cohort report and `wsi run` trust)
     pdf_path = write_pdf(html, out / f"{_safe(sid)}.pdf") if options.pdf else None
+    html_path = write_atomic(out / f"{_safe(sid)}.html", html)
     row = {
         "slide_id": sid,
         "decision": finding.decision,
@@ -356,11 +386,35 @@ def report(
     """Per-slide reports of ``stores`` and the cohort report, in ``out_dir``.
 
     A store that cannot be reported (no prediction, damaged) is listed in ``failed`` and in
-    the cohort report; the others go on.
+    the cohort report; the others go on. (Its ``WsiError`` or ``OSError`` is logged, not
+    raised.)
+
+    Each slide gets ``<slide_id>.html``, ``.pdf`` (when ``options.pdf``) and ``.json`` (see
+    ``report_slide``: level-0 pixel coordinates, tissue areas in mm²); then
+    ``cohort.html`` and ``cohort.csv`` list every slide by risk (calibrated log-odds,
+    highest first) and the failed stores with their errors.
+
+    Args:
+        stores: slide store folders with a prediction of ``model`` (``wsi.predict_store``).
+        model: the model folder written by ``wsi train``, or a loaded ``TrainedModel``
+            (loaded once for all slides).
+        out_dir: where every file goes (created).
+        options: contents and flag thresholds; None: ``ReportOptions()`` (PDF on).
+
+    Returns:
+        ``Reports``: ``slides`` (a ``SlideReport`` per reported store), ``failed`` (per
+        store that failed: ``slide_id`` (the store folder's name without ``.zarr``),
+        ``stage`` ``"report"`` and ``error``), ``cohort_html`` and ``cohort_csv`` (paths).
+
+    Raises:
+        BackendUnavailableError: ``options.pdf`` and WeasyPrint or Pango is missing;
+            checked before any slide, so none is half reported.
+        ConfigError: ``model`` is a folder that ``wsi.load_model`` cannot load.
 
     Example::
 
         result = report(sorted(Path("stores").glob("*.zarr")), "models/abmil", "reports")
+        result.cohort_csv, [f["slide_id"] for f in result.failed]
     """
     options = options or ReportOptions()
     if options.pdf:

@@ -12,7 +12,41 @@ __all__ = ["ReportOptions"]
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Contents of the per-slide report and the thresholds of its plain-language flags."""
+    """Contents of the per-slide report and the thresholds of its plain-language flags.
+
+    Section ``report`` of a config file maps onto it one to one. Fields:
+
+    - ``top_k`` (>= 1), ``least_k`` (>= 0; 0: none): how many of the most and least
+      attended tiles the report shows, at the tiling resolution, with their level-0 boxes.
+    - ``pdf``: also write each report as PDF (needs WeasyPrint and Pango; ``wsi.report``
+      checks for them before the first slide).
+    - ``uncertain_std``, ``uncertain_margin``: flag "Uncertain case" when the standard
+      deviation of the fold models' probabilities (0..1) is above ``uncertain_std``, or
+      the slide's calibrated log-odds lie within ``uncertain_margin`` (natural-log odds)
+      of the operating threshold's; the flag is also raised whenever the fold models
+      disagree about the call.
+    - ``min_tissue_mm2``, ``min_tiles``: flag "Little tissue" when the tissue area is
+      below ``min_tissue_mm2`` square millimetres or fewer than ``min_tiles`` tiles
+      were analysed.
+    - ``ood_fraction``: flag "Out of distribution" when more than this share (0..1] of
+      the tiles lie farther from every training tile than the model's reference distance
+      (only for models with a ``reference.safetensors``).
+    - ``blur_variance``: a tile is blurred when the variance of the Laplacian of its green
+      channel (8-bit levels, at half the tile resolution; ``tiles/qc`` column ``blur``)
+      is below this.
+    - ``blur_fraction``: flag "Blur" when more than this share (0..1] of tiles is blurred.
+    - ``pen_fraction``: flag "Pen marks" when more than this share (0..1] of tiles carries
+      pen ink (a tile carries ink when more than 5 % of its sampled pixels are ink; that
+      5 % is fixed).
+
+    Raises ``ConfigError`` when ``top_k`` < 1, ``least_k`` < 0, or ``ood_fraction``,
+    ``blur_fraction`` or ``pen_fraction`` is outside (0, 1].
+
+    Example::
+
+        options = wsi.ReportOptions(top_k=12, least_k=0, pdf=False, min_tissue_mm2=1.0)
+        wsi.report(["stores/s1.zarr"], "models/abmil", "reports", options)
+    """
 
     top_k: int = 8  #: most attended tiles shown as evidence
     least_k: int = 4  #: least attended tiles shown for contrast (0: none)

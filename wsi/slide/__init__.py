@@ -17,12 +17,48 @@ BACKENDS = ("openslide", "pyvips")
 def open_slide(
     path: str | os.PathLike[str], mpp: float | None = None, *, backend: str = "openslide"
 ) -> Slide:
-    """Open a whole-slide image.
+    """Open a whole-slide image for reading: a ``Slide`` with its metadata and pixels.
 
-    ``mpp`` overrides the level-0 resolution in micrometres per pixel (for slides whose
-    metadata lacks it). ``backend`` is ``openslide`` (every format) or ``pyvips``
-    (libvips decoding of TIFF-based slides; faster for many small reads).
-    Raises SlideOpenError naming the file if it is missing, not a slide, or corrupt.
+    Coordinates on the returned slide are level-0 pixels, ``(x, y)`` of the top-left
+    corner; sizes are ``(w, h)`` in pixels; resolution is in micrometres per pixel (mpp).
+    Pixels come back as RGB ``uint8`` arrays of shape ``(h, w, 3)``, transparent areas on
+    white. The slide holds a file handle: close it, or use it as a context manager.
+
+    Args:
+        path: the slide file (SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM, tiled TIFF ...).
+        mpp: level-0 resolution in micrometres per pixel, the same for x and y; it
+            overrides what the file states (for slides whose metadata lacks it, or states
+            it wrongly) and is recorded with source ``"override"``. None: read it from the
+            file's metadata or TIFF resolution tags.
+        backend: ``"openslide"`` (default; every format) or ``"pyvips"`` (libvips decodes
+            the pixels of TIFF-based slides, faster for many small reads, but without
+            OpenSlide's detection of corrupt tile data). Both read the metadata and level
+            geometry through OpenSlide.
+
+    Returns:
+        The opened ``Slide``: ``dimensions`` (level-0 ``(w, h)`` px), ``level_dimensions``,
+        ``level_downsamples``, ``mpp`` (an ``Mpp`` with ``x``, ``y`` in µm/px and its
+        ``source``), ``read_region``, ``thumbnail``, ``info()``.
+
+    Raises:
+        SlideNotFoundError: ``path`` does not exist.
+        SlideOpenError: ``path`` is a directory, an empty file, not a slide format the
+            backend can read, or corrupt or truncated.
+        MppError: ``mpp`` is given but not a number between 0.05 and 20 µm/px. A slide
+            without a (plausible) stated resolution still opens: ``slide.mpp`` raises
+            ``MppError`` when it is first asked for (``slide.has_mpp`` tells beforehand).
+        ConfigError: ``backend`` is neither ``"openslide"`` nor ``"pyvips"``.
+        BackendUnavailableError: OpenSlide (or, for ``"pyvips"``, libvips) is not
+            installed.
+
+    Example::
+
+        with wsi.open_slide("slides/s1.svs") as slide:
+            slide.dimensions                # level-0 (w, h) in pixels, e.g. (98304, 71680)
+            slide.mpp.x                     # level-0 µm per pixel, e.g. 0.2526
+            tile = slide.read_region((12_000, 8_000), (256, 256), mpp=0.5)  # (256, 256, 3)
+
+        slide = wsi.open_slide("slides/scan_without_mpp.tiff", mpp=0.25)
     """
     p = Path(path)
     if backend not in BACKENDS:
