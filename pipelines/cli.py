@@ -305,6 +305,8 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.viewcli import add_score_options
+
     parser = argparse.ArgumentParser(prog="wsi", description="Whole-slide pathology pipeline")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log detail (-vv: debug)"
@@ -376,23 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stores", nargs="+", help="predicted slide stores")
     p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
     p.add_argument("--out", required=True, help="folder for the exports")
-    p.add_argument(
-        "--source",
-        default="attention",
-        choices=["attention", "attention_raw"],
-        help="fold attention normalised then averaged (default), or the raw scores",
-    )
-    p.add_argument(
-        "--normalise",
-        default="rank",
-        choices=["rank", "raw"],
-        help="rank: percentiles (default); raw: the scores as they are",
-    )
+    add_score_options(p)
     p.add_argument("--smooth", action="store_true", help="interpolate between tiles (display)")
     p.add_argument(
         "--exports", help="comma-separated: png,geojson,tiff,viewer (default: png,geojson,tiff)"
     )
-    p.add_argument("--cmap", default="jet", help="matplotlib colour map")
     p.add_argument("--alpha", type=float, default=0.5, help="heat layer opacity, 0..1")
     p.set_defaults(func=_cmd_heatmap)
 

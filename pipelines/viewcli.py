@@ -61,14 +61,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any) -> None:
-    """Add ``viewer`` and ``view`` to ``sub`` (from ``parser.add_subparsers()``)."""
-    p = sub.add_parser(
-        "viewer", help="write an offline deep-zoom viewer (slide + heatmap) per predicted store"
-    )
-    p.add_argument("stores", nargs="+", metavar="STORE", help="<slide_id>.zarr stores")
-    p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
-    p.add_argument("--out", required=True, help="folder for the <slide_id>_viewer folders")
+def add_score_options(p: Any) -> None:
+    """What a heat layer shows and how it is coloured (``wsi heatmap`` and ``wsi viewer``)."""
     p.add_argument(
         "--source",
         default="attention",
@@ -79,9 +73,20 @@ def add_parsers(sub: Any) -> None:
         "--normalise",
         default="rank",
         choices=["rank", "raw"],
-        help="rank: percentiles within the slide; raw: the scores as they are",
+        help="rank: percentiles within the slide (default); raw: the scores as they are",
     )
     p.add_argument("--cmap", default="jet", help="matplotlib colour map")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``viewer`` and ``view`` to ``sub`` (from ``parser.add_subparsers()``)."""
+    p = sub.add_parser(
+        "viewer", help="write an offline deep-zoom viewer (slide + heatmap) per predicted store"
+    )
+    p.add_argument("stores", nargs="+", metavar="STORE", help="<slide_id>.zarr stores")
+    p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
+    p.add_argument("--out", required=True, help="folder for the <slide_id>_viewer folders")
+    add_score_options(p)
     p.add_argument("--alpha", type=float, default=0.5, help="initial heatmap opacity")
     p.add_argument("--max-regions", type=int, default=10, help="regions listed in the viewer")
     p.set_defaults(func=_cmd_viewer)
