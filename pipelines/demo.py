@@ -41,7 +41,7 @@ def _split(labels_csv: Path, out: Path, seed: int) -> tuple[Path, list[str], dic
     return train_csv, sorted(held), truth
 
 
-def run_demo(out_dir: str | Path, *, slides: int = 24, size: int = 3000, quiet: bool = False,
+def run_demo(out_dir: str | Path, *, slides: int = 32, size: int = 4000, quiet: bool = False,
              seed: int = 0) -> int:  # fmt: skip
     """Run the demo into ``out_dir``; returns the exit code (0 when every step worked)."""
     from pipelines.embedding import embed_stores
@@ -72,7 +72,7 @@ def run_demo(out_dir: str | Path, *, slides: int = 24, size: int = 3000, quiet: 
         return 1
     say("3/4 training ABMIL (3 folds by patient, operating point for 95% sensitivity)")
     model_dir = train_model(
-        stores, train_csv, out / "abmil", TrainConfig(folds=3, epochs=40, patience=8, lr=1e-3)
+        stores, train_csv, out / "abmil", TrainConfig(folds=3, epochs=60, patience=10, lr=5e-4)
     )
     say(f"4/4 wsi run on the {len(held_out)} held-out slides")
     result = run_job(

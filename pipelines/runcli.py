@@ -75,6 +75,6 @@ def add_parsers(sub: Any) -> None:
         help="the main job on a made-up cohort: train ABMIL, run held-out slides, reports",
     )
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--slides", type=int, default=24, help="slides in the demo cohort")
-    p.add_argument("--size", type=int, default=3000, help="slide side, pixels at 0.25 mpp")
+    p.add_argument("--slides", type=int, default=32, help="slides in the demo cohort")
+    p.add_argument("--size", type=int, default=4000, help="slide side, pixels at 0.25 mpp")
     p.set_defaults(func=_cmd_demo)

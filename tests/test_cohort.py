@@ -205,3 +205,21 @@ def test_cli(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert (out / "labels.csv").read_text().count("normal") == 2
+
+
+def test_without_shared_data_textures_are_procedural(tmp_path: Path) -> None:
+    """Where ../shared/data is absent (an empty texture folder here) the cohort still
+    builds, from procedural H&E textures, with the same labels and masks."""
+    from PIL import Image
+
+    empty = tmp_path / "no_textures"
+    empty.mkdir()
+    c = make_cohort(tmp_path / "c", slides=4, size=3000, seed=2, tile_source_dir=empty,
+                    min_lesion_diameter_um=192)  # fmt: skip
+    assert len(c.slides) == 4 and all(p.exists() for p in c.slides)
+    with open(c.labels_csv) as f:
+        labels = {r["slide_id"]: r["label"] for r in csv.DictReader(f)}
+    assert set(labels.values()) == {"tumor", "normal"}
+    for sid, label in labels.items():
+        lesion = np.asarray(Image.open(c.masks_dir / f"{sid}_lesion.png")) > 0
+        assert lesion.any() == (label == "tumor")
