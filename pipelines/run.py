@@ -201,25 +201,29 @@ def embed_task(store: str, config: EmbedConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     if not is_embedded(store, config):
-        key = (config.encoder, config.weights, config.device, config.precision)
+        weights = Path(config.weights) if config.weights else None
+        stamp = (weights.stat().st_mtime_ns, weights.stat().st_size) if weights else None
+        key = (config.encoder, config.weights, stamp, config.device, config.precision)
         if key not in _ENCODERS:
             _ENCODERS[key] = load_encoder(
                 config.encoder, weights=config.weights, device=config.device,
                 precision=config.precision,
             )  # fmt: skip
-        embed_store(store, config, encoder=_ENCODERS[key], progress=False)
+        # the run's inputs key said redo: features of other weights are replaced
+        embed_store(store, config, encoder=_ENCODERS[key], overwrite=True, progress=False)
     return {"worker": _worker_name(), "seconds": time.perf_counter() - t0}
 
 
 def finish_task(
     store: str,
     model_dir: str,
+    model_id: str,
     out: str,
     heatmap: HeatmapOptions,
     report: ReportOptions,
 ) -> dict[str, Any]:
     """Predict, map and report one embedded store. Returns per-stage seconds, or the stage
-    that failed with its error (a WsiError or OSError: the slide's problem, not the run's)."""
+    that failed with its error: the slide's problem, never the run's."""
     from wsi.heatmap_exports import make_heatmap
     from wsi.mil.predict import load_model, predict_store
     from wsi.reports import report_slide
@@ -227,11 +231,16 @@ def finish_task(
     stages: dict[str, float] = {}
     stage = "predict"
     try:
-        if model_dir not in _MODELS:
-            _MODELS[model_dir] = load_model(model_dir)
-        model = _MODELS[model_dir]
+        model = _MODELS.get(model_dir)
+        if model is None or model.card["model_id"] != model_id:  # a retrained model folder
+            model = _MODELS[model_dir] = load_model(model_dir)
+        if model.card["model_id"] != model_id:
+            raise ConfigError(
+                f"{model_dir}: the model changed while the run was going (id "
+                f"{model.card['model_id']}, the run started with {model_id}). Re-run."
+            )
         t0 = time.perf_counter()
-        pred = predict_store(store, model)
+        pred = predict_store(store, model, overwrite=True)
         stages["predict"] = time.perf_counter() - t0
         stage, t0 = "heatmap", time.perf_counter()
         maps = make_heatmap(store, model.name, Path(out) / "heatmaps", heatmap)
@@ -245,6 +254,9 @@ def finish_task(
         stages["report"] = time.perf_counter() - t0
     except (WsiError, OSError) as err:
         return {"ok": False, "stage": stage, "error": str(err), "seconds": stages}
+    except Exception as err:  # noqa: BLE001 - a bug fails this slide, not the run
+        msg = f"internal error: {type(err).__name__}: {err}"
+        return {"ok": False, "stage": stage, "error": msg, "seconds": stages}
     return {
         "ok": True,
         "seconds": stages,
@@ -278,13 +290,17 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _complete(status: dict[str, Any] | None, key: str, out: Path) -> bool:
-    """A slide finished earlier with the same inputs, and its report is still there."""
+def _complete(status: dict[str, Any] | None, key: str, out: Path, model_id: str) -> bool:
+    """A slide finished earlier with the same inputs; its store and this model's report
+    are still there."""
+    if not (status and status.get("status") == "ok" and status.get("key") == key):
+        return False
+    sid = status["slide_id"]
+    row = _read_status(out / "reports" / f"{sid}.json")
     return bool(
-        status
-        and status.get("status") == "ok"
-        and status.get("key") == key
-        and (out / "reports" / f"{status['slide_id']}.json").exists()
+        row
+        and row.get("model_id") == model_id
+        and (out / "stores" / f"{sid}.zarr" / "zarr.json").exists()
     )
 
 
@@ -391,6 +407,7 @@ def run_job(
             f"embed.encoder is {embed.encoder!r} but the model {run.model} was trained on "
             f"{encoder!r} features; use its encoder (or leave the embed section out)."
         )
+    _check_weights(embed, model, run.model)
     if report.pdf:
         check_pdf()
     for sub in ("stores", "heatmaps", "reports", "status"):
@@ -417,7 +434,7 @@ def run_job(
                     records[job.slide_id] = _failed(job, "tile", f"{job.path}: {err.strerror}")
                     bar.done()
                     continue
-                if _complete(old, key, out):
+                if _complete(old, key, out, model.card["model_id"]):
                     records[job.slide_id] = {**(old or {}), "skipped": True}
                     log.info("%s: done in an earlier run, skipped", job.slide_id)
                     bar.done()
@@ -439,7 +456,7 @@ def run_job(
                     threads_per_worker=cluster.threads_per_worker,
                 ) as client:
                     _run_on(client, todo, out, run, cluster, tiling, embed, heatmap, report,
-                            records, bar)  # fmt: skip
+                            model.card["model_id"], records, bar)  # fmt: skip
         finally:
             bar.close()
         cohort_html, cohort_csv = _cohort(out, jobs, records, model)
@@ -456,6 +473,25 @@ def run_job(
             len(jobs) - len(result.failed), len(result.failed), result.seconds,
         )  # fmt: skip
     return result
+
+
+def _check_weights(embed: EmbedConfig, model: Any, model_dir: str) -> None:
+    """Stop before any slide when the weights the run would embed with are not those the
+    model was trained on (where the driver can see the weight file)."""
+    from wsi.encoders.encoder import planned_identity
+
+    try:
+        ident = planned_identity(embed.encoder, embed.weights, "cpu", "fp32")
+    except WsiError:
+        return  # the workers may have the weights; embed_task reports it per slide
+    want = model.card["encoder"]["weights_sha256"]
+    if ident is not None and ident.get("weights_sha256") != want:
+        raise ConfigError(
+            f"the {embed.encoder!r} weights here ({ident.get('weights_file')}, sha256 "
+            f"{str(ident.get('weights_sha256'))[:12]}) are not those the model {model_dir} "
+            f"was trained on (sha256 {want[:12]}). Give the model's weights with "
+            "embed.weights (or --config), or use a model trained on these."
+        )
 
 
 def _failed(job: SlideJob, stage: str, error: str, key: str | None = None) -> dict[str, Any]:
@@ -481,9 +517,12 @@ def _run_on(
     embed: EmbedConfig,
     heatmap: HeatmapOptions,
     report: ReportOptions,
+    model_id: str,
     records: dict[str, dict[str, Any]],
     bar: _Progress,
 ) -> None:
+    import uuid
+
     from distributed import as_completed
 
     from wsi.tiling import tile_slide
@@ -492,11 +531,46 @@ def _run_on(
     embed_res = {cluster.gpu_resource: 1} if gpus else None
     if gpus:
         log.info("embedding on the %d worker(s) with resource %s", len(gpus), cluster.gpu_resource)
-    pending = as_completed()
+    token = uuid.uuid4().hex[:8]  # task keys of two runs on one scheduler never collide
     meta: dict[Any, tuple[str, SlideJob, str, dict[str, Any]]] = {}
     stores = out / "stores"
     model_dir = str(Path(run.model).resolve())
+
+    def fail(job: SlideJob, rec: dict[str, Any], stage: str, error: str) -> None:
+        records[job.slide_id] = {**_failed(job, stage, error, rec["key"]), "stages": rec["stages"]}
+        bar.done()
+
+    def handle(fut: Any) -> Any:
+        """Take a finished embed or finish task; returns the next task, if any."""
+        stage, job, store, rec = meta.pop(fut.key)
+        try:
+            value = fut.result()
+        except (WsiError, OSError) as err:
+            return fail(job, rec, stage, _message(job, err))
+        except Exception as err:  # noqa: BLE001 - a worker that died fails this slide only
+            return fail(job, rec, stage, f"internal error: {type(err).__name__}: {err}")
+        if stage == "embed":
+            rec["stages"]["embed"] = round(value["seconds"], 2)
+            rec["embed_worker"] = value["worker"]
+            bar.stage(f"predict/map/report {job.slide_id}")
+            nxt = client.submit(
+                finish_task, store, model_dir, model_id, str(out), heatmap, report,
+                pure=False, key=f"finish-{job.slide_id}-{token}",
+            )  # fmt: skip
+            meta[nxt.key] = ("predict", job, store, rec)
+            return nxt
+        rec["stages"].update({k: round(v, 2) for k, v in value["seconds"].items()})
+        if not value["ok"]:
+            return fail(job, rec, value["stage"], value["error"])
+        rec.update(status="ok", decision=value["decision"], probability=value["probability"],
+                   files=value["files"])  # fmt: skip
+        records[job.slide_id] = rec
+        bar.done()
+        return None
+
+    running: list[Any] = []
     for job, key in todo:
+        (out / "status" / f"{job.slide_id}.json").unlink(missing_ok=True)  # being redone
         rec: dict[str, Any] = {
             "slide_id": job.slide_id,
             "path": str(job.path),
@@ -508,64 +582,41 @@ def _run_on(
         bar.stage(f"tile {job.slide_id}")
         t0 = time.perf_counter()
         try:
+            # overwrite: the run's inputs key said this slide is to be (re)done, so a store
+            # from another file or other parameters is brought to this run's settings
             store_path = tile_slide(job.path, stores, tiling, mpp=job.mpp, client=client,
-                                    progress=False, slide_id=job.slide_id)  # fmt: skip
+                                    overwrite=True, progress=False,
+                                    slide_id=job.slide_id)  # fmt: skip
         except (WsiError, OSError) as err:
-            records[job.slide_id] = _failed(job, "tile", _message(job, err), key)
-            bar.done()
+            fail(job, rec, "tile", _message(job, err))
+            continue
+        except Exception as err:  # noqa: BLE001 - e.g. a worker killed by a bad file
+            fail(job, rec, "tile", f"internal error: {type(err).__name__}: {err}")
             continue
         rec["stages"]["tile"] = round(time.perf_counter() - t0, 2)
         rec["store"] = str(store_path)
         fut = client.submit(
             embed_task, str(store_path), embed, resources=embed_res, pure=False,
-            key=f"embed-{job.slide_id}-{key}",
+            key=f"embed-{job.slide_id}-{token}",
         )  # fmt: skip
         meta[fut.key] = ("embed", job, str(store_path), rec)
-        pending.add(fut)
+        running.append(fut)
+        # slides stream: whatever finished while this slide was tiled goes on now
+        for done in [f for f in running if f.done()]:
+            running.remove(done)
+            nxt = handle(done)
+            if nxt is not None:
+                running.append(nxt)
+    pending = as_completed(running)
     for fut in pending:
-        stage, job, store, rec = meta.pop(fut.key)
-        try:
-            value = fut.result()
-        except (WsiError, OSError) as err:
-            records[job.slide_id] = {**_failed(job, stage, _message(job, err), rec["key"]),
-                                     "stages": rec["stages"]}  # fmt: skip
-            bar.done()
-            continue
-        except Exception as err:  # noqa: BLE001 - a bug on a worker fails this slide only
-            msg = f"internal error in {stage}: {type(err).__name__}: {err}"
-            records[job.slide_id] = {**_failed(job, stage, msg, rec["key"]),
-                                     "stages": rec["stages"]}  # fmt: skip
-            bar.done()
-            continue
-        if stage == "embed":
-            rec["stages"]["embed"] = round(value["seconds"], 2)
-            rec["embed_worker"] = value["worker"]
-            bar.stage(f"predict/map/report {job.slide_id}")
-            nxt = client.submit(
-                finish_task, store, model_dir, str(out), heatmap, report, pure=False,
-                key=f"finish-{job.slide_id}-{rec['key']}",
-            )  # fmt: skip
-            meta[nxt.key] = ("finish", job, store, rec)
+        nxt = handle(fut)
+        if nxt is not None:
             pending.add(nxt)
-            continue
-        rec["stages"].update({k: round(v, 2) for k, v in value["seconds"].items()})
-        if not value["ok"]:
-            records[job.slide_id] = {**_failed(job, value["stage"], value["error"], rec["key"]),
-                                     "stages": rec["stages"]}  # fmt: skip
-        else:
-            rec.update(
-                status="ok",
-                decision=value["decision"],
-                probability=value["probability"],
-                files=value["files"],
-            )
-            records[job.slide_id] = rec
-        bar.done()
 
 
 def _message(job: SlideJob, err: BaseException) -> str:
     if isinstance(err, OSError) and not isinstance(err, WsiError):
-        return f"{job.path}: {err.strerror or err} ({type(err).__name__})"
+        return f"{err.filename or job.path}: {err.strerror or err} ({type(err).__name__})"
     return str(err)
 
 
@@ -573,7 +624,7 @@ def _cohort(
     out: Path, jobs: list[SlideJob], records: dict[str, dict[str, Any]], model: Any
 ) -> tuple[Path | None, Path | None]:
     """The cohort report over every slide of this run (done now or earlier)."""
-    from wsi.reports import report_cohort
+    from wsi.reports import redact_paths, report_cohort
 
     rows, failed = [], []
     for job in jobs:
@@ -582,11 +633,11 @@ def _cohort(
         if rec.get("status") == "ok" and row_path.exists():
             rows.append(json.loads(row_path.read_text()))
         else:
-            failed.append(
+            failed.append(  # recipient-side: no paths (the status file keeps them)
                 {
                     "slide_id": job.slide_id,
                     "stage": str(rec.get("stage")),
-                    "error": str(rec.get("error")),
+                    "error": redact_paths(str(rec.get("error")), job.path, out),
                 }
             )
     return report_cohort(

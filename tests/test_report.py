@@ -150,7 +150,9 @@ def test_slide_report_html_and_pdf(cohort_reports, tmp_path):
     assert "Tiles analysed" in text and "Tissue area" in text and "generic-tiff" in text
     # the numbers shown are the store's prediction and the model card's
     pred = json.loads((out / f"{positive.slide_id}.json").read_text())
-    assert f"{100 * pred['probability']:.1f}%" in text
+    from wsi.reports.render import prob
+
+    assert prob(pred["probability"]) in text
     card = json.loads((root / "abmil" / "model.json").read_text())
     assert card["encoder"]["weights_sha256"] in text and card["model_id"] in text
     # the thumbnail has the main image's shape (3000 x 3000 px), not a label's
@@ -191,7 +193,7 @@ def test_cohort_report_sorted_by_risk(cohort_reports):
     for r in rows:
         assert (out / r["report"]).exists() and r["decision"] in ("tumor", "normal")
     page = _Page(result.cohort_html.read_text())
-    assert [h for h in page.links] == [r["report"] for r in rows]
+    assert [h for h in page.links] == [f"./{r['report']}" for r in rows]
     assert "the diagnosis is the pathologist's" in page.body_text
 
 
@@ -202,7 +204,10 @@ def test_failed_store_is_listed_and_the_rest_go_on(predicted, tmp_path):
     bad.mkdir()
     result = report([bad, good], root / "abmil", tmp_path / "out", ReportOptions(pdf=False))
     assert [r.slide_id for r in result.slides] == [cohort.slides[0].stem]
-    assert result.failed[0]["slide_id"] == "broken" and "broken.zarr" in result.failed[0]["error"]
+    error = result.failed[0]["error"]
+    assert result.failed[0]["slide_id"] == "broken" and "not a slide store" in error
+    assert str(tmp_path) not in error and "[path]" in error  # the cohort table has no paths
+    assert str(tmp_path) not in result.cohort_html.read_text()
     with open(result.cohort_csv) as f:
         rows = list(csv.DictReader(f))
     assert rows[-1]["slide_id"] == "broken" and rows[-1]["error"]
@@ -310,3 +315,30 @@ def test_real_slide_report_holds_no_label_or_macro(predicted, tmp_path):
             assert np.abs(small(img) - small(h)).mean() > 15, "an image looks like label/macro"
     pages = _pdf_pages(rep.pdf, tmp_path)
     assert _hne(pages) > 2000
+
+
+def test_out_of_distribution_and_training_slide_flags(predicted, tmp_path):
+    """With the model's reference of training tiles: a training slide is flagged as seen in
+    training; the same slide with its features pushed far away is flagged out of
+    distribution; with the default (larger) minimum reference the check is not made."""
+    from wsi import store as st
+
+    root, cohort, _ = predicted
+    options = ReportOptions(pdf=False, ood_min_tiles=100, ood_min_slides=4)
+    sid = cohort.slides[0].stem
+    seen = report_slide(root / "stores" / f"{sid}.zarr", root / "abmil", tmp_path / "a",
+                        options)  # fmt: skip
+    assert "Slide was in the training data" in seen.row["flags"]
+    assert "Out of distribution" not in seen.row["flags"]
+
+    far = tmp_path / f"{sid}.zarr"
+    shutil.copytree(root / "stores" / f"{sid}.zarr", far)
+    emb = st.open_store(far, mode="r+")["features/efficientnet_lite0/embeddings"]
+    emb[:] = np.asarray(emb[:]) * 4.0 + 3.0  # tiles unlike anything in training
+    rep = report_slide(far, root / "abmil", tmp_path / "b", options)
+    assert "Out of distribution" in rep.row["flags"]
+    assert "Slide was in the training data" not in rep.row["flags"]
+
+    default = report_slide(far, root / "abmil", tmp_path / "c", ReportOptions(pdf=False))
+    assert "Out of distribution" not in default.row["flags"]
+    assert "too few to say what is unusual" in default.html.read_text()

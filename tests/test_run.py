@@ -69,6 +69,9 @@ def test_run_on_local_cluster_with_a_bad_slide(predicted, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["slide_id"] for r in rows if r["error"]] == ["broken", "gone"]
     assert "wsi run finished: 2 ok, 2 failed" in (out / "run.log").read_text()
+    for name in ("cohort.html", "cohort.csv"):  # recipient-side: no paths (they name people)
+        text = (out / "reports" / name).read_text()
+        assert str(tmp_path) not in text and "[path]" in text
     assert set(_status(out)) == {"broken", "gone", *(p.stem for p in good)}
 
     # a second run: the finished slides are skipped, the failed ones tried again
@@ -259,3 +262,37 @@ def test_folder_and_glob_inputs(predicted, tmp_path):
     shutil.copy(slides[0], twice / slides[0].name)
     with pytest.raises(ConfigError, match="stores would collide"):
         resolve_slides(RunConfig(out="o", model="m", slides=(str(folder), str(twice))))
+
+
+def test_rerun_redoes_what_changed(predicted, tmp_path):
+    """A retrained model (new id) redoes predictions and reports; a deleted store is
+    rebuilt; an unchanged slide is skipped."""
+    from wsi.mil.train import TrainConfig, train_model
+
+    root, cohort, _ = predicted
+    model = tmp_path / "abmil"
+    shutil.copytree(root / "abmil", model)
+    slide = _slides(predicted, 1)[0]
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(model), slides=(str(slide),))
+    first = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert first.exit_code == 0
+    old_id = json.loads((model / "model.json").read_text())["model_id"]
+    train_model(
+        root / "stores",
+        cohort.labels_csv,
+        model,
+        TrainConfig(folds=2, epochs=5, patience=5, lr=1e-3, target_sensitivity=0.5),
+    )
+    new_id = json.loads((model / "model.json").read_text())["model_id"]
+    assert new_id != old_id
+    again = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert again.exit_code == 0 and not again.slides[0].get("skipped")
+    row = json.loads((out / "reports" / f"{slide.stem}.json").read_text())
+    assert row["model_id"] == new_id
+    shutil.rmtree(out / "stores" / f"{slide.stem}.zarr")
+    rebuilt = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert rebuilt.exit_code == 0 and not rebuilt.slides[0].get("skipped")
+    assert (out / "stores" / f"{slide.stem}.zarr" / "zarr.json").exists()
+    same = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert same.slides[0].get("skipped")

@@ -251,8 +251,12 @@ def overlay_png(
     path: Path,
     title: str,
     tissue: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Path:
     """The slide thumbnail with the heatmap over it, a colour bar and the tissue outline.
+
+    ``source`` is the store's metadata (``wsi`` attrs); when given, the file at
+    ``slide_path`` must be the one the store was tiled from (ConfigError otherwise).
 
     ``tissue`` is a boolean mask covering the slide at any resolution (the store's
     ``tissue/mask``). Only the slide's main image is read: no label or macro image.
@@ -264,6 +268,11 @@ def overlay_png(
         raise ConfigError(
             f"{slide_path}: the slide file is not at the path its store recorded; the PNG "
             "overlay needs its thumbnail. Put the slide back, or leave png out of --exports."
+        )
+    if source is not None and not st.same_source(source, slide_path):
+        raise ConfigError(
+            f"{slide_path}: not the file the store was tiled from (its fingerprint "
+            "differs). Put the original slide back, or leave png out of --exports."
         )
     with open_slide(slide_path) as slide:
         thumb = slide.thumbnail(options.thumbnail_px)
@@ -402,7 +411,7 @@ def make_heatmap(
         slide_path = meta.get("source", {}).get("path") or "(no slide file recorded)"
         png = out / f"{slide_id}_{model}.png"
         files["png"] = str(
-            overlay_png(slide_path, grid, options, png, f"{slide_id}: {model}", tissue)
+            overlay_png(slide_path, grid, options, png, f"{slide_id}: {model}", tissue, meta)
         )
     if "geojson" in options.exports:
         files["geojson"] = str(qupath_geojson(scores, regions, out / f"{slide_id}_{model}.geojson"))

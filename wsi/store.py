@@ -39,6 +39,7 @@ __all__ = [
     "features_keys",
     "slide_id_for",
     "check_slide_id",
+    "same_source",
     "store_path_for",
     "source_record",
     "open_store",
@@ -95,6 +96,15 @@ def check_slide_id(slide_id: str) -> str:
             "with '.', and hold no '/', '\\' or control characters"
         )
     return slide_id
+
+
+def same_source(meta: dict[str, Any], path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` is the one a store was tiled from: the fingerprint
+    (size and sha256 of the first and last MiB) in the store's ``wsi`` attrs ``meta``."""
+    try:
+        return bool(source_record(path)["fingerprint"] == meta.get("source", {}).get("fingerprint"))
+    except OSError:
+        return False
 
 
 def store_path_for(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

@@ -164,6 +164,11 @@ def write_viewer(
     meta = st.read_meta(group)
     slide_id = str(meta.get("slide_id") or path.stem)
     slide_path = Path(meta.get("source", {}).get("path") or "(no slide file recorded)")
+    if slide_path.exists() and not st.same_source(meta, slide_path):
+        raise ConfigError(
+            f"{slide_path}: not the file the store {path} was tiled from (its fingerprint "
+            "differs). Put the original slide back."
+        )
     slide = _slide_image(slide_path)
     w0, h0 = grid.slide_size_l0
     if (slide.width, slide.height) != (w0, h0):

@@ -40,6 +40,11 @@ class Reference:
     far_distance: float  #: distance (in standard deviations) above which a tile is far
     quantile: float
 
+    @property
+    def slides(self) -> int:
+        """Number of training slides the sample was taken from."""
+        return int(len(np.unique(self.slide_index)))
+
     def summary(self) -> dict[str, Any]:
         return {
             "file": REFERENCE_FILE,

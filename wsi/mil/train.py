@@ -572,9 +572,18 @@ def _finish(
         )
     plot_roc(curves, out / "roc.png", threshold)
     _write_json(out / "metrics.json", metrics)
+    # the model id covers the fold weights and everything that turns their scores into a
+    # call: temperatures, thresholds, the operating point and the OOD reference
     digest = hashlib.sha256()
     for c in folds:
         digest.update((out / f"fold_{c['fold']}" / "model.safetensors").read_bytes())
+    decision = {
+        "folds": [(c["fold"], c["temperature"], c["threshold_log_odds"]) for c in folds],
+        "operating_point": metrics["operating_point"],
+        "task": [table.positive, table.negative],
+        "reference": reference,
+    }
+    digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
     all_ids = [r.slide_id for r in table.rows]
     card = {
         "name": out.name,

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,12 +36,21 @@ from wsi.reports.render import (
     check_pdf,
     data_uri,
     pct,
+    prob,
     render,
     write_atomic,
     write_pdf,
 )
 
-__all__ = ["report", "report_slide", "report_cohort", "ReportOptions", "SlideReport", "Reports"]
+__all__ = [
+    "report",
+    "report_slide",
+    "report_cohort",
+    "redact_paths",
+    "ReportOptions",
+    "SlideReport",
+    "Reports",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +106,9 @@ def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
         text = (
             f"At this threshold the model found {pct(at['sensitivity'])} of {pos} slides in "
             f"validation ({at['tp']} of {n_pos}), with specificity {pct(at['specificity'])} "
-            f"({at['tn']} of {n_neg} {neg} slides called {neg}). These validation slides "
-            "also chose the threshold, so the figures are optimistic."
+            f"({at['tn']} of {n_neg} {neg} slides called {neg}), each slide scored by the fold "
+            "model that did not train on it. These validation slides also chose the "
+            "threshold, so the figures are optimistic."
         )
     test = (card.get("metrics") or {}).get("test") or {}
     t_at = test.get("at_threshold") or {}
@@ -141,7 +152,7 @@ def _mpp_words(source: str | None) -> str:
     return {
         "metadata": "stated by the slide",
         "tiff-resolution": "from the TIFF resolution tags",
-        "override": "given by the user: the slide states none",
+        "override": "given by the user, not read from the slide",
     }.get(str(source), str(source))
 
 
@@ -166,14 +177,18 @@ def _quality_rows(
             ("Mostly background tiles", pct(qc["background"])),
         ]
     if finding.far_fraction is None:
-        rows.append(("Similarity to training tiles", "not checked: the model has no reference"))
+        rows.append(("Similarity to training tiles", finding.ood_note or "not checked"))
     else:
         rows.append(
             (
                 "Tiles unlike any training tile",
-                f"{pct(finding.far_fraction)} (about {pct(finding.far_expected)} expected; "
-                f"flag above {pct(options.ood_fraction)})",
+                f"{pct(finding.far_fraction)} (flag above {pct(options.ood_fraction)}; "
+                f"{pct(finding.far_expected)} of training tiles are this far from other "
+                "training slides)",
             )
+        )
+        rows.append(
+            ("Tiles that are training tiles", f"{pct(finding.seen_fraction)} (flag above 20%)")
         )
     return rows
 
@@ -286,7 +301,7 @@ def report_slide(
         flags=found,
         meaning=meaning,
         test_meaning=test_meaning,
-        fold_list=", ".join(pct(p, 1) for p in finding.fold_probabilities),
+        fold_list=", ".join(prob(p) for p in finding.fold_probabilities),
         mpp_source=_mpp_words(facts.mpp_source),
         images={"thumbnail": data_uri(thumb), "overlay": data_uri(overlay)},
         top=_tile_rows(top, link),
@@ -322,6 +337,27 @@ def report_slide(
     return SlideReport(sid, html_path, pdf_path, row)
 
 
+_ABS_PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?[/\\][^\s:;,'\"()<>]+")
+
+
+def redact_paths(text: str, *paths: str | os.PathLike[str]) -> str:
+    """``text`` without the given paths (and their resolved forms) or any other absolute
+    path: what a recipient-side report may show of an error. Folder names can carry
+    patient names; the operator's log and status files keep the full message."""
+    for p in paths:
+        for form in sorted({str(p), str(Path(p).expanduser().resolve())}, key=len, reverse=True):
+            if form and form != ".":
+                text = text.replace(form, "[path]")
+    return _ABS_PATH.sub("[path]", text)
+
+
+def _csv_cell(value: Any) -> Any:
+    """No spreadsheet formula injection: text cells starting with = + - @ are quoted."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _safe(slide_id: str) -> str:
     """A file name for a slide id: path separators and control characters replaced."""
     bad = set("/\\\0") | {chr(c) for c in range(32)}
@@ -339,7 +375,8 @@ def report_cohort(
 ) -> tuple[Path, Path]:
     """The triage table: every slide sorted by risk (calibrated log-odds, highest first),
     with decision, probability, spread and flags, linking to each slide's report; slides
-    that failed are listed with their stage and error. Writes ``cohort.html`` and
+    that failed are listed with their stage and error (pass errors through
+    ``redact_paths``: this table goes to the pathologist). Writes ``cohort.html`` and
     ``cohort.csv``; returns both paths."""
     from wsi import __version__
 
@@ -361,18 +398,18 @@ def report_cohort(
     writer = csv.DictWriter(buf, fieldnames=[*COHORT_COLUMNS, "error"], lineterminator="\n")
     writer.writeheader()
     for rank, r in enumerate(ordered, 1):
-        writer.writerow(
-            {
-                **{k: r.get(k) for k in COHORT_COLUMNS if k != "rank"},
-                "rank": rank,
-                "probability": f"{r['probability']:.6f}",
-                "probability_std": f"{r['probability_std']:.6f}",
-                "flags": "; ".join(r["flags"]),
-                "error": "",
-            }
-        )
+        row = {
+            **{k: r.get(k) for k in COHORT_COLUMNS if k != "rank"},
+            "rank": rank,
+            "probability": f"{r['probability']:.6f}",
+            "probability_std": f"{r['probability_std']:.6f}",
+            "flags": "; ".join(r["flags"]),
+            "error": "",
+        }
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     for f in failed or []:
-        writer.writerow({"slide_id": f["slide_id"], "error": f"{f['stage']}: {f['error']}"})
+        row = {"slide_id": f["slide_id"], "error": f"{f['stage']}: {f['error']}"}
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     csv_path = write_atomic(out / "cohort.csv", buf.getvalue())
     return html_path, csv_path
 
@@ -431,7 +468,7 @@ def report(
                 {
                     "slide_id": Path(s).name.removesuffix(".zarr"),
                     "stage": "report",
-                    "error": str(err),
+                    "error": redact_paths(str(err), s),
                 }
             )
     html, csv_path = report_cohort(

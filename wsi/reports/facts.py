@@ -25,6 +25,9 @@ __all__ = ["SlideFacts", "Finding", "TileImage", "Flag", "gather", "thumbnail_of
 
 log = logging.getLogger(__name__)
 
+#: Standardised distance below which a tile is one of the reference's own (float16 copy).
+SEEN_DISTANCE = 0.05
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -84,6 +87,8 @@ class Finding:
     target_sensitivity: float
     far_fraction: float | None  #: share of tiles far from the training tiles; None: no reference
     far_expected: float | None  #: the share expected by chance (1 - reference quantile)
+    ood_note: str | None = None  #: why the out-of-distribution check was not made
+    seen_fraction: float | None = None  #: share of tiles that are training-sample tiles
 
 
 def tissue_mm2(group: Any) -> float | None:
@@ -137,12 +142,16 @@ def thumbnail_of(
     group: Any, meta: dict[str, Any], size_l0: tuple[int, int], max_px: int = 1024
 ) -> tuple[Any, str]:
     """RGB thumbnail of a store's slide (longer side ``max_px``) and where it came from:
-    "slide" (the main image, when the file is still at its recorded path with the same
-    size) or "tiles" (a mosaic of the stored tiles). Never a label or macro image."""
+    "slide" (the main image, when the file at its recorded path is the file it was tiled
+    from: same fingerprint) or "tiles" (a mosaic of the stored tiles). Never a label or
+    macro image."""
     from wsi.errors import WsiError
     from wsi.slide import open_slide
 
     path = meta.get("source", {}).get("path")
+    if path and Path(path).exists() and not st.same_source(meta, path):
+        log.warning("%s: not the file the store was tiled from; thumbnail from tiles", path)
+        path = None
     if path and Path(path).exists():
         try:
             with open_slide(path) as slide:
@@ -226,9 +235,21 @@ def gather(
         qc=_qc(group, options),
     )
     reference = load_reference(model.folder)
-    far = None
-    if reference is not None:
-        far, _ = far_fraction(features_of(path, model.card["encoder"]["name"]), reference)
+    far = seen = note = None
+    if reference is None:
+        note = "not checked: the model was saved without a reference of training tiles"
+    elif len(reference.vectors) < options.ood_min_tiles or (
+        reference.slides < options.ood_min_slides
+    ):
+        note = (
+            f"not checked: the model's reference holds {len(reference.vectors)} tiles of "
+            f"{reference.slides} slides, too few to say what is unusual (needs "
+            f"{options.ood_min_tiles} tiles of {options.ood_min_slides} slides or more)"
+        )
+    else:
+        far, dist = far_fraction(features_of(path, model.card["encoder"]["name"]), reference)
+        # a tile at (almost) zero distance is one of the reference's own training tiles
+        seen = float((dist < SEEN_DISTANCE).mean()) if len(dist) else 0.0
     finding = Finding(
         model=model.name,
         positive_class=model.card["task"]["positive"],
@@ -243,12 +264,16 @@ def gather(
         threshold_log_odds=float(pred["threshold_log_odds"]),
         target_sensitivity=float(pred["target_sensitivity"]),
         far_fraction=far,
-        far_expected=None if reference is None else 1.0 - reference.quantile,
+        far_expected=None if far is None or reference is None else 1.0 - reference.quantile,
+        ood_note=note,
+        seen_fraction=seen,
     )
     att = np.asarray(group[f"{stage}/attention_mean"][:], np.float64)
     order = np.argsort(-att, kind="stable")
     top = _tiles(group, order, att, options.top_k)
-    least = _tiles(group, order[::-1], att, options.least_k) if options.least_k else []
+    shown = {t.index for t in top}
+    rest = np.array([i for i in order[::-1] if int(i) not in shown], dtype=np.int64)
+    least = _tiles(group, rest, att, options.least_k) if options.least_k else []
     grid = heat_grid(tile_scores(path, model.name))
     return facts, finding, top, least, grid
 
@@ -273,9 +298,19 @@ def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[F
                 "ood",
                 "Out of distribution",
                 f"{finding.far_fraction:.0%} of the tiles lie farther from every training "
-                f"tile than {1 - (finding.far_expected or 0):.0%} of training tiles do "
-                f"(about {finding.far_expected or 0:.0%} expected). The tissue, stain, "
-                "scanner or artefacts may differ from what the model was trained on.",
+                f"tile than {1 - (finding.far_expected or 0):.0%} of training tiles lie "
+                "from the tiles of other training slides. The tissue, stain, scanner or "
+                "artefacts may differ from what the model was trained on.",
+            )
+        )
+    if finding.seen_fraction is not None and finding.seen_fraction > 0.2:
+        out.append(
+            Flag(
+                "ood",
+                "Slide was in the training data",
+                f"{finding.seen_fraction:.0%} of its tiles are tiles the model was trained "
+                "on: this slide (or a copy) was used to train the model, so the call is not "
+                "an independent opinion.",
             )
         )
     if (facts.tissue_mm2 is not None and facts.tissue_mm2 < options.min_tissue_mm2) or (
@@ -302,7 +337,7 @@ def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[F
             Flag(
                 "quality",
                 "Resolution set by hand",
-                "The slide states no resolution; the mpp given by the user was used. "
+                "The resolution (mpp) was given by the user, not read from the slide. "
                 "Tile sizes and areas are only as right as that value.",
             )
         )

@@ -30,7 +30,8 @@ class ReportOptions:
       were analysed.
     - ``ood_fraction``: flag "Out of distribution" when more than this share (0..1] of
       the tiles lie farther from every training tile than the model's reference distance
-      (only for models with a ``reference.safetensors``).
+      (only for models with a ``reference.safetensors`` of at least ``ood_min_tiles``
+      tiles from ``ood_min_slides`` slides; smaller ones are reported as not checked).
     - ``blur_variance``: a tile is blurred when the variance of the Laplacian of its green
       channel (8-bit levels, at half the tile resolution; ``tiles/qc`` column ``blur``)
       is below this.
@@ -56,6 +57,10 @@ class ReportOptions:
     min_tissue_mm2: float = 0.5  #: flag "little tissue" below this tissue area
     min_tiles: int = 16  #: flag "little tissue" below this many tiles analysed
     ood_fraction: float = 0.25  #: flag out of distribution when more tiles are far than this
+    #: the out-of-distribution check needs a reference this large (smaller ones call
+    #: ordinary slides unusual: 2 slides x 3 tiles flagged 45% of a like slide's tiles)
+    ood_min_tiles: int = 500
+    ood_min_slides: int = 8
     blur_variance: float = 300.0  #: a tile is blurred below this variance of the Laplacian
     blur_fraction: float = 0.2  #: flag blur when more tiles than this are blurred
     pen_fraction: float = 0.05  #: flag pen marks when more tiles than this carry ink

@@ -49,6 +49,17 @@ def pct(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
 
+def prob(x: float | None) -> str:
+    """A probability as a reader should see it: never a false "100%" or "0%"."""
+    if x is None:
+        return "n/a"
+    if x < 0.001:
+        return "<0.1%"
+    if x > 0.999:
+        return ">99.9%"
+    return f"{100 * x:.1f}%"
+
+
 @cache
 def _environment() -> Any:
     import jinja2
@@ -60,6 +71,7 @@ def _environment() -> Any:
         trim_blocks=False,
     )
     env.globals["pct"] = pct
+    env.globals["prob"] = prob
     return env
 
 
