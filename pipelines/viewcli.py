@@ -28,7 +28,7 @@ def _cmd_viewer(args: argparse.Namespace) -> int:
     ok = sum(r.status == "ok" for r in results)
     code = report(f"wrote viewers of {ok} of {len(results)} store(s) into {args.out}", results)
     if any(r.status == "ok" for r in results):
-        print(f"open with: wsi view {args.out}   (or open <slide>_viewer/index.html directly)")
+        print(f"open with: wsi view {args.out}   (or open <slide>_<model>_viewer/index.html)")
     return code
 
 
@@ -85,13 +85,13 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("stores", nargs="+", metavar="STORE", help="<slide_id>.zarr stores")
     p.add_argument("--model", required=True, help="model name (predictions/<model> in the store)")
-    p.add_argument("--out", required=True, help="folder for the <slide_id>_viewer folders")
+    p.add_argument("--out", required=True, help="folder for the <slide_id>_<model>_viewer folders")
     add_score_options(p)
     p.add_argument("--alpha", type=float, default=0.5, help="initial heatmap opacity")
     p.add_argument("--max-regions", type=int, default=10, help="regions listed in the viewer")
     p.set_defaults(func=_cmd_viewer)
 
     p = sub.add_parser("view", help="serve viewer folders on 127.0.0.1 until Ctrl-C")
-    p.add_argument("dir", metavar="DIR", help="a <slide>_viewer folder or the folder of several")
+    p.add_argument("dir", metavar="DIR", help="a <slide>_<model>_viewer folder, or their folder")
     p.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     p.set_defaults(func=_cmd_view)

@@ -89,5 +89,5 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     reports = out / "run" / "reports"
     for sid in held:
         assert (reports / f"{sid}.html").exists() and (reports / f"{sid}.pdf").exists()
-        assert (out / "run" / "heatmaps" / f"{sid}_viewer" / "index.html").exists()
+        assert (out / "run" / "heatmaps" / f"{sid}_abmil_viewer" / "index.html").exists()
     assert (reports / "cohort.html").exists() and (out / "abmil" / "model.json").exists()

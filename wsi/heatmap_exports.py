@@ -351,7 +351,7 @@ def make_heatmap(
             not a loaded model.
         out_dir: folder of the exports (created): ``<slide_id>_<model>.png``,
             ``<slide_id>_<model>.geojson``, ``<slide_id>_<model>.tiff`` and
-            ``<slide_id>_viewer/index.html``, as ``options.exports`` asks.
+            ``<slide_id>_<model>_viewer/index.html``, as ``options.exports`` asks.
         options: what to show and export; None: ``HeatmapOptions()``.
 
     Returns:

@@ -1,6 +1,6 @@
 """An offline deep-zoom viewer of a slide with its heatmap: static files, no network.
 
-``write_viewer(store, model, out_dir)`` writes ``<out_dir>/<slide_id>_viewer/``:
+``write_viewer(store, model, out_dir)`` writes ``<out_dir>/<slide_id>_<model>_viewer/``:
 
     slide.dzi, slide_files/      Deep Zoom pyramid of the slide's main image (JPEG tiles)
     heatmap.dzi, heatmap_files/  the coloured heat grid at the slide's level-0 size (PNG
@@ -150,7 +150,9 @@ def write_viewer(
     options: HeatmapOptions | None = None,
     max_regions: int = 10,
 ) -> Path:
-    """Write ``<out_dir>/<slide_id>_viewer/`` (see the module doc); returns that folder.
+    """Write ``<out_dir>/<slide_id>_<model>_viewer/`` (see the module doc); returns that
+    folder (named by model too, like the other exports, so models never overwrite each
+    other's viewers).
 
     The folder is built beside its final place and swapped in, so a viewer is either
     complete or absent. Memory: libvips streams both pyramids; the heat grid is small.
@@ -178,8 +180,9 @@ def write_viewer(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / f"{slide_id}_viewer"
-    tmp = out / f".{slide_id}_viewer.{os.getpid()}.partial"
+    name = f"{slide_id}_{model}_viewer"
+    final = out / name
+    tmp = out / f".{name}.{os.getpid()}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -213,7 +216,7 @@ def write_viewer(
         (tmp / "index.html").write_text(_index_html(config))
         (tmp / "viewer.js").write_text(VIEWER_JS)
         if final.exists():
-            old = out / f".{slide_id}_viewer.{os.getpid()}.old"
+            old = out / f".{name}.{os.getpid()}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
