@@ -60,6 +60,11 @@ def prob(x: float | None) -> str:
     return f"{100 * x:.1f}%"
 
 
+def threshold_text(x: float) -> str:
+    """An operating threshold: exact enough to read even when tiny (0.0042%)."""
+    return f"{100 * x:.1f}%" if 0.001 <= x <= 0.999 else f"{100 * x:.2g}%"
+
+
 @cache
 def _environment() -> Any:
     import jinja2
@@ -72,6 +77,7 @@ def _environment() -> Any:
     )
     env.globals["pct"] = pct
     env.globals["prob"] = prob
+    env.globals["threshold_text"] = threshold_text
     return env
 
 
