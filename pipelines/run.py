@@ -277,7 +277,7 @@ def _inputs_key(job: SlideJob, model_id: str, parts: dict[str, Any]) -> str:
     )
 
 
-def _read_status(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
@@ -296,7 +296,7 @@ def _complete(status: dict[str, Any] | None, key: str, out: Path, model_id: str)
     if not (status and status.get("status") == "ok" and status.get("key") == key):
         return False
     sid = status["slide_id"]
-    row = _read_status(out / "reports" / f"{sid}.json")
+    row = _read_json(out / "reports" / f"{sid}.json")
     return bool(
         row
         and row.get("model_id") == model_id
@@ -427,7 +427,7 @@ def run_job(
             todo = []
             for job in jobs:
                 status_path = out / "status" / f"{job.slide_id}.json"
-                old = _read_status(status_path)
+                old = _read_json(status_path)
                 try:
                     key = _inputs_key(job, model.card["model_id"], parts)
                 except OSError as err:

@@ -193,7 +193,7 @@ def _tissue_layout(rng: np.random.Generator, mask_h: int, mask_w: int) -> np.nda
     """
     import numpy as np
 
-    from wsi.synthetic import _resize_bilinear_rows, _smooth_noise
+    from wsi.synthetic import _smooth_noise, threshold_field
 
     scale = min(1.0, _LAYOUT_GRID / max(mask_h, mask_w))
     gh, gw = max(1, round(mask_h * scale)), max(1, round(mask_w * scale))
@@ -225,16 +225,7 @@ def _tissue_layout(rng: np.random.Generator, mask_h: int, mask_w: int) -> np.nda
     target = float(rng.uniform(*TISSUE_FRACTION_RANGE))
     threshold = float(np.quantile(field, 1.0 - target))
 
-    mask = np.empty((mask_h, mask_w), dtype=np.uint8)
-    chunk = max(1, 4_000_000 // max(mask_w, 1))
-    for r0 in range(0, mask_h, chunk):
-        r1 = min(mask_h, r0 + chunk)
-        if (gh, gw) == (mask_h, mask_w):
-            rows = field[r0:r1]
-        else:
-            rows = _resize_bilinear_rows(field, mask_h, mask_w, r0, r1)
-        mask[r0:r1] = np.where(rows > threshold, 255, 0).astype(np.uint8)
-    return mask
+    return threshold_field(field, threshold, mask_h, mask_w)
 
 
 def _box_sums(a: np.ndarray, half: int) -> np.ndarray:

@@ -279,6 +279,15 @@ def _make_tissue_mask(rng: np.random.Generator, mask_h: int, mask_w: int) -> np.
     target = float(rng.uniform(0.35, 0.55))
     threshold = float(np.quantile(field, 1.0 - target))
 
+    return threshold_field(field, threshold, mask_h, mask_w)
+
+
+def threshold_field(field: np.ndarray, threshold: float, mask_h: int, mask_w: int) -> np.ndarray:
+    """uint8 mask (mask_h, mask_w), 255 where ``field`` (resized bilinearly when its shape
+    differs) exceeds ``threshold``; built in row blocks of about 4 Mpx."""
+    import numpy as np
+
+    gh, gw = field.shape
     mask = np.empty((mask_h, mask_w), dtype=np.uint8)
     chunk = max(1, 4_000_000 // max(mask_w, 1))
     for r0 in range(0, mask_h, chunk):

@@ -242,20 +242,25 @@ class CLAMInstanceLoss(nn.Module):
 
 
 class _CLAMBase(MILHead):
-    """Shared CLAM parts: fc, gated attention with ``n_branches`` branches, instance loss."""
+    """Shared CLAM parts: fc, gated attention with one branch per ``_branches(n_classes)``,
+    the instance loss, and the classifier made by ``_make_classifier``.
+
+    Hyper-parameters: ``hidden`` (512) and ``attn_dim`` (256), CLAM's "small" size;
+    ``dropout`` (0.25); ``k_sample`` (8, clamped to N // 2); ``subtyping`` (False);
+    ``inst_loss`` ("svm": smooth top-1 SVM as in CLAM, or "ce").
+    """
 
     def __init__(
         self,
         in_dim: int,
-        n_classes: int,
-        n_branches: int,
+        n_classes: int = 2,
         *,
-        hidden: int,
-        attn_dim: int,
-        dropout: float,
-        k_sample: int,
-        subtyping: bool,
-        inst_loss: str,
+        hidden: int = 512,
+        attn_dim: int = 256,
+        dropout: float = 0.25,
+        k_sample: int = 8,
+        subtyping: bool = False,
+        inst_loss: str = "svm",
     ) -> None:
         super().__init__(
             in_dim,
@@ -272,10 +277,19 @@ class _CLAMBase(MILHead):
         if int(k_sample) < 1:
             raise ConfigError(f"{type(self).__name__}: k_sample must be >= 1, got {k_sample}")
         self.fc = _fc_block(in_dim, hidden, dropout)
-        self.attention = GatedAttention(hidden, attn_dim, n_branches, dropout)
+        self.attention = GatedAttention(hidden, attn_dim, self._branches(n_classes), dropout)
         self.clustering = CLAMInstanceLoss(
             hidden, n_classes, int(k_sample), bool(subtyping), inst_loss
         )
+        self._make_classifier(hidden, n_classes)
+
+    @staticmethod
+    def _branches(n_classes: int) -> int:
+        """Attention branches: 1 (single-branch) or one per class."""
+        raise NotImplementedError
+
+    def _make_classifier(self, hidden: int, n_classes: int) -> None:
+        raise NotImplementedError
 
     def _slide_logits(self, pooled: Tensor) -> Tensor:
         """pooled (B, hidden) -> logits (C,)."""
@@ -297,38 +311,17 @@ class CLAMSB(_CLAMBase):
     """CLAM single-branch (Lu et al. 2021): one attention branch, one linear classifier.
 
     ``attention`` (N,) raw scores; ``logits`` (C,); ``instance_loss`` scalar in training
-    mode with a label (see :class:`CLAMInstanceLoss`), else None.
-
-    Hyper-parameters: ``hidden`` (512) and ``attn_dim`` (256), CLAM's "small" size;
-    ``dropout`` (0.25); ``k_sample`` (8, clamped to N // 2); ``subtyping`` (False);
-    ``inst_loss`` ("svm": smooth top-1 SVM as in CLAM, or "ce").
+    mode with a label (see :class:`CLAMInstanceLoss`), else None. Hyper-parameters: see
+    :class:`_CLAMBase`.
     """
 
     name = "clam_sb"
 
-    def __init__(
-        self,
-        in_dim: int,
-        n_classes: int = 2,
-        *,
-        hidden: int = 512,
-        attn_dim: int = 256,
-        dropout: float = 0.25,
-        k_sample: int = 8,
-        subtyping: bool = False,
-        inst_loss: str = "svm",
-    ) -> None:
-        super().__init__(
-            in_dim,
-            n_classes,
-            1,
-            hidden=hidden,
-            attn_dim=attn_dim,
-            dropout=dropout,
-            k_sample=k_sample,
-            subtyping=subtyping,
-            inst_loss=inst_loss,
-        )
+    @staticmethod
+    def _branches(n_classes: int) -> int:
+        return 1
+
+    def _make_classifier(self, hidden: int, n_classes: int) -> None:
         self.classifier = nn.Linear(hidden, n_classes)
 
     def _slide_logits(self, pooled: Tensor) -> Tensor:
@@ -340,34 +333,16 @@ class CLAMMB(_CLAMBase):
 
     Class ``c``'s logit is ``w_c . (softmax(a_c) @ h) + b_c``. ``attention`` (N, C) raw
     scores, column ``c`` for class ``c``; ``instance_loss`` as in :class:`CLAMSB`.
-    Hyper-parameters as :class:`CLAMSB`.
+    Hyper-parameters: see :class:`_CLAMBase`.
     """
 
     name = "clam_mb"
 
-    def __init__(
-        self,
-        in_dim: int,
-        n_classes: int = 2,
-        *,
-        hidden: int = 512,
-        attn_dim: int = 256,
-        dropout: float = 0.25,
-        k_sample: int = 8,
-        subtyping: bool = False,
-        inst_loss: str = "svm",
-    ) -> None:
-        super().__init__(
-            in_dim,
-            n_classes,
-            n_classes,
-            hidden=hidden,
-            attn_dim=attn_dim,
-            dropout=dropout,
-            k_sample=k_sample,
-            subtyping=subtyping,
-            inst_loss=inst_loss,
-        )
+    @staticmethod
+    def _branches(n_classes: int) -> int:
+        return n_classes
+
+    def _make_classifier(self, hidden: int, n_classes: int) -> None:
         # one Linear(hidden, 1) per class, stored as one weight matrix
         bound = 1.0 / math.sqrt(hidden)
         self.class_weight = nn.Parameter(torch.empty(n_classes, hidden).uniform_(-bound, bound))
