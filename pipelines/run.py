@@ -28,7 +28,6 @@ import dataclasses
 import glob
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from wsi import store as st
-from wsi.config import ClusterConfig, EmbedConfig, RunConfig, TilingConfig, params_hash
+from wsi._files import write_json
+from wsi.config import ClusterConfig, EmbedConfig, RunConfig, TilingConfig
 from wsi.errors import ConfigError, WsiError
 from wsi.heatmap_exports import HeatmapOptions
 from wsi.reports.options import ReportOptions
+from wsi.store import params_hash
 
 __all__ = ["SlideJob", "RunResult", "resolve_slides", "run_job", "STAGES"]
 
@@ -284,12 +285,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _complete(status: dict[str, Any] | None, key: str, out: Path, model_id: str) -> bool:
     """A slide finished earlier with the same inputs; its store and this model's report
     are still there."""
@@ -348,7 +343,7 @@ class _Records(dict[str, dict[str, Any]]):
     def __setitem__(self, slide_id: str, rec: dict[str, Any]) -> None:
         super().__setitem__(slide_id, rec)
         if not rec.get("skipped"):
-            _write_json(self.folder / f"{slide_id}.json", rec)
+            write_json(self.folder / f"{slide_id}.json", rec, indent=1)
 
 
 class _Progress:
@@ -467,7 +462,7 @@ def run_job(
             cohort_csv,
             time.perf_counter() - t_start,
         )
-        _write_json(out / "summary.json", _summary(result, run, model))
+        write_json(out / "summary.json", _summary(result, run, model), indent=1)
         log.info(
             "wsi run finished: %d ok, %d failed, %.1f s",
             len(jobs) - len(result.failed), len(result.failed), result.seconds,

@@ -16,10 +16,10 @@ import torch
 
 from tests.conftest import TILES, need
 from wsi import store as st
+from wsi._files import sha256_file
 from wsi.config import EmbedConfig
 from wsi.embed import embed_store, features_of, is_embedded
 from wsi.encoders import find_weights, get_spec, load_encoder
-from wsi.encoders.weights import sha256_file
 from wsi.errors import StageConflictError, StoreError
 from wsi.tiling import tile_slide
 

@@ -227,7 +227,7 @@ def test_stale_pending_record_is_not_resumed(tmp_path, svs):
     # a run with other params killed after marking itself pending but before its layout
     other = TilingConfig(codec="zstd", backend="openslide", tile_size=128)
     with open_slide(svs) as s:
-        from wsi.config import params_hash
+        from wsi.store import params_hash
         from wsi.tiling import _stage_params
 
         params = _stage_params(other, s, None)

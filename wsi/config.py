@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
 import json
 import os
@@ -38,7 +37,6 @@ __all__ = [
     "load_embed_config",
     "load_section",
     "load_run_config",
-    "params_hash",
     "CODECS",
 ]
 
@@ -751,9 +749,3 @@ def load_run_config(
             raise ConfigError(f"overrides: {name}: unknown key; {hint}")
     built = _load(path, sections)
     return built.pop("run"), built.pop("cluster"), built
-
-
-def params_hash(params: dict[str, Any]) -> str:
-    """A stable short hash of JSON-able parameters."""
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

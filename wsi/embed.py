@@ -22,22 +22,19 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.config import EmbedConfig, params_hash
-from wsi.errors import StageConflictError, StoreError, WsiError
+from wsi.config import EmbedConfig
+from wsi.errors import EmbeddingError, StoreError, WsiError
 from wsi.progress import progress_reporter
+from wsi.store import params_hash
 
 __all__ = ["embed_store", "is_embedded", "EmbeddingError", "features_of"]
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingError(WsiError, ArithmeticError):
-    """The encoder produced non-finite features."""
-
-
 def _tiles_record(group: Any) -> dict[str, Any] | None:
     """Which tiles run features are made from, or None while the tiles are not complete."""
-    entry = st.stage_entry(group, "tiles")
+    entry = st.stage_entry(group, st.TILES)
     return (
         None
         if entry is None
@@ -53,35 +50,6 @@ def _tiles_identity(group: Any, path: Path) -> dict[str, Any]:
             "slide first."
         )
     return record
-
-
-def _check_existing(
-    group: Any, stage: str, phash: str, sha: str, path: Path, overwrite: bool
-) -> str:
-    """ "complete", "resume" or "fresh"; refuses to mix features of other weights."""
-    meta = st.read_meta(group)
-    entry = meta.get("stages", {}).get(stage)
-    pending = meta.get("pending", {}).get(stage)
-    if entry and entry.get("params_hash") == phash:
-        return "complete"
-    for record, what in ((entry, "made"), (pending, "partly made (an interrupted run)")):
-        if not record or overwrite:
-            continue
-        old_sha = record.get("params", {}).get("weights_sha256")
-        if old_sha != sha:
-            raise StageConflictError(
-                f"{path}: {stage} were {what} with other weights (sha256 {str(old_sha)[:12]}, "
-                f"now {sha[:12]}); features of different weights are never mixed. Pass "
-                "--overwrite to replace them, or register the new weights under another name."
-            )
-        if record is entry:
-            raise StageConflictError(
-                f"{path}: {stage} exist with other parameters ({entry.get('params_hash')}, now "
-                f"{phash}). Pass --overwrite (overwrite=True) to redo them."
-            )
-    if pending and pending.get("params_hash") == phash:
-        return "resume"
-    return "fresh"
 
 
 def _layout_fits(group: Any, keys: tuple[str, str, str], n: int, d: int, batch: int) -> bool:
@@ -309,7 +277,15 @@ def embed_store(
     stage = keys[0]
     params = _params(encoder.identity(), config, tiles_id)
     phash = params_hash(params)
-    state = _check_existing(group, stage, phash, encoder.weights_sha256, path, overwrite)
+    never_mix = st.NeverMix(
+        "weights_sha256",
+        encoder.weights_sha256,
+        "weights",
+        "register the new weights under another name",
+    )
+    state = st.stage_state(
+        group, stage, phash, overwrite=overwrite, where=str(path), never_mix=never_mix
+    )
     if state == "complete":
         log.info("%s: %s already complete (%s), nothing to do", path, stage, phash)
         return path

@@ -21,6 +21,10 @@ __all__ = [
     "UnknownEncoderError",
     "WeightsError",
     "WeightsNotFoundError",
+    "NoTissueError",
+    "EmbeddingError",
+    "H5FormatError",
+    "H5NotFoundError",
 ]
 
 
@@ -74,3 +78,19 @@ class WeightsError(WsiError, ValueError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """An encoder's weight file is missing."""
+
+
+class NoTissueError(WsiError, ValueError):
+    """No tile of the slide has enough tissue."""
+
+
+class EmbeddingError(WsiError, ArithmeticError):
+    """The encoder produced non-finite features."""
+
+
+class H5FormatError(WsiError, ValueError):
+    """An h5 file is not HDF5, or lacks or has malformed ``features`` / ``coords``."""
+
+
+class H5NotFoundError(H5FormatError, FileNotFoundError):
+    """The h5 file does not exist."""

@@ -22,7 +22,6 @@ coordinates, or, with no store yet, a features-only store is made (see
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.config import params_hash
-from wsi.errors import StageConflictError, StoreError, WsiError
+from wsi._files import sha256_file
+from wsi.errors import H5FormatError, H5NotFoundError, StoreError
+from wsi.store import params_hash
 
 __all__ = [
     "H5FormatError",
@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Stage of a features-only store's ``tiles/coords`` (no pixels, so no "tiles" stage).
-COORDS_STAGE = "coords"
+COORDS_STAGE = st.COORDS
 
 #: Attributes of the h5 ``coords`` dataset that describe the tile geometry.
 GEOMETRY_ATTRS = (
@@ -65,14 +65,6 @@ GEOMETRY_ATTRS = (
 
 _IMPORT_CHUNK_ROWS = 1024
 _HASH_BLOCK = 1 << 20
-
-
-class H5FormatError(WsiError, ValueError):
-    """An h5 file is not HDF5, or lacks or has malformed ``features`` / ``coords``."""
-
-
-class H5NotFoundError(H5FormatError, FileNotFoundError):
-    """The h5 file does not exist."""
 
 
 # -- export -----------------------------------------------------------------------------
@@ -103,7 +95,7 @@ def _tile_geometry(group: Any, meta: dict[str, Any]) -> dict[str, Any]:
     ``overlap`` is in pixels at the target magnification, as TRIDENT counts it:
     ``tile_size - stride`` (0 for the default stride).
     """
-    if st.stage_entry(group, "tiles") is None:  # a features-only store: keep what it has
+    if st.stage_entry(group, st.TILES) is None:  # a features-only store: keep what it has
         attrs = dict(group[st.TILES_COORDS].attrs)
         return {k: _plain(attrs[k]) for k in GEOMETRY_ATTRS if attrs.get(k) is not None}
     pix = dict(group[st.TILES_PIXELS].attrs)
@@ -114,7 +106,7 @@ def _tile_geometry(group: Any, meta: dict[str, Any]) -> dict[str, Any]:
         footprint = tile_size * level_ds * float(pix["scale"])
     footprint = float(footprint)
     tile_mpp = float(pix["tile_mpp"])
-    config = st.stage_entry(group, "tiles") or {}
+    config = st.stage_entry(group, st.TILES) or {}
     stride = config.get("params", {}).get("config", {}).get("stride")
     slide = meta.get("slide") or {}
     mpp = slide.get("mpp") or {}
@@ -132,11 +124,11 @@ def _tile_geometry(group: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _provenance(emb_attrs: dict[str, Any], encoder: str, d: int) -> dict[str, Any]:
     """Root attrs of an exported file: who made the features, with which weights."""
-    import wsi
+    from wsi._version import __version__
 
     prov: dict[str, Any] = {
         "producer": "wsi",
-        "wsi_version": wsi.__version__,
+        "wsi_version": __version__,
         "encoder": encoder,
         "feature_dim": int(d),
     }
@@ -217,14 +209,6 @@ class H5Features:
     fingerprint: str
     weights_sha256: str | None = None
     geometry: dict[str, Any] = field(default_factory=dict)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()[:32]
 
 
 def _dataset(f: Any, name: str, path: Path) -> np.ndarray:
@@ -330,7 +314,7 @@ def read_h5(h5_path: str | os.PathLike[str]) -> H5Features:
         path=path,
         coords=coords,
         features=feats,
-        fingerprint=_file_sha256(path),
+        fingerprint=sha256_file(path)[:32],
         weights_sha256=str(sha) if sha else None,
         geometry=geometry,
     )
@@ -375,15 +359,7 @@ def _rows_in_store(h5: H5Features, store_coords: np.ndarray, store: Path) -> np.
 
 
 def _fresh_store_meta(h5: H5Features, slide_id: str) -> dict[str, Any]:
-    return {
-        "schema_version": st.SCHEMA_VERSION,
-        "slide_id": slide_id,
-        "source": {"h5": h5.path.name, "fingerprint": h5.fingerprint},
-        "slide": {},
-        "versions": st.package_versions(),
-        "stages": {},
-        "pending": {},
-    }
+    return st.new_store_meta(slide_id, {"h5": h5.path.name, "fingerprint": h5.fingerprint})
 
 
 def _create_coords_store(path: Path, h5: H5Features) -> Any:
@@ -411,7 +387,7 @@ def _create_coords_store(path: Path, h5: H5Features) -> Any:
 
 def _coords_identity(group: Any) -> dict[str, Any] | None:
     """Stage name, params hash and run id of the store's complete tile coords, or None."""
-    for stage in ("tiles", COORDS_STAGE):
+    for stage in (st.TILES, COORDS_STAGE):
         entry = st.stage_entry(group, stage)
         if entry is not None:
             return {"stage": stage, "params_hash": entry["params_hash"], "run_id": entry["run_id"]}
@@ -441,39 +417,6 @@ def _target_store(path: Path, h5: H5Features) -> tuple[Any, bool]:
             )
         shutil.rmtree(path)  # an interrupted features-only store: nothing in it is trusted
     return _create_coords_store(path, h5), True
-
-
-def _check_existing(
-    group: Any, stage: str, phash: str, sha: str | None, path: Path, overwrite: bool
-) -> bool:
-    """True if ``stage`` is already complete with these params; refuses other weights/params.
-
-    The rules of ``wsi.embed``: features of other weights are never mixed, other params
-    are refused, unless ``overwrite``.
-    """
-    meta = st.read_meta(group)
-    entry = meta.get("stages", {}).get(stage)
-    pending = meta.get("pending", {}).get(stage)
-    if entry and entry.get("params_hash") == phash:
-        return True
-    if overwrite:
-        return False
-    for record, what in ((entry, "made"), (pending, "partly made (an interrupted run)")):
-        if not record:
-            continue
-        old_sha = record.get("params", {}).get("weights_sha256")
-        if old_sha != sha:
-            raise StageConflictError(
-                f"{path}: {stage} were {what} with other weights (sha256 {str(old_sha)[:12]}, "
-                f"now {str(sha)[:12]}); features of different weights are never mixed. Pass "
-                "--overwrite to replace them, or import under another --encoder name."
-            )
-        if record is entry:
-            raise StageConflictError(
-                f"{path}: {stage} exist with other parameters ({entry.get('params_hash')}, now "
-                f"{phash}). Pass --overwrite (overwrite=True) to replace them."
-            )
-    return False
 
 
 def _write_features(
@@ -550,7 +493,12 @@ def import_h5(
         "tiles": _coords_identity(group),
     }
     phash = params_hash(params)
-    if _check_existing(group, stage, phash, h5.weights_sha256, path, overwrite):
+    never_mix = st.NeverMix(
+        "weights_sha256", h5.weights_sha256, "weights", "import under another --encoder name"
+    )
+    if "complete" == st.stage_state(
+        group, stage, phash, overwrite=overwrite, where=str(path), never_mix=never_mix
+    ):
         log.info("%s: %s already imported from %s, nothing to do", path, stage, h5.path.name)
         return path
     _write_features(group, encoder, feats, params, phash)

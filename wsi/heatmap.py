@@ -77,15 +77,16 @@ def tile_scores(
         raise ConfigError(f"heatmap normalise {normalise!r}: choose one of {NORMALISE}")
     path = Path(store)
     group = st.open_store(path)
-    stage = f"predictions/{model}"
+    keys = st.prediction_keys(model)
+    stage = keys.stage
     if st.stage_entry(group, stage) is None:
         raise StoreError(
             f"{path}: no complete {stage}. Run `wsi predict {path} --model <folder of {model}>`."
         )
     if source == "attention":
-        raw = np.asarray(group[f"{stage}/attention_mean"][:], dtype=np.float64)
+        raw = np.asarray(group[keys.attention_mean][:], dtype=np.float64)
     else:
-        raw = np.asarray(group[f"{stage}/attention"][:], dtype=np.float64).mean(axis=1)
+        raw = np.asarray(group[keys.attention][:], dtype=np.float64).mean(axis=1)
     coords = np.asarray(group[st.TILES_COORDS][:])
     footprint = float(group[st.TILES_COORDS].attrs["footprint_l0"])
     dims = st.read_meta(group).get("slide", {}).get("level_dimensions")

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.config import params_hash
 from wsi.errors import ConfigError
 from wsi.heatmap import HeatGrid, TileScores, colorize, heat_grid, hottest_cells, tile_scores
+from wsi.store import params_hash
 
 __all__ = [
     "HeatmapOptions",
@@ -384,17 +384,20 @@ def make_heatmap(
     group = st.open_store(path, mode="r+")
     meta = st.read_meta(group)
     slide_id = str(meta.get("slide_id") or path.stem)
-    stage = f"heatmaps/{model}"
+    keys = st.heatmap_keys(model)
+    stage = keys.stage
     phash = params_hash(
         {
             "options": options.__dict__ | {"exports": list(options.exports)},
-            "prediction": (st.stage_entry(group, f"predictions/{model}") or {}).get("params_hash"),
+            "prediction": (st.stage_entry(group, st.prediction_keys(model).stage) or {}).get(
+                "params_hash"
+            ),
         }
     )
     st.begin_stage(group, stage, {"source": options.source, "normalise": options.normalise}, phash)
     if stage in group:
         del group[stage]
-    arr = group.create_array(f"{stage}/grid", data=grid.values)
+    arr = group.create_array(keys.grid, data=grid.values)
     arr.attrs.update(
         {
             "origin_l0": list(grid.origin_l0),

@@ -234,11 +234,10 @@ class SlideStore:
         ``decision``, ``probability`` (calibrated, 0..1), ``probability_std`` (across
         fold models), ``fold_probabilities``, ``log_odds``, ``threshold``, ``model_id``..."""
         group = self._group()
-        out = {}
-        for name in sorted(st.read_meta(group).get("stages") or {}):
-            if name.startswith("predictions/") and name in group:
-                out[name.split("/", 1)[1]] = dict(group[name].attrs)
-        return out
+        return {
+            model: dict(group[st.prediction_keys(model).stage].attrs)
+            for model in st.models_with(group, st.PREDICTIONS)
+        }
 
     def thumbnail(self, max_px: int = 512) -> np.ndarray:
         """RGB uint8 (h, w, 3) of the whole slide, longer side at most ``max_px`` pixels.

@@ -24,24 +24,21 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.config import TilingConfig, params_hash
-from wsi.errors import StageConflictError, StoreError, WsiError
+from wsi.config import TilingConfig
+from wsi.errors import NoTissueError, StoreError
 from wsi.grid import TileGrid, make_grid
 from wsi.progress import progress_reporter
 from wsi.qc import QC_COLUMNS, tile_qc
 from wsi.slide import open_slide, tile_backend
 from wsi.slide.base import LevelChoice, Slide
+from wsi.store import params_hash
 from wsi.tissue import TissueMask, detect_tissue
 
 __all__ = ["tile_slide", "NoTissueError", "ChunkJob", "tile_chunk", "peak_rss", "STAGE"]
 
 log = logging.getLogger(__name__)
 
-STAGE = "tiles"
-
-
-class NoTissueError(WsiError, ValueError):
-    """No tile of the slide has enough tissue."""
+STAGE = st.TILES
 
 
 @dataclass(frozen=True)
@@ -161,15 +158,7 @@ def _reader(config: TilingConfig, slide: Slide, choice: LevelChoice) -> str:
 def _slide_meta(slide: Slide, source: dict[str, Any], slide_id: str) -> dict[str, Any]:
     info = slide.info().as_dict()
     info.pop("path")
-    return {
-        "schema_version": st.SCHEMA_VERSION,
-        "slide_id": slide_id,
-        "source": source,
-        "slide": info,
-        "versions": st.package_versions(),
-        "stages": {},
-        "pending": {},
-    }
+    return st.new_store_meta(slide_id, source, info)
 
 
 def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingConfig) -> None:
@@ -179,7 +168,7 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
     from wsi.codecs import JpegTilesCodec
 
     # new tiles void every later stage's outputs too
-    for name in ("tissue", "tiles", st.FEATURES, "predictions", "heatmaps"):
+    for name in st.STAGE_GROUPS:
         if name in group:
             del group[name]
     m = group.create_array(st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024))
@@ -240,7 +229,7 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
 def _resumable(group: Any, phash: str, config: TilingConfig) -> bool:
     """True if an interrupted run with the same params left a complete layout to resume."""
     pending = st.read_meta(group).get("pending", {}).get(STAGE)
-    if not pending or pending.get("params_hash") != phash or not pending.get("run_id"):
+    if not pending or not pending.get("run_id"):
         return False
     keys = (st.TISSUE_MASK, st.TILES_COORDS, st.TILES_PIXELS, st.TILES_QC, st.TILES_DONE)
     if not all(k in group for k in keys):
@@ -280,16 +269,10 @@ def _existing_store(
             )
         shutil.rmtree(path)
         return None, "fresh"
-    entry = meta.get("stages", {}).get(STAGE)
-    if entry and entry.get("params_hash") == phash:
-        return group, "complete"
-    if entry and not overwrite:
-        raise StageConflictError(
-            f"{path}: tiles exist with other parameters ({entry.get('params_hash')}, "
-            f"now {phash}). Pass --overwrite (overwrite=True) to redo them, "
-            "or use another --out."
-        )
-    return group, "resume" if _resumable(group, phash, config) else "fresh"
+    state = st.stage_state(group, STAGE, phash, overwrite=overwrite, where=str(path))
+    if state == "resume" and not _resumable(group, phash, config):
+        state = "fresh"
+    return group, state
 
 
 def _run_jobs(

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wsi._files import sha256_file
 from wsi.encoders.builders import build
 from wsi.encoders.registry import DEFAULT_ENCODER, get_spec
 from wsi.encoders.spec import EncoderSpec, Preprocessing
-from wsi.encoders.weights import find_weights, read_state_dict, sha256_file, where_to_put
+from wsi.encoders.weights import find_weights, read_state_dict, where_to_put
 from wsi.errors import ConfigError, WeightsNotFoundError
 
 __all__ = [

@@ -6,7 +6,6 @@ anything else with ``torch.load(weights_only=True)``. Nothing is ever downloaded
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,6 @@ __all__ = [
     "weights_dir",
     "find_weights",
     "read_state_dict",
-    "sha256_file",
     "load_strict",
     "describe_mismatch",
 ]
@@ -97,27 +95,6 @@ def where_to_put(spec: EncoderSpec) -> str:
     if spec.weights.hf_repo:
         places.append(f"or download {spec.weights.hf_repo} into the Hugging Face cache yourself")
     return " ".join(places)
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a whole file (the identity of a set of weights).
-
-    Remembered per (path, size, mtime) in this process: a multi-GB checkpoint is read
-    once, and a file replaced in place is hashed again.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.config import params_hash
 from wsi.errors import ConfigError, StoreError
 from wsi.mil.calibration import expit, log_odds
+from wsi.store import params_hash
 
 __all__ = ["TrainedModel", "load_model", "predict_store"]
 
@@ -199,7 +199,8 @@ def predict_store(
             f"({model.card['encoder']['weights_sha256'][:12]}). Re-embed the store with the "
             "model's encoder weights."
         )
-    stage = f"predictions/{model.name}"
+    keys = st.prediction_keys(model.name)
+    stage = keys.stage
     features = st.stage_entry(group, st.features_keys(encoder)[0]) or {}
     phash = params_hash(
         {"model_id": model.card["model_id"], "features": features.get("params_hash"), "sha": sha}
@@ -248,8 +249,8 @@ def predict_store(
     if stage in group:
         del group[stage]
     pred = group.create_group(stage)
-    pred.create_array("attention", data=np.stack(raw_att, axis=1).astype(np.float32))
-    pred.create_array("attention_mean", data=np.mean(norm_att, axis=0).astype(np.float32))
+    group.create_array(keys.attention, data=np.stack(raw_att, axis=1).astype(np.float32))
+    group.create_array(keys.attention_mean, data=np.mean(norm_att, axis=0).astype(np.float32))
     pred.attrs.update(result)
     st.complete_stage(group, stage, {"tiles": len(bag), "probability": p})
     log.info(

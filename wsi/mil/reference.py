@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi._files import atomic_path
 from wsi.errors import ConfigError
 
 __all__ = ["Reference", "build_reference", "load_reference", "far_fraction", "REFERENCE_FILE"]
@@ -115,18 +116,17 @@ def save_reference(ref: Reference, folder: Path) -> Path:
     from safetensors.numpy import save_file
 
     path = folder / REFERENCE_FILE
-    tmp = path.with_suffix(".tmp")
-    save_file(
-        {
-            "vectors": ref.vectors.astype(np.float16),
-            "slide_index": ref.slide_index,
-            "mean": ref.mean,
-            "std": ref.std,
-        },
-        str(tmp),
-        metadata={"far_distance": repr(ref.far_distance), "quantile": repr(ref.quantile)},
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(
+            {
+                "vectors": ref.vectors.astype(np.float16),
+                "slide_index": ref.slide_index,
+                "mean": ref.mean,
+                "std": ref.std,
+            },
+            str(tmp),
+            metadata={"far_distance": repr(ref.far_distance), "quantile": repr(ref.quantile)},
+        )
     return path
 
 

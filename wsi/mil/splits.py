@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi._files import atomic_path
 from wsi.errors import ConfigError
 from wsi.mil.data import LabelTable
 
@@ -119,13 +120,11 @@ def _check(table: LabelTable, splits: Splits) -> None:
 
 def write_splits(splits: Splits, table: LabelTable, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
-    tmp = p.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["slide_id", "patient_id", "label", "part"])
         for r in table.rows:
             w.writerow([r.slide_id, r.patient_id, r.label, splits.part[r.slide_id]])
-    os.replace(tmp, p)
     return p
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi.config import params_hash
+from wsi._files import atomic_path, sha256_file, write_json
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
 from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
@@ -39,6 +39,7 @@ from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
+from wsi.store import params_hash
 
 __all__ = ["TrainConfig", "train_model", "FoldModel"]
 
@@ -217,11 +218,10 @@ def _train_fold(
         bar.close()
     module.load_state_dict(best_state)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "train_log.csv.tmp", "w", newline="") as f:
+    with atomic_path(folder / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(folder / "train_log.csv.tmp", folder / "train_log.csv")
     val_logits = _logits(module, bags, val_ids)
     temperature = fit_temperature(val_logits, val_y)
     return FoldModel(k, module, temperature, val_ids, val_logits)
@@ -231,20 +231,11 @@ def _save_fold(fold: FoldModel, folder: Path, card: dict[str, Any]) -> None:
     """Weights (temp file, then renamed), then the card with their sha256, written last."""
     from safetensors.torch import save_file
 
-    from wsi.encoders.weights import sha256_file
-
     state = {k: v.contiguous() for k, v in fold.module.state_dict().items()}
-    tmp_w = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp_w))
-    os.replace(tmp_w, folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     card["weights_sha256"] = sha256_file(folder / "model.safetensors")
-    _write_json(folder / "card.json", card)  # last: the fold is done
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json(folder / "card.json", card)  # last: the fold is done
 
 
 def _kept_card(path: Path, chash: str) -> dict[str, Any] | None:
@@ -260,7 +251,6 @@ def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
     """The head of a saved fold, weights checked against its card and loaded strictly."""
     from safetensors.torch import load_file
 
-    from wsi.encoders.weights import sha256_file
     from wsi.mil.heads import build_head
 
     path = folder / "model.safetensors"
@@ -571,7 +561,7 @@ def _finish(
             oof_y, expit(log_odds(oof_logits)), expit(oof_cal), out / "reliability.png"
         )
     plot_roc(curves, out / "roc.png", threshold)
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     # the model id covers the fold weights and everything that turns their scores into a
     # call: temperatures, thresholds, the operating point and the OOD reference
     digest = hashlib.sha256()
@@ -628,6 +618,6 @@ def _finish(
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),
     }
-    _write_json(out / "model.json", card)
+    write_json(out / "model.json", card)
     log.info("model %s: validation AUROC %.3f", out, metrics["validation_pooled"]["auroc"] or 0)
     return out

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from wsi._files import atomic_write
 from wsi.errors import WsiError
 from wsi.reports.facts import Finding, SlideFacts, TileImage, flags, gather
 from wsi.reports.options import ReportOptions
@@ -38,7 +39,6 @@ from wsi.reports.render import (
     pct,
     prob,
     render,
-    write_atomic,
     write_pdf,
 )
 
@@ -200,8 +200,8 @@ def _viewer_link(store: Path, model: str, out_dir: Path, viewer: Path | None) ->
 
         group = st.open_store(store)
         files = (
-            dict(group[f"heatmaps/{model}"].attrs).get("files", {})
-            if f"heatmaps/{model}" in group
+            dict(group[st.heatmap_keys(model).stage].attrs).get("files", {})
+            if st.heatmap_keys(model).stage in group
             else {}
         )
         viewer = Path(files["viewer"]) if files.get("viewer") else None
@@ -291,7 +291,7 @@ def report_slide(
     link = _viewer_link(path, trained.name, out, Path(viewer) if viewer else None)
     meaning, test_meaning = _meaning(trained.card, finding)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    from wsi import __version__
+    from wsi._version import __version__
 
     html = render(
         "slide.html.j2",
@@ -317,7 +317,7 @@ def report_slide(
     # PDF first, then HTML, then the JSON row last: a failure leaves no report that looks
     # finished (the JSON row is what the cohort report and `wsi run` trust)
     pdf_path = write_pdf(html, out / f"{_safe(sid)}.pdf") if options.pdf else None
-    html_path = write_atomic(out / f"{_safe(sid)}.html", html)
+    html_path = atomic_write(out / f"{_safe(sid)}.html", html)
     row = {
         "slide_id": sid,
         "decision": finding.decision,
@@ -333,7 +333,7 @@ def report_slide(
         "model": finding.model,
         "model_id": trained.card["model_id"],
     }
-    write_atomic(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
+    atomic_write(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
     return SlideReport(sid, html_path, pdf_path, row)
 
 
@@ -378,7 +378,7 @@ def report_cohort(
     that failed are listed with their stage and error (pass errors through
     ``redact_paths``: this table goes to the pathologist). Writes ``cohort.html`` and
     ``cohort.csv``; returns both paths."""
-    from wsi import __version__
+    from wsi._version import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,7 +393,7 @@ def report_cohort(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         version=__version__,
     )
-    html_path = write_atomic(out / "cohort.html", html)
+    html_path = atomic_write(out / "cohort.html", html)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*COHORT_COLUMNS, "error"], lineterminator="\n")
     writer.writeheader()
@@ -410,7 +410,7 @@ def report_cohort(
     for f in failed or []:
         row = {"slide_id": f["slide_id"], "error": f"{f['stage']}: {f['error']}"}
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    csv_path = write_atomic(out / "cohort.csv", buf.getvalue())
+    csv_path = atomic_write(out / "cohort.csv", buf.getvalue())
     return html_path, csv_path
 
 

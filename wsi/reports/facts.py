@@ -198,7 +198,7 @@ def gather(
     path = Path(store)
     group = st.open_store(path)
     meta = st.read_meta(group)
-    stage = f"predictions/{model.name}"
+    stage = st.prediction_keys(model.name).stage
     if st.stage_entry(group, stage) is None:
         raise StoreError(
             f"{path}: no prediction of model {model.name!r}. Run `wsi predict {path} "
@@ -268,7 +268,7 @@ def gather(
         ood_note=note,
         seen_fraction=seen,
     )
-    att = np.asarray(group[f"{stage}/attention_mean"][:], np.float64)
+    att = np.asarray(group[st.prediction_keys(model.name).attention_mean][:], np.float64)
     order = np.argsort(-att, kind="stable")
     top = _tiles(group, order, att, options.top_k)
     shown = {t.index for t in top}

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wsi._files import atomic_write
 from wsi.errors import BackendUnavailableError
 
-__all__ = ["DISCLAIMER", "check_pdf", "data_uri", "render", "write_pdf", "write_atomic"]
+__all__ = ["DISCLAIMER", "check_pdf", "data_uri", "render", "write_pdf"]
 
 DISCLAIMER = (
     "Assistive second opinion from research software. It does not make a diagnosis: the "
@@ -89,17 +89,6 @@ def render(template: str, **context: Any) -> str:
     return str(_environment().get_template(template).render(css=css, **context))
 
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``path`` through a temporary file and a rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
-
-
 def check_pdf() -> None:
     """BackendUnavailableError naming the fix when WeasyPrint or Pango is missing: checked
     before a cohort starts, so no slide is half reported."""
@@ -119,4 +108,4 @@ def write_pdf(html: str, path: Path) -> Path:
     # data: URIs only: a report never loads a file or a network resource
     fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})
     pdf = weasyprint.HTML(string=html, url_fetcher=fetcher).write_pdf()
-    return write_atomic(path, pdf)
+    return atomic_write(path, pdf)
