@@ -292,12 +292,19 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-mpp", type=float, help="tile resolution in um/px (default 0.5)")
     p.add_argument("--stride", type=int, help="step between tiles in pixels (default tile size)")
     p.add_argument("--min-tissue", type=float, help="minimum tissue fraction (default 0.5)")
-    p.add_argument("--codec", choices=["jpeg", "zstd"], help="tile codec (zstd is lossless)")
+    from wsi.codecs import CODECS
+    from wsi.slide import BACKENDS
+
+    p.add_argument(
+        "--codec",
+        choices=list(CODECS),
+        help="tile codec: " + "; ".join(f"{c.name}: {c.description}" for c in CODECS.values()),
+    )
     p.add_argument("--quality", type=int, help="JPEG quality or zstd level")
     p.add_argument(
         "--backend",
-        choices=["openslide", "pyvips"],
-        help="tile reader: openslide (default, detects corrupt data) or pyvips (faster)",
+        choices=list(BACKENDS),
+        help="tile reader: " + "; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()),
     )
     p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: cores)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler")
@@ -306,6 +313,7 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.viewcli import add_score_options
+    from wsi.precision import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="wsi", description="Whole-slide pathology pipeline")
     parser.add_argument(
@@ -337,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", help="local weight file (.safetensors or a torch state dict)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        help="compute precision: auto (bf16 on a CUDA GPU, fp32 otherwise), fp32, bf16, fp16",
+    )
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (64 CPU / 256 GPU)")
     p.add_argument("--dtype", choices=["float32", "float16"], help="stored embeddings dtype")
     p.add_argument("--loader-threads", type=int, help="background tile-decoding threads")

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from wsi.codecs import CODECS, SUBSAMPLING  # noqa: E402
 from wsi.config import TilingConfig  # noqa: E402
+from wsi.slide import BACKENDS  # noqa: E402
 
 
 def _raw_read(
@@ -95,12 +97,12 @@ def main() -> int:
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
-    ap.add_argument("--codec", default="jpeg", choices=["jpeg", "zstd"])
-    ap.add_argument("--chroma-subsampling", default="444", choices=["444", "420"])
+    ap.add_argument("--codec", default="jpeg", choices=list(CODECS))
+    ap.add_argument("--chroma-subsampling", default="444", choices=list(SUBSAMPLING))
     ap.add_argument(
         "--backend",
         default="pyvips",
-        choices=["pyvips", "openslide"],
+        choices=list(BACKENDS),
         help="tile stage reader (default pyvips, the fast path)",
     )
     args = ap.parse_args()
@@ -135,10 +137,7 @@ def main() -> int:
 
     rows = []
     for w in args.workers:
-        raws = {
-            b: raw_rate(slide_path, b, grid.coords, cfg.tile_size, choice, w)
-            for b in ("openslide", "pyvips")
-        }
+        raws = {b: raw_rate(slide_path, b, grid.coords, cfg.tile_size, choice, w) for b in BACKENDS}
         best = max(raws, key=lambda b: raws[b])
         rate, n, seconds, peaks = stage_run(slide_path, warmup, args.out / f"stores_{w}", w, cfg)
         rows.append((w, raws, best, rate, n, seconds, peaks))

@@ -22,7 +22,10 @@ from pathlib import Path
 from types import MappingProxyType, UnionType
 from typing import Any, TypeVar, cast
 
+from wsi.codecs import CODECS, SUBSAMPLING
 from wsi.errors import ConfigError
+from wsi.precision import PRECISIONS
+from wsi.slide import BACKENDS
 
 __all__ = [
     "TissueConfig",
@@ -37,14 +40,10 @@ __all__ = [
     "load_embed_config",
     "load_section",
     "load_run_config",
-    "CODECS",
 ]
 
 #: Largest uncompressed chunk of tiles a worker holds at once, MiB.
 MAX_CHUNK_MIB = 128
-
-#: Tile codecs: ``jpeg`` (lossy, per-tile JPEG; default) and ``zstd`` (lossless).
-CODECS = ("jpeg", "zstd")
 
 #: Field metadata marking a path: a relative value in a config file is resolved against
 #: the folder of that file (``field(metadata=PATH)``).
@@ -140,21 +139,21 @@ class TilingConfig:
                 f"chunk, more than {MAX_CHUNK_MIB} MiB a worker should hold; lower chunk_tiles",
             )
         if self.codec not in CODECS:
-            raise bad("codec", f"choose one of {CODECS}")
-        hi = 100 if self.codec == "jpeg" else 22
-        if self.quality is not None and not 1 <= self.quality <= hi:
-            raise bad("quality", f"must be between 1 and {hi} for codec {self.codec}")
-        if self.chroma_subsampling not in ("444", "420"):
-            raise bad("chroma_subsampling", "choose '444' or '420'")
-        if self.backend not in ("pyvips", "openslide"):
-            raise bad("backend", "choose 'openslide' or 'pyvips'")
+            raise bad("codec", f"choose one of {tuple(CODECS)}")
+        lo, hi = CODECS[self.codec].levels
+        if self.quality is not None and not lo <= self.quality <= hi:
+            raise bad("quality", f"must be between {lo} and {hi} for codec {self.codec}")
+        if self.chroma_subsampling not in SUBSAMPLING:
+            raise bad("chroma_subsampling", f"choose one of {SUBSAMPLING}")
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"choose one of {tuple(BACKENDS)}")
 
     @property
     def level(self) -> int:
         """The codec's quality (JPEG) or level (zstd), with the codec's default filled in."""
         if self.quality is not None:
             return self.quality
-        return 90 if self.codec == "jpeg" else 1
+        return CODECS[self.codec].default_level
 
     @property
     def step(self) -> int:
@@ -215,8 +214,8 @@ class EmbedConfig:
             raise bad("loader_threads", "must be between 1 and 64")
         if not 1 <= self.prefetch <= 64:
             raise bad("prefetch", "must be between 1 and 64")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise bad("precision", "choose 'auto', 'fp32', 'bf16' or 'fp16'")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"choose one of {', '.join(map(repr, PRECISIONS))}")
         if self.dtype not in ("float32", "float16"):
             raise bad("dtype", "choose 'float32' or 'float16'")
         if not isinstance(self.device, str) or not (

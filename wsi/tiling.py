@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
+from wsi.codecs import CODECS
 from wsi.config import TilingConfig
 from wsi.errors import NoTissueError, StoreError
 from wsi.grid import TileGrid, make_grid
@@ -163,10 +164,6 @@ def _slide_meta(slide: Slide, source: dict[str, Any], slide_id: str) -> dict[str
 
 def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingConfig) -> None:
     """(Re)create the tissue and tiles arrays; pixels start empty, done all False."""
-    from zarr.codecs import ZstdCodec
-
-    from wsi.codecs import JpegTilesCodec
-
     # new tiles void every later stage's outputs too
     for name in st.STAGE_GROUPS:
         if name in group:
@@ -186,14 +183,8 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
     coords.attrs.update(
         {"frame": "level-0 top-left (x, y), pixels", "footprint_l0": grid.footprint}
     )
-    if config.codec == "jpeg":
-        serializer: Any = JpegTilesCodec(
-            quality=config.level, subsampling=config.chroma_subsampling
-        )
-        compressors: Any = None
-    else:
-        serializer = "auto"
-        compressors = ZstdCodec(level=config.level)
+    codec = CODECS[config.codec]
+    serializer, compressors = codec.zarr_codecs(config.level, config.chroma_subsampling)
     pixels = group.create_array(
         st.TILES_PIXELS,
         shape=(n, s, s, 3),
@@ -207,8 +198,8 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
         {
             "codec": config.codec,
             "quality": config.level,
-            "chroma_subsampling": config.chroma_subsampling if config.codec == "jpeg" else None,
-            "lossless": config.codec != "jpeg",
+            "chroma_subsampling": None if codec.lossless else config.chroma_subsampling,
+            "lossless": codec.lossless,
             "tile_size": s,
             "tile_mpp": grid.tile_mpp,
             "target_mpp": config.target_mpp,

@@ -18,6 +18,8 @@ from wsi.encoders.registry import DEFAULT_ENCODER, get_spec
 from wsi.encoders.spec import EncoderSpec, Preprocessing
 from wsi.encoders.weights import find_weights, read_state_dict, where_to_put
 from wsi.errors import ConfigError, WeightsNotFoundError
+from wsi.precision import autocast_dtype
+from wsi.precision import resolve_precision as _resolve
 
 __all__ = [
     "Preprocess",
@@ -25,13 +27,9 @@ __all__ = [
     "load_encoder",
     "planned_identity",
     "resolve_device",
-    "PRECISIONS",
 ]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Preprocess(nn.Module):
@@ -101,9 +99,10 @@ class Encoder:
         return self.spec.name
 
     def autocast(self) -> Any:
-        if self.precision == "fp32":
+        dtype = autocast_dtype(self.precision)
+        if dtype is None:
             return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
+        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Features of an already preprocessed batch on the device (the bare forward)."""
@@ -133,11 +132,10 @@ def identity_of(spec: EncoderSpec, weights: Path, sha256: str, precision: str) -
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"``: bf16 autocast on a GPU, float32 on a CPU."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    try:
+        return _resolve(precision, device.type)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def planned_identity(

@@ -21,11 +21,12 @@ from zarr.core.buffer import Buffer, NDBuffer
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
 
-__all__ = ["JpegTilesCodec", "CODEC_NAME", "SUBSAMPLING", "register"]
+from wsi.codecs import SUBSAMPLING
+
+__all__ = ["JpegTilesCodec", "CODEC_NAME", "register"]
 
 CODEC_NAME = "wsi.jpeg"
 _MAGIC = b"WSJ1"
-SUBSAMPLING = ("444", "420")
 
 
 @dataclass(frozen=True)
