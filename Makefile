@@ -36,8 +36,10 @@ sysdeps-run:
 sysdeps-test:
 	$(call apt_install,$(SYSDEPS_TEST))
 
-## Run the tests (the fast default set; slow ones with `make test-all`).
+## Run the tests (the fast default set; slow ones with `make test-all`), after the layer
+## contracts of DESIGN.md (import-linter, configured in pyproject.toml).
 test: $(STAMP) sysdeps-test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-all: $(STAMP) sysdeps-test
@@ -50,6 +52,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_run.py
 
 lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check wsi pipelines tests tools
 	$(VENV)/bin/mypy
 

@@ -404,11 +404,9 @@ def train_model(
             "no held-out test part: the validation figures are those the operating point "
             "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
         )
-    folds: list[dict[str, Any]] = []
-    oof_ids: list[str] = []
-    oof_logits, oof_cal = [], []
+    run = _TrainingRun(out, table, parts, config, encoder, weights_sha)
+    scores = _FoldScores()
     test_ids = parts.test
-    test_cal, test_raw = [], []
     t_start = time.perf_counter()
     for k in range(parts.folds):
         train_ids, val_ids = parts.fold(k)
@@ -459,14 +457,14 @@ def train_model(
                 "train_seconds": round(time.perf_counter() - t0, 1),
             }
             _save_fold(fold, folder, card)
-        folds.append(card)
-        oof_ids += val_ids
-        oof_logits.append(fold.val_logits)
-        oof_cal.append(log_odds(fold.val_logits, fold.temperature))
+        scores.folds.append(card)
+        scores.oof_ids += val_ids
+        scores.oof_logits.append(fold.val_logits)
+        scores.oof_cal.append(log_odds(fold.val_logits, fold.temperature))
         if test_ids:
             logits = _logits(fold.module, bags, test_ids)
-            test_cal.append(log_odds(logits, fold.temperature))
-            test_raw.append(log_odds(logits))
+            scores.test_cal.append(log_odds(logits, fold.temperature))
+            scores.test_raw.append(log_odds(logits))
     # what "seen in training" means for the report's out-of-distribution flag
     held_out = set(test_ids)
     reference = build_reference(
@@ -474,46 +472,47 @@ def train_model(
         seed=config.seed,
     )
     save_reference(reference, out)
-    return _finish(
-        out,
-        table,
-        parts,
-        config,
-        encoder,
-        weights_sha,
-        reference.summary(),
-        folds,
-        oof_ids,
-        np.concatenate(oof_logits),
-        np.concatenate(oof_cal),
-        test_ids,
-        test_cal,
-        test_raw,
-        time.perf_counter() - t_start,
-    )
+    return _finish(run, scores, reference.summary(), time.perf_counter() - t_start)
+
+
+@dataclass(frozen=True)
+class _TrainingRun:
+    """What a model is trained from and where it goes."""
+
+    out: Path  #: the model folder
+    table: LabelTable
+    parts: Splits
+    config: TrainConfig
+    encoder: str
+    weights_sha: str  #: sha256 of the encoder weights the features come from
+
+
+@dataclass
+class _FoldScores:
+    """What the folds give, collected fold by fold: their cards, their out-of-fold
+    validation logits (raw and calibrated log-odds, in ``oof_ids`` order) and, with a test
+    part, each fold's calibrated and raw log-odds of the test slides (``parts.test`` order)."""
+
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    oof_ids: list[str] = field(default_factory=list)
+    oof_logits: list[np.ndarray] = field(default_factory=list)
+    oof_cal: list[np.ndarray] = field(default_factory=list)
+    test_cal: list[np.ndarray] = field(default_factory=list)
+    test_raw: list[np.ndarray] = field(default_factory=list)
 
 
 def _finish(
-    out: Path,
-    table: LabelTable,
-    parts: Splits,
-    config: TrainConfig,
-    encoder: str,
-    weights_sha: str,
-    reference: dict[str, Any],
-    folds: list[dict[str, Any]],
-    oof_ids: list[str],
-    oof_logits: np.ndarray,
-    oof_cal: np.ndarray,
-    test_ids: list[str],
-    test_cal: list[np.ndarray],
-    test_raw: list[np.ndarray],
-    seconds: float,
+    run: _TrainingRun, scores: _FoldScores, reference: dict[str, Any], seconds: float
 ) -> Path:
     """Pooled validation, the model's operating point, test metrics, plots, model card."""
     import hashlib
 
     from wsi.store import package_versions
+
+    out, table, config = run.out, run.table, run.config
+    folds, oof_ids, test_ids = scores.folds, scores.oof_ids, run.parts.test
+    oof_logits, oof_cal = np.concatenate(scores.oof_logits), np.concatenate(scores.oof_cal)
+    test_cal, test_raw = scores.test_cal, scores.test_raw
 
     y = {r.slide_id: r.y for r in table.rows}
     group = {r.slide_id: r.group for r in table.rows}
@@ -580,7 +579,7 @@ def _finish(
         "model_id": digest.hexdigest()[:16],
         "intended_use": INTENDED_USE,
         "task": {"positive": table.positive, "negative": table.negative},
-        "encoder": {"name": encoder, "weights_sha256": weights_sha},
+        "encoder": {"name": run.encoder, "weights_sha256": run.weights_sha},
         "head": folds[0]["head"],
         "in_dim": folds[0]["in_dim"],
         "training": dataclasses.asdict(config),
