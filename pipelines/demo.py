@@ -46,9 +46,9 @@ def run_demo(out_dir: str | Path, *, slides: int = 32, size: int = 4000, quiet: 
     """Run the demo into ``out_dir``; returns the exit code (0 when every step worked)."""
     from pipelines.embedding import embed_stores
     from pipelines.run import print_summary, run_job
-    from wsi.cohort import make_cohort
     from wsi.config import ClusterConfig, EmbedConfig, RunConfig
     from wsi.mil.train import TrainConfig, train_model
+    from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
 
     t0 = time.perf_counter()

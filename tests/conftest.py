@@ -56,12 +56,12 @@ def predicted(tmp_path_factory):
 
     Returns (root, cohort, model name); stores in root/stores, the model in root/abmil.
     """
-    from wsi.cohort import make_cohort
     from wsi.config import EmbedConfig
     from wsi.embed import embed_store
     from wsi.encoders import load_encoder
     from wsi.mil.predict import load_model, predict_store
     from wsi.mil.train import TrainConfig, train_model
+    from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
 
     root = tmp_path_factory.mktemp("heat")

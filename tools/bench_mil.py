@@ -1,6 +1,6 @@
 """Benchmark attention-MIL on a synthetic cohort with known truth.
 
-With no arguments: builds the cohort (``wsi.cohort.make_cohort``: 60 slides of 4000 px,
+With no arguments: builds the cohort (``wsi.synthetic.make_cohort``: 60 slides of 4000 px,
 positives with 1-10% lesion area, ground-truth masks), tiles it on a local Dask cluster,
 embeds it with the default encoder, trains the head with patient-level folds and a
 held-out test part, predicts the test slides, and scores
@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.cluster import dask_client
     from pipelines.embedding import embed_stores
     from pipelines.tiling import tile_slides
-    from wsi.cohort import lesion_fraction_of_tiles, make_cohort
     from wsi.config import EmbedConfig, TilingConfig
     from wsi.mil import metrics as m
     from wsi.mil.data import read_labels
@@ -54,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi.mil.splits import TEST, read_splits
     from wsi.mil.train import TrainConfig, train_model
     from wsi.store import TILES_COORDS, open_store
+    from wsi.synthetic import lesion_fraction_of_tiles, make_cohort
 
     out = Path(args.out)
     times: dict[str, float] = {}

@@ -50,9 +50,9 @@ def main() -> None:
 
     from pipelines.embedding import embed_stores
     from pipelines.run import run_job
-    from wsi.cohort import make_cohort
     from wsi.config import ClusterConfig, EmbedConfig, RunConfig
     from wsi.mil.train import TrainConfig, train_model
+    from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
 
     out = Path(args.out)

@@ -6,7 +6,7 @@ Example (from the repository root)::
     python tools/make_cohort.py --out bench_out/cohort --slides 60 --size 4000 --seed 0
 
 Writes ``slides/*.tiff`` (mpp 0.25), ``masks/<slide_id>_{lesion,tissue}.png``,
-``labels.csv`` and ``cohort.json`` under ``--out`` (see ``wsi.cohort``). Re-running with
+``labels.csv`` and ``cohort.json`` under ``--out`` (see ``wsi.synthetic.cohort``). Re-running with
 the same arguments skips the slides already written.
 """
 
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 try:
-    from wsi.cohort import make_cohort
     from wsi.errors import WsiError
+    from wsi.synthetic import make_cohort
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from wsi.cohort import make_cohort
     from wsi.errors import WsiError
+    from wsi.synthetic import make_cohort
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,12 +79,11 @@ _LAZY = {
     "report": "wsi.reports",
     "report_slide": "wsi.reports",
     "ReportOptions": "wsi.reports",
-    "make_cohort": "wsi.cohort",
+    "make_cohort": "wsi.synthetic",
     "WsiError": "wsi.errors",
 }
 
 if TYPE_CHECKING:
-    from wsi.cohort import make_cohort
     from wsi.config import EmbedConfig, TilingConfig
     from wsi.embed import embed_store, features_of
     from wsi.encoders import load_encoder
@@ -95,6 +94,7 @@ if TYPE_CHECKING:
     from wsi.notebook import Heatmap, SlideStore, open_store
     from wsi.reports import ReportOptions, report, report_slide
     from wsi.slide import open_slide
+    from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
 
 

@@ -1,4 +1,4 @@
-"""Tests of the labelled benchmark cohort generator (wsi.cohort), on real files."""
+"""Tests of the labelled benchmark cohort generator (wsi.synthetic.cohort), on real files."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ import openslide
 import pytest
 from PIL import Image
 
-from wsi.cohort import (
+from wsi.errors import ConfigError
+from wsi.synthetic import (
     COHORT_MPP,
     Cohort,
     lesion_fraction_of_tiles,
     load_cohort,
     make_cohort,
 )
-from wsi.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 3000
 MIN_LESION_UM = 192.0  # 3000-px slides are too small for the default 256 um lesions
 ARGS = {"slides": 6, "size": SIZE, "seed": 3, "min_lesion_diameter_um": MIN_LESION_UM}
@@ -127,15 +127,18 @@ def test_idempotent_and_resumes(tmp_path: Path) -> None:
     first = make_cohort(tmp_path / "c", **args)  # type: ignore[arg-type]
     stamps = {p: p.stat().st_mtime_ns for p in first.slides}
     lesion_bytes = first.lesion_mask("slide_001").read_bytes()
-    # a killed run: the slide and its record are gone, a partial file is left over
+    # a killed run: the slide and its record are gone, partial files are left over
+    # (wsi._files's temporary names, and those of the generator's earlier versions)
     first.slides[1].unlink()
     (first.masks_dir / "slide_001.json").unlink()
     partial = first.slides[1].with_name(".slide_001.tiff.999.partial.tiff")
     partial.write_bytes(b"half")
+    tmp = first.masks_dir / ".slide_001_lesion.999.tmp.png"
+    tmp.write_bytes(b"half")
     second = make_cohort(tmp_path / "c", **args)  # type: ignore[arg-type]
     assert second == first
     assert first.slides[0].stat().st_mtime_ns == stamps[first.slides[0]]  # skipped
-    assert first.slides[1].is_file() and not partial.exists()
+    assert first.slides[1].is_file() and not partial.exists() and not tmp.exists()
     assert first.lesion_mask("slide_001").read_bytes() == lesion_bytes
     with pytest.raises(ConfigError, match="other parameters"):
         make_cohort(tmp_path / "c", **{**args, "seed": 4})  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Tests of the streaming synthetic slide generator (wsi.synthetic)."""
+"""Tests of the streaming synthetic slide generator (wsi.synthetic.slide)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from wsi.synthetic import SyntheticSlide, default_tile_source_dir, make_synthetic_slide
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT = 3000, 2000
 
 
@@ -134,7 +134,8 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, object], name: str) -> 
 def test_import_is_cheap() -> None:
     code = (
         "import sys, wsi.synthetic; assert 'pyvips' not in sys.modules; "
-        "assert 'numpy' not in sys.modules"
+        "assert 'numpy' not in sys.modules; wsi.synthetic.make_cohort; "
+        "assert 'pyvips' not in sys.modules and 'numpy' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -169,3 +170,18 @@ def test_cli(tmp_path: Path) -> None:
     with openslide.OpenSlide(str(out)) as slide:
         assert slide.dimensions == (1200, 900)
         assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails half way leaves neither the slide, nor its mask, nor a temporary."""
+    import wsi.synthetic.slide as slide_module
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(slide_module, "save_slide_tiff", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        make_synthetic_slide(
+            tmp_path / "x.tiff", width=600, height=500, tile_source_dir=tmp_path / "none"
+        )
+    assert sorted(tmp_path.iterdir()) == []

@@ -1,0 +1,455 @@
+"""A labelled benchmark cohort of synthetic slides with known lesion ground truth.
+
+:func:`make_cohort` writes, under ``out_dir``::
+
+    slides/<slide_id>.tiff          pyramidal JPEG TIFF, mpp 0.25 (TIFF resolution tags)
+    masks/<slide_id>_tissue.png     uint8 0/255 tissue mask
+    masks/<slide_id>_lesion.png     uint8 0/255 lesion mask (all zero on normal slides)
+    masks/<slide_id>.json           per-slide record (written last: marks the slide done)
+    labels.csv                      slide_id,patient_id,label   (label "tumor" / "normal")
+    cohort.json                     manifest: parameters, texture sources, per-slide truth
+
+Both masks have one mask pixel per ``mask_downsample`` x ``mask_downsample`` level-0
+pixels (default 16): mask pixel ``(row i, column j)`` covers level-0 pixels
+``[j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)`` in (x, y).  All sizes and coordinates are in
+level-0 pixels unless a name says otherwise; areas in level-0 square pixels.
+
+Labels are per patient: a patient is either ``tumor`` or ``normal`` and every slide of
+that patient carries the patient's label.  Each ``tumor`` slide holds one to three
+lesions; each ``normal`` slide holds none.  A lesion is a blobby region inside the
+tissue, filled with a texture drawn from a different set of real H&E images than the
+background tissue (dense, nuclei-rich tumour tiles versus stroma / low-cellularity
+tiles, see :data:`LESION_SOURCES` and :data:`BACKGROUND_SOURCES`), blended into it over
+a ragged border a few pixels wide; the ground-truth border is the 0.5 level of that
+blend.
+
+Lesion size.  The lesions of a slide cover together a fraction of its *tissue* area
+drawn uniformly in ``lesion_fraction`` (default 1 % .. 10 %), and each lesion covers at
+least a disk of ``min_lesion_diameter_um`` (default 256 um: two 256-pixel tiles at
+0.5 um/px across, about three such tiles in area) so that it holds several whole tiles.
+Both constraints hold at once only when the tissue is large enough: the number of
+lesions is capped by what fits, and the lower end of the fraction range is raised to
+``n_lesions * minimum area / tissue area`` where needed (on 4000-pixel slides, about
+7-10 % of the tissue, always a single lesion).  A slide size that cannot hold even one
+lesion within the upper bound is refused with :class:`~wsi.errors.ConfigError`.
+Cohort slides have more tissue than :func:`wsi.synthetic.make_synthetic_slide`'s
+(65-80 % of the slide) so that small slides can hold a lesion.
+
+Runs are deterministic given ``seed`` and idempotent: a slide whose record in
+``masks/<slide_id>.json`` carries the same parameter hash is skipped.  Every file is
+written under a temporary name and renamed (:mod:`wsi._files`), so a killed run never
+leaves a half-written slide under its final name, and a re-run resumes (removing the
+temporary files the killed run left).
+
+What the cohort holds is decided in :mod:`wsi.synthetic.plan` (arguments, texture
+sources, patients and labels); the tissue layout is in :mod:`wsi.synthetic.masks`,
+the lesions in :mod:`wsi.synthetic.lesions`, the textures in
+:mod:`wsi.synthetic.textures`, the slide image and its TIFF in
+:mod:`wsi.synthetic.slide`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsi._files import atomic_path, atomic_write, read_json
+from wsi.errors import ConfigError
+from wsi.synthetic.lesions import blend_lesion, lesion_mask
+from wsi.synthetic.masks import COHORT_LAYOUT, tissue_fraction, tissue_mask
+from wsi.synthetic.plan import (
+    BACKGROUND_SOURCES,
+    COHORT_MPP,
+    LABEL_TUMOR,
+    LESION_SOURCES,
+    MAX_LESIONS,
+    QUALITY,
+    TIFF_TILE,
+    CohortArgs,
+    CohortSources,
+    check_args,
+    cohort_params,
+    load_cohort_sources,
+    plan_slides,
+)
+from wsi.synthetic.slide import save_mask_png, save_slide_tiff, slide_image
+from wsi.synthetic.textures import default_tile_source_dir, texture_layer
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import pyvips
+
+__all__ = [
+    "BACKGROUND_SOURCES",
+    "COHORT_MPP",
+    "Cohort",
+    "LESION_SOURCES",
+    "load_cohort",
+    "make_cohort",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Temporary files a killed run may leave: ``wsi._files``'s, and older versions'.
+_PARTIAL_PATTERNS = (".*.tmp.*", ".*.partial.*")
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Where a cohort lives.
+
+    Attributes:
+        out_dir: The cohort folder.
+        slides: The slide TIFFs, in slide-id order.
+        labels_csv: ``labels.csv`` (``slide_id,patient_id,label``).
+        masks_dir: Folder of ``<slide_id>_lesion.png`` / ``<slide_id>_tissue.png``.
+        manifest: ``cohort.json``.
+        mask_downsample: Level-0 pixels per mask pixel along each axis.
+    """
+
+    out_dir: Path
+    slides: tuple[Path, ...]
+    labels_csv: Path
+    masks_dir: Path
+    manifest: Path
+    mask_downsample: int
+
+    def lesion_mask(self, slide_id: str) -> Path:
+        """The lesion mask PNG of ``slide_id``."""
+        return self.masks_dir / f"{slide_id}_lesion.png"
+
+    def tissue_mask(self, slide_id: str) -> Path:
+        """The tissue mask PNG of ``slide_id``."""
+        return self.masks_dir / f"{slide_id}_tissue.png"
+
+
+# --------------------------------------------------------------------------- #
+# image and files
+# --------------------------------------------------------------------------- #
+
+
+def _slide_image(
+    tissue: np.ndarray,
+    lesion: np.ndarray | None,
+    args: CohortArgs,
+    sources: CohortSources,
+    rng_bg: np.random.Generator,
+    rng_lesion: np.random.Generator,
+) -> pyvips.Image:
+    """The lazy level-0 RGB image of one slide: background tissue, glass, and lesions
+    (``rng_bg`` draws the background, ``rng_lesion`` the lesion texture and border)."""
+    size, ds = args.size, args.mask_downsample
+    base = slide_image(tissue, size, size, ds, sources.background, rng_bg)
+    if lesion is None:
+        return base
+    texture = texture_layer(rng_lesion, sources.lesion, size, size)
+    return blend_lesion(base, tissue, lesion, size, ds, texture, rng_lesion)
+
+
+@dataclass(frozen=True)
+class _SlideFiles:
+    """The four files of one cohort slide; ``record`` is written last."""
+
+    tiff: Path
+    tissue_png: Path
+    lesion_png: Path
+    record: Path
+
+    @classmethod
+    def of(cls, out: Path, slide_id: str) -> _SlideFiles:
+        masks = out / "masks"
+        return cls(
+            tiff=out / "slides" / f"{slide_id}.tiff",
+            tissue_png=masks / f"{slide_id}_tissue.png",
+            lesion_png=masks / f"{slide_id}_lesion.png",
+            record=masks / f"{slide_id}.json",
+        )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON (keys sorted, indent 1) at ``path``, atomically."""
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when missing, unreadable or not an object."""
+    try:
+        obj = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _remove_stale_partials(*folders: Path) -> None:
+    """Remove temporary files left by a killed run (concurrent runs are not supported)."""
+    for folder in folders:
+        for pattern in _PARTIAL_PATTERNS:
+            for p in folder.glob(pattern):
+                logger.info("removing a partial file left by an interrupted run: %s", p)
+                p.unlink(missing_ok=True)
+
+
+def _prepare_folder(
+    out: Path, phash: str, plan: list[tuple[str, str, str]], overwrite: bool
+) -> None:
+    """Make the cohort folders; refuse (or, with ``overwrite``, clear the extra slides of)
+    a cohort made with other parameters; remove a killed run's temporary files."""
+    old = _read_dict(out / "cohort.json")
+    if old is not None and old.get("params_hash") != phash:
+        if not overwrite:
+            raise ConfigError(
+                f"{out} holds a cohort made with other parameters ({old.get('params_hash')}); "
+                "pass overwrite=True (--overwrite) to replace it, or choose another folder"
+            )
+        keep = {sid for sid, _, _ in plan}
+        for rec in old.get("slides", []):
+            sid = str(rec.get("slide_id", ""))
+            if sid and sid not in keep:
+                files = _SlideFiles.of(out, sid)
+                for p in (files.tiff, files.lesion_png, files.tissue_png, files.record):
+                    p.unlink(missing_ok=True)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out, out / "slides", out / "masks")
+
+
+def _write_slide(
+    args: CohortArgs,
+    index: int,
+    planned: tuple[str, str, str],
+    files: _SlideFiles,
+    sources: CohortSources,
+) -> dict[str, Any]:
+    """Write the masks and TIFF of slide number ``index`` of the plan; its record (the
+    caller adds ``params_hash`` and writes it)."""
+    import numpy as np
+
+    sid, pid, label = planned
+    side, ds = args.size, args.mask_downsample
+    ss_tissue, ss_bg, ss_lesion, ss_tex = np.random.SeedSequence([args.seed, index, 0x51]).spawn(4)
+    mask_side = -(-side // ds)
+    tissue = tissue_mask(np.random.default_rng(ss_tissue), mask_side, mask_side, COHORT_LAYOUT)
+    fraction = tissue_fraction(tissue, side, side, ds)
+    tissue_px = int((tissue > 0).sum())
+    lesions: list[dict[str, Any]] = []
+    lesion: np.ndarray | None = None
+    if label == LABEL_TUMOR:
+        min_area_mask = args.min_lesion_area_l0 / (ds * ds)
+        rng_lesion = np.random.default_rng(ss_lesion)
+        lesion, lesions = lesion_mask(
+            rng_lesion, tissue, args.lesion_fraction, min_area_mask, MAX_LESIONS
+        )
+    lesion_px = int((lesion > 0).sum()) if lesion is not None else 0
+    for les in lesions:
+        les["area_l0"] = les["area_mask_px"] * ds * ds
+        les["bbox_l0"] = [min(v * ds, side) for v in les["bbox_mask"]]
+    image = _slide_image(
+        tissue, lesion, args, sources, np.random.default_rng(ss_bg), np.random.default_rng(ss_tex)
+    )
+    with atomic_path(files.tissue_png) as tmp:
+        save_mask_png(tissue, tmp)
+    with atomic_path(files.lesion_png) as tmp:
+        save_mask_png(lesion if lesion is not None else np.zeros_like(tissue), tmp)
+    with atomic_path(files.tiff) as tmp:
+        save_slide_tiff(image, tmp, mpp=COHORT_MPP, quality=QUALITY, tile=TIFF_TILE)
+    return {
+        "slide_id": sid,
+        "patient_id": pid,
+        "label": label,
+        "slide": f"slides/{files.tiff.name}",
+        "tissue_mask": f"masks/{files.tissue_png.name}",
+        "lesion_mask": f"masks/{files.lesion_png.name}",
+        "width": side,
+        "height": side,
+        "mpp": COHORT_MPP,
+        "mask_downsample": ds,
+        "tissue_fraction": round(fraction, 6),
+        "tissue_mask_px": tissue_px,
+        "lesion_mask_px": lesion_px,
+        "lesion_fraction": round(lesion_px / tissue_px, 6) if tissue_px else 0.0,
+        "n_lesions": len(lesions),
+        "lesions": lesions,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+
+
+def make_cohort(
+    out_dir: str | os.PathLike[str],
+    *,
+    slides: int = 60,
+    size: int = 4000,
+    patients: int | None = None,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+    lesion_fraction: tuple[float, float] = (0.01, 0.10),
+    tile_source_dir: str | os.PathLike[str] | None = None,
+    mask_downsample: int = 16,
+    min_lesion_diameter_um: float = 256.0,
+    overwrite: bool = False,
+) -> Cohort:
+    """Write a labelled cohort of synthetic slides with lesion ground truth (see module doc).
+
+    Args:
+        out_dir: Cohort folder (created).
+        slides: Number of slides, >= 1.
+        size: Side of every (square) slide in level-0 pixels at ``COHORT_MPP``
+            (0.25 um/px), 512 to 200,000 (4000 px is 1 mm).
+        patients: Number of patients, 1..``slides`` (default ``max(1, slides // 2)``:
+            two slides per patient).  Slides are spread as evenly as possible.
+        positive_fraction: Fraction of *patients* labelled ``tumor`` (rounded; when
+            strictly between 0 and 1 and there are two patients or more, both labels
+            occur).  Every slide of a patient carries the patient's label.
+        seed: Non-negative seed; the same arguments give the same files.
+        lesion_fraction: ``(low, high)`` fraction of the tissue area covered by the
+            lesions of a tumour slide, ``0 < low <= high <= 0.5``; ``low`` is raised
+            per slide where the minimum lesion size demands it.
+        tile_source_dir: Folder of the real H&E images (default
+            ``<repo>/../shared/data/tiles``); a procedural texture replaces a
+            texture set none of whose images is there.
+        mask_downsample: Level-0 pixels per mask pixel of the tissue and lesion masks,
+            1 to ``size``, large enough that a mask holds at most 64 million pixels.
+        min_lesion_diameter_um: Each lesion covers at least the area of a disk of
+            this diameter, micrometres.
+        overwrite: Regenerate a cohort folder that holds a cohort made with other
+            parameters (otherwise refused).
+
+    Returns:
+        The :class:`Cohort`.
+
+    Raises:
+        ConfigError: On an invalid argument, a slide too small for one lesion of the
+            minimum size within ``lesion_fraction``, or a folder holding a cohort
+            made with other parameters (without ``overwrite``).
+
+    Example::
+
+        cohort = wsi.make_cohort("cohort", slides=20, size=8000, seed=1)
+        cohort.slides[0]                  # cohort/slides/slide_000.tiff, 8000 x 8000 px
+        cohort.labels_csv                 # cohort/labels.csv: slide_id,patient_id,label
+        for slide in cohort.slides:       # then the usual pipeline
+            wsi.tile_slide(slide, "cohort/stores")
+        cohort.lesion_mask("slide_000")   # cohort/masks/slide_000_lesion.png, 1 px: 16 x 16 px
+    """
+    import numpy as np
+
+    args = check_args(
+        slides,
+        size,
+        patients,
+        positive_fraction,
+        seed,
+        lesion_fraction,
+        mask_downsample,
+        min_lesion_diameter_um,
+    )
+    out = Path(out_dir)
+    manifest_path, labels_path = out / "cohort.json", out / "labels.csv"
+    tile_dir = Path(tile_source_dir) if tile_source_dir is not None else default_tile_source_dir()
+    sources, textures = load_cohort_sources(tile_dir)
+
+    params = cohort_params(args, textures)
+    phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    rng_plan = np.random.default_rng([args.seed, 0xC0])
+    plan = plan_slides(rng_plan, args.slides, args.patients, args.positive_fraction)
+    _prepare_folder(out, phash, plan, overwrite)
+
+    manifest: dict[str, Any] = {
+        "format": "wsi-cohort",
+        "params": params,
+        "params_hash": phash,
+        "mpp": COHORT_MPP,
+        "size": args.size,
+        "mask_downsample": args.mask_downsample,
+        "mask_pixel": "mask pixel (i, j) covers level-0 [j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)",
+        "label_rule": "per patient: every slide of a patient carries the patient's label; "
+        "tumor slides hold 1-3 lesions, normal slides none",
+        "textures": textures,
+        "complete": False,
+        "slides": [],
+    }
+    _write_json(manifest_path, manifest)
+
+    t_all = time.monotonic()
+    records: list[dict[str, Any]] = []
+    written = 0
+    for index, planned in enumerate(plan):
+        files = _SlideFiles.of(out, planned[0])
+        rec = _read_dict(files.record)
+        if (
+            rec is not None
+            and rec.get("params_hash") == phash
+            and all(p.is_file() for p in (files.tiff, files.lesion_png, files.tissue_png))
+        ):
+            logger.debug("%s: already written, skipped", planned[0])
+            records.append(rec)
+            continue
+        t0 = time.monotonic()
+        rec = {**_write_slide(args, index, planned, files, sources), "params_hash": phash}
+        _write_json(files.record, rec)
+        records.append(rec)
+        written += 1
+        logger.info(
+            "%s (%s, %s): %d lesion(s), %.1f%% of tissue, in %.1fs",
+            *planned,
+            rec["n_lesions"],
+            100 * rec["lesion_fraction"],
+            time.monotonic() - t0,
+        )
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide_id", "patient_id", "label"])
+    for rec in records:
+        writer.writerow([rec["slide_id"], rec["patient_id"], rec["label"]])
+    atomic_write(labels_path, buf.getvalue().encode())
+    manifest["slides"] = records
+    manifest["complete"] = True
+    _write_json(manifest_path, manifest)
+    logger.info(
+        "cohort %s: %d slides (%d written, %d already there) in %.1fs",
+        out,
+        len(records),
+        written,
+        len(records) - written,
+        time.monotonic() - t_all,
+    )
+    return Cohort(
+        out_dir=out,
+        slides=tuple(_SlideFiles.of(out, r["slide_id"]).tiff for r in records),
+        labels_csv=labels_path,
+        masks_dir=out / "masks",
+        manifest=manifest_path,
+        mask_downsample=args.mask_downsample,
+    )
+
+
+def load_cohort(out_dir: str | os.PathLike[str]) -> Cohort:
+    """Open a complete cohort written by :func:`make_cohort`.
+
+    Raises:
+        ConfigError: When ``out_dir`` holds no complete cohort manifest.
+    """
+    out = Path(out_dir)
+    manifest = _read_dict(out / "cohort.json")
+    if manifest is None or not manifest.get("complete"):
+        raise ConfigError(f"{out}: no complete cohort (cohort.json); run make_cohort first")
+    return Cohort(
+        out_dir=out,
+        slides=tuple(out / str(r["slide"]) for r in manifest["slides"]),
+        labels_csv=out / "labels.csv",
+        masks_dir=out / "masks",
+        manifest=out / "cohort.json",
+        mask_downsample=int(manifest["mask_downsample"]),
+    )
