@@ -5,8 +5,9 @@ the heatmap stage stores it, with the options it ran with, in ``heatmaps/<model>
 the slide's store, and everything that shows a heatmap reads it back through
 :func:`stored_grid`. Coordinates are level-0 pixels.
 
-Modules (each imports only those above it; options and the export writers meet only in
-type annotations):
+Modules (each imports only those above it; the writers read options through the
+``HeatStyle`` and ``ExportStyle`` protocols, since ``HeatmapOptions`` validates its exports
+against the registry of writers):
 
 - ``grid``: ``TileScores``, ``HeatGrid``, ``tile_scores``, ``heat_grid``, ``colorize``;
 - ``regions``: ``Region``, ``top_regions`` (connected hottest cells);

@@ -7,21 +7,44 @@ at any resolution); nothing reads a slide or a store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from wsi.heatmap.grid import HeatGrid, colorize
 
-if TYPE_CHECKING:  # annotations only: options sit above the writers that draw
-    from wsi.heatmap.options import HeatmapOptions
-
-__all__ = ["compose_overlay", "outline", "COLOUR_BAR_PX", "TITLE_PX"]
+__all__ = ["HeatStyle", "compose_overlay", "outline", "COLOUR_BAR_PX", "TITLE_PX"]
 
 #: width in pixels of the colour bar right of the picture
 COLOUR_BAR_PX = 110
 #: height in pixels of the title band above the picture
 TITLE_PX = 36
+
+
+class HeatStyle(Protocol):
+    """How a heat layer is drawn: the fields of ``HeatmapOptions`` that drawing reads
+    (``HeatmapOptions`` is one; the drawing code needs no more, and does not import the
+    options, which validate against the exports that draw)."""
+
+    @property
+    def normalise(self) -> str:
+        """With "rank" the colour scale is 0..1; otherwise it spans the values shown."""
+        ...
+
+    @property
+    def smooth(self) -> bool:
+        """Interpolate between cell centres (labelled "smoothed for display")."""
+        ...
+
+    @property
+    def cmap(self) -> str:
+        """A matplotlib colormap name."""
+        ...
+
+    @property
+    def alpha(self) -> float:
+        """Opacity of the heat layer, 0..1."""
+        ...
 
 
 def _resample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -61,7 +84,7 @@ def _colour_bar(height: int, cmap: str, lo: float, hi: float, label: str) -> Any
 def compose_overlay(
     thumb: np.ndarray,
     grid: HeatGrid,
-    options: HeatmapOptions,
+    options: HeatStyle,
     title: str,
     tissue: np.ndarray | None = None,
 ) -> Any:

@@ -20,23 +20,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from wsi import store as st
 from wsi._files import atomic_path, atomic_write
 from wsi.errors import ConfigError
-from wsi.heatmap.draw import compose_overlay
+from wsi.heatmap.draw import HeatStyle, compose_overlay
 from wsi.heatmap.grid import HeatGrid, TileScores, colorize
 from wsi.heatmap.regions import Region
 from wsi.heatmap.viewer import viewer_folder
 
-if TYPE_CHECKING:  # annotations only: options validate against this registry
-    from wsi.heatmap.options import HeatmapOptions
-
 __all__ = [
     "ExportJob",
+    "ExportStyle",
     "EXPORTS",
     "DEFAULT_EXPORTS",
     "overlay_png",
@@ -45,6 +43,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class ExportStyle(HeatStyle, Protocol):
+    """What the writers read of ``HeatmapOptions`` (which validates its ``exports``
+    against this registry, so the writers do not import it): the drawing fields and the
+    sizes of the PNG and the TIFF."""
+
+    @property
+    def thumbnail_px(self) -> int:
+        """Longer side, in pixels, of the slide thumbnail under the PNG overlay."""
+        ...
+
+    @property
+    def tiff_downsample(self) -> float:
+        """Level-0 pixels per pixel of the heatmap TIFF."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,7 @@ class ExportJob:
     scores: TileScores
     grid: HeatGrid
     regions: list[Region]
-    options: HeatmapOptions
+    options: ExportStyle  #: the stage's ``HeatmapOptions``
     out_dir: Path
     tissue: np.ndarray | None = None
 
@@ -119,7 +133,7 @@ def qupath_geojson(scores: TileScores, regions: list[Region], path: Path) -> Pat
 def overlay_png(
     slide_path: str | os.PathLike[str],
     grid: HeatGrid,
-    options: HeatmapOptions,
+    options: ExportStyle,
     path: Path,
     title: str,
     tissue: np.ndarray | None = None,
@@ -154,7 +168,7 @@ def overlay_png(
     return path
 
 
-def pyramid_tiff(grid: HeatGrid, options: HeatmapOptions, mpp: float | None, path: Path) -> Path:
+def pyramid_tiff(grid: HeatGrid, options: ExportStyle, mpp: float | None, path: Path) -> Path:
     """The coloured heatmap as a pyramidal TIFF aligned to the slide: pixel (0, 0) is level-0
     (0, 0), each pixel ``tiff_downsample`` level-0 px, resolution tags set from the mpp.
 

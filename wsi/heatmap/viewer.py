@@ -36,17 +36,15 @@ from functools import cache, partial
 from importlib.resources import files
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from wsi import store as st
 from wsi.errors import ConfigError
+from wsi.heatmap.draw import HeatStyle
 from wsi.heatmap.grid import HeatGrid, colorize
 from wsi.heatmap.regions import Region, region_rows
-
-if TYPE_CHECKING:  # annotations only: options sit above the exports registry
-    from wsi.heatmap.options import HeatmapOptions
 
 __all__ = ["viewer_folder", "serve", "asset", "TILE_SIZE", "OVERLAP"]
 
@@ -102,7 +100,7 @@ def _rgb(img: Any) -> Any:
     return img.copy(interpretation="srgb")
 
 
-def _heat_image(grid: HeatGrid, options: HeatmapOptions, size: tuple[int, int]) -> Any:
+def _heat_image(grid: HeatGrid, options: HeatStyle, size: tuple[int, int]) -> Any:
     """The coloured heat grid as a lazy RGBA image of ``size`` (level-0 px), nearest."""
     import pyvips
 
@@ -163,7 +161,7 @@ def _legend(cmap: str, lo: float, hi: float) -> dict[str, Any]:
 def viewer_folder(
     grid: HeatGrid,
     regions: Sequence[Region],
-    options: HeatmapOptions,
+    options: HeatStyle,
     *,
     store: Path,
     meta: dict[str, Any],
@@ -175,7 +173,8 @@ def viewer_folder(
     too, like the other exports, so models never overwrite each other's viewers).
 
     ``meta`` is the store's ``wsi`` attrs (slide id, source file and its fingerprint);
-    ``store`` names the store in messages. ``options`` gives ``normalise`` (the colour
+    ``store`` names the store in messages. ``options`` (``HeatmapOptions``, or any
+    ``HeatStyle``) gives ``normalise`` (the colour
     scale: 0..1 for "rank", else the grid's range), ``cmap``, ``alpha`` (the initial
     opacity) and ``smooth`` (only labelled: the viewer shows cells, never smoothed).
 
