@@ -153,7 +153,7 @@ def stored_grid(
     """
     path = Path(store)
     group = st.open_store(path)
-    found = _current(group, model) if prediction_hash(group, model) else None
+    found = _current(group, model)
     if found is not None and (options is None or options.same_grid(found[1])):
         grid, used = found[0], options or found[1]
         log.debug("%s: heat grid of %s read from the store", path, model)
