@@ -260,7 +260,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
-    from wsi.heatmap_exports import DEFAULT_EXPORTS, HeatmapOptions, make_heatmap
+    from wsi.heatmap import DEFAULT_EXPORTS, HeatmapOptions, make_heatmap
 
     exports = tuple(e.strip() for e in args.exports.split(",")) if args.exports else DEFAULT_EXPORTS
     options = HeatmapOptions(
@@ -312,7 +312,7 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.viewcli import add_score_options
+    from pipelines.viewcli import add_score_options, exports_help
     from wsi.precision import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="wsi", description="Whole-slide pathology pipeline")
@@ -392,9 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the exports")
     add_score_options(p)
     p.add_argument("--smooth", action="store_true", help="interpolate between tiles (display)")
-    p.add_argument(
-        "--exports", help="comma-separated: png,geojson,tiff,viewer (default: png,geojson,tiff)"
-    )
+    p.add_argument("--exports", help=exports_help())
     p.add_argument("--alpha", type=float, default=0.5, help="heat layer opacity, 0..1")
     p.set_defaults(func=_cmd_heatmap)
 

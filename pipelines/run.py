@@ -39,7 +39,7 @@ from wsi import store as st
 from wsi._files import write_json
 from wsi.config import ClusterConfig, EmbedConfig, RunConfig, TilingConfig
 from wsi.errors import ConfigError, WsiError
-from wsi.heatmap_exports import HeatmapOptions
+from wsi.heatmap.options import HeatmapOptions
 from wsi.reports.options import ReportOptions
 from wsi.store import params_hash
 
@@ -225,7 +225,7 @@ def finish_task(
 ) -> dict[str, Any]:
     """Predict, map and report one embedded store. Returns per-stage seconds, or the stage
     that failed with its error: the slide's problem, never the run's."""
-    from wsi.heatmap_exports import make_heatmap
+    from wsi.heatmap import make_heatmap
     from wsi.mil.predict import load_model, predict_store
     from wsi.reports import report_slide
 

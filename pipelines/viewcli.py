@@ -1,6 +1,8 @@
 """``wsi viewer`` (write offline deep-zoom viewers) and ``wsi view`` (serve them locally).
 
-:func:`add_parsers` adds both subcommands to the ``wsi`` parser's subparsers.
+:func:`add_parsers` adds both subcommands to the ``wsi`` parser's subparsers;
+:func:`add_score_options` and :func:`exports_help` are shared with ``wsi heatmap``. Choices
+and defaults are read from ``wsi.heatmap`` (``SOURCES``, ``NORMALISE``, ``EXPORTS``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "add_score_options", "exports_help"]
 
 
 def _cmd_viewer(args: argparse.Namespace) -> int:
     from pipelines.batch import report, run_items
-    from wsi.heatmap_exports import HeatmapOptions
-    from wsi.viewer import write_viewer
+    from wsi.heatmap import HeatmapOptions, write_viewer
 
     options = HeatmapOptions(
         source=args.source, normalise=args.normalise, cmap=args.cmap, alpha=args.alpha
@@ -34,7 +35,7 @@ def _cmd_viewer(args: argparse.Namespace) -> int:
 
 def _cmd_view(args: argparse.Namespace) -> int:
     from wsi.errors import ConfigError
-    from wsi.viewer import serve
+    from wsi.heatmap import serve
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -62,20 +63,33 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def add_score_options(p: Any) -> None:
-    """What a heat layer shows and how it is coloured (``wsi heatmap`` and ``wsi viewer``)."""
+    """What a heat layer shows and how it is coloured (``wsi heatmap`` and ``wsi viewer``);
+    choices from ``wsi.heatmap.SOURCES`` and ``NORMALISE``, defaults from
+    ``HeatmapOptions``."""
+    from wsi.heatmap import NORMALISE, SOURCES, HeatmapOptions
+
+    defaults = HeatmapOptions()
     p.add_argument(
         "--source",
-        default="attention",
-        choices=["attention", "attention_raw"],
+        default=defaults.source,
+        choices=list(SOURCES),
         help="fold attention normalised then averaged (default), or the raw scores",
     )
     p.add_argument(
         "--normalise",
-        default="rank",
-        choices=["rank", "raw"],
+        default=defaults.normalise,
+        choices=list(NORMALISE),
         help="rank: percentiles within the slide (default); raw: the scores as they are",
     )
-    p.add_argument("--cmap", default="jet", help="matplotlib colour map")
+    p.add_argument("--cmap", default=defaults.cmap, help="matplotlib colour map")
+
+
+def exports_help() -> str:
+    """Help of an ``--exports`` option: the names in ``wsi.heatmap.EXPORTS`` and the
+    default, ``DEFAULT_EXPORTS``."""
+    from wsi.heatmap import DEFAULT_EXPORTS, EXPORTS
+
+    return f"comma-separated: {','.join(EXPORTS)} (default: {','.join(DEFAULT_EXPORTS)})"
 
 
 def add_parsers(sub: Any) -> None:

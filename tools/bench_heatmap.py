@@ -59,14 +59,8 @@ def _scores(slide: Path) -> Any:
 
 
 def _ours(slide: str, out: str, queue: Any) -> None:
-    from wsi.heatmap import heat_grid
-    from wsi.heatmap_exports import (
-        HeatmapOptions,
-        overlay_png,
-        pyramid_tiff,
-        qupath_geojson,
-        top_regions,
-    )
+    from wsi.heatmap import HeatmapOptions, heat_grid, top_regions
+    from wsi.heatmap.exports import overlay_png, pyramid_tiff, qupath_geojson
 
     ts = _scores(Path(slide))
     base = _peak_mb()

@@ -22,7 +22,7 @@ def _sequential(slides: list[Path], model_dir: Path, out: Path) -> float:
     from wsi.config import EmbedConfig
     from wsi.embed import embed_store
     from wsi.encoders import load_encoder
-    from wsi.heatmap_exports import HeatmapOptions, make_heatmap
+    from wsi.heatmap import HeatmapOptions, make_heatmap
     from wsi.mil.predict import load_model, predict_store
     from wsi.reports import report_slide
     from wsi.tiling import tile_slide

@@ -18,7 +18,7 @@ Coordinates are level-0 pixels, sizes ``(w, h)`` in pixels, resolution in microm
 per pixel (mpp). See docs/api.md and docs/tutorial.py.
 
 The public API is imported lazily, so ``import wsi`` loads no OpenSlide, libvips,
-Dask, torch or numpy until they are used. (``wsi.heatmap`` is the module of heat grids;
+Dask, torch or numpy until they are used. (``wsi.heatmap`` is the package of heat grids;
 the notebook's heatmap object is ``wsi.Heatmap``.)
 """
 
@@ -74,8 +74,8 @@ _LAZY = {
     "open_store": "wsi.notebook",
     "SlideStore": "wsi.notebook",
     "Heatmap": "wsi.notebook",
-    "make_heatmap": "wsi.heatmap_exports",
-    "HeatmapOptions": "wsi.heatmap_exports",
+    "make_heatmap": "wsi.heatmap",
+    "HeatmapOptions": "wsi.heatmap",
     "report": "wsi.reports",
     "report_slide": "wsi.reports",
     "ReportOptions": "wsi.reports",
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     from wsi.embed import embed_store, features_of
     from wsi.encoders import load_encoder
     from wsi.errors import WsiError
-    from wsi.heatmap_exports import HeatmapOptions, make_heatmap
+    from wsi.heatmap import HeatmapOptions, make_heatmap
     from wsi.mil.predict import load_model, predict_store
     from wsi.mil.train import TrainConfig, train_model
     from wsi.notebook import Heatmap, SlideStore, open_store

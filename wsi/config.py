@@ -304,7 +304,7 @@ class RunConfig:
     slides: tuple[str, ...] = field(default=(), metadata=_PATH)
     #: CSV with columns slide_id, path, mpp and optional patient_id, label
     manifest: str | None = field(default=None, metadata=_PATH)
-    exports: tuple[str, ...] = ("png", "geojson")  #: heatmap exports (wsi.heatmap_exports)
+    exports: tuple[str, ...] = ("png", "geojson")  #: heatmap exports (wsi.heatmap.EXPORTS)
     retry_failed: bool = True  #: try again slides that failed in an earlier run
 
     def __post_init__(self) -> None:
@@ -328,7 +328,7 @@ class RunConfig:
                 "(a CSV of slide_id, path, mpp), "
                 + ("not both" if self.slides else "one of them is required")
             )
-        from wsi.heatmap_exports import EXPORTS
+        from wsi.heatmap.exports import EXPORTS
 
         wrong = [e for e in self.exports if e not in EXPORTS]
         if wrong:
@@ -342,7 +342,7 @@ SECTIONS: Mapping[str, str] = MappingProxyType(
         "tiling": "wsi.config:TilingConfig",
         "embed": "wsi.config:EmbedConfig",
         "train": "wsi.mil.train:TrainConfig",
-        "heatmap": "wsi.heatmap_exports:HeatmapOptions",
+        "heatmap": "wsi.heatmap.options:HeatmapOptions",
         "report": "wsi.reports.options:ReportOptions",
         "run": "wsi.config:RunConfig",
         "cluster": "wsi.config:ClusterConfig",

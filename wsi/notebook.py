@@ -29,6 +29,7 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,7 @@ from wsi.errors import ConfigError, StoreError, WsiError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from wsi.heatmap import HeatGrid, TileScores
-    from wsi.heatmap_exports import HeatmapOptions, Region
+    from wsi.heatmap import HeatGrid, HeatmapOptions, Region, TileScores
     from wsi.mil.predict import TrainedModel
 
 __all__ = ["SlideStore", "Heatmap", "open_store"]
@@ -393,7 +393,7 @@ def open_store(path: str | os.PathLike[str]) -> SlideStore:
 
 
 def _options(options: HeatmapOptions | None, changes: dict[str, Any]) -> HeatmapOptions:
-    from wsi.heatmap_exports import HeatmapOptions
+    from wsi.heatmap import HeatmapOptions
 
     known = {f.name for f in fields(HeatmapOptions)}
     bad = sorted(set(changes) - known)
@@ -421,8 +421,11 @@ def _model_name(store: SlideStore, model: str | TrainedModel | None) -> str:
 class Heatmap:
     """The heatmap of one prediction in a slide store, at tile-grid resolution.
 
-    Computing it reads ``predictions/<model>`` and writes nothing; ``save`` runs the
-    heatmap stage (``wsi.make_heatmap``), which stores the grid and writes the exports.
+    The grid is the one the heatmap stage stored (``heatmaps/<model>``) when it is made
+    from the current prediction with the same ``source`` and ``normalise``; otherwise it is
+    computed from ``predictions/<model>`` (``wsi.heatmap.stored_grid``). Either way the view
+    writes nothing; ``save`` runs the heatmap stage (``wsi.make_heatmap``), which stores
+    the grid and its options and writes the exports.
 
     Parameters
     ----------
@@ -432,9 +435,10 @@ class Heatmap:
         The model's name (its ``predictions/<model>`` group) or the loaded model
         (``wsi.load_model``); None picks the store's only prediction.
     options:
-        ``wsi.HeatmapOptions``; keyword arguments override its fields
-        (``source``, ``normalise``, ``smooth``, ``cmap``, ``alpha``, ``exports``,
-        ``thumbnail_px``, ``tiff_downsample``, ``top_fraction``).
+        ``wsi.HeatmapOptions``; None: the options the heatmap stage stored with its grid,
+        or ``HeatmapOptions()`` when there is no current stored heatmap. Keyword
+        arguments override its fields (``source``, ``normalise``, ``smooth``, ``cmap``,
+        ``alpha``, ``exports``, ``thumbnail_px``, ``tiff_downsample``, ``top_fraction``).
 
     Attributes
     ----------
@@ -443,7 +447,8 @@ class Heatmap:
     regions: the connected regions of the hottest ``top_fraction`` cells, hottest first
         (``Region``: rank, mean score, ``bbox_l0`` (x0, y0, x1, y1) and ``centroid_l0``
         in level-0 pixels).
-    scores: ``TileScores``, one score per tile (``coords_l0`` level-0 pixels).
+    scores: ``TileScores``, one score per tile (``coords_l0`` level-0 pixels), read from
+        ``predictions/<model>`` when first asked for.
 
     Example::
 
@@ -460,19 +465,31 @@ class Heatmap:
         options: HeatmapOptions | None = None,
         **option_fields: Any,
     ) -> None:
-        from wsi.heatmap import heat_grid, tile_scores
-        from wsi.heatmap_exports import top_regions
+        from wsi.heatmap import stored_grid, stored_options
 
         self.store = store if isinstance(store, SlideStore) else SlideStore(store)
         self.model = _model_name(self.store, model)
-        self.options = _options(options, option_fields)
+        path = self.store.path
+        if options is None and not option_fields:
+            found = stored_grid(path, self.model)
+        else:
+            base = options or stored_options(path, self.model)
+            found = stored_grid(path, self.model, _options(base, option_fields))
+        self.grid: HeatGrid = found[0]
+        self.options: HeatmapOptions = found[1]
+        self.regions: list[Region] = found[2]
+        self._overlays: dict[int, Image] = {}
+
+    @cached_property
+    def scores(self) -> TileScores:
+        """One score per tile of ``predictions/<model>`` as ``options`` ask (``source``,
+        ``normalise``); ``coords_l0`` in level-0 pixels."""
+        from wsi.heatmap import tile_scores
+
         opts = self.options
-        self.scores: TileScores = tile_scores(
+        return tile_scores(
             self.store.path, self.model, source=opts.source, normalise=opts.normalise
         )
-        self.grid: HeatGrid = heat_grid(self.scores)
-        self.regions: list[Region] = top_regions(self.grid, self.options.top_fraction)
-        self._overlays: dict[int, Image] = {}
 
     def overlay(self, max_px: int = 1024) -> Image:
         """A PIL image: the slide's thumbnail (longer side at most ``max_px`` pixels)
@@ -484,7 +501,7 @@ class Heatmap:
             heat.overlay(512).save("overlay.png")
         """
         if max_px not in self._overlays:
-            from wsi.heatmap_exports import compose_overlay
+            from wsi.heatmap import compose_overlay
 
             thumb = self.store.thumbnail(max_px)
             title = f"{self.store.slide_id}: {self.model}"
@@ -507,7 +524,7 @@ class Heatmap:
 
             heat.save("heatmaps", exports=("png", "geojson"))["files"]["geojson"]
         """
-        from wsi.heatmap_exports import make_heatmap
+        from wsi.heatmap import make_heatmap
 
         opts = self.options if exports is None else _options(self.options, {"exports": exports})
         return make_heatmap(self.store.path, self.model, out_dir, opts)

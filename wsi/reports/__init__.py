@@ -245,6 +245,10 @@ def report_slide(
     viewer: the slide's viewer folder (``wsi viewer``) to link tiles into; by default the
         one recorded by ``wsi heatmap --exports viewer``, if any.
 
+    The heatmap is the one the heatmap stage stored, drawn with the options it ran with,
+    when ``heatmaps/<model>`` is made from the current prediction; otherwise it is
+    computed from the prediction with ``HeatmapOptions()`` (``wsi.heatmap.stored_grid``).
+
     Coordinates in the report are level-0 pixels; areas are in mm² from the slide's mpp.
     In detail: tile boxes are level-0 ``(x0, y0, x1, y1)`` in pixels; the tissue area is
     the tissue mask's pixel count times its pixel area (the mask's µm/px, from the
@@ -275,19 +279,21 @@ def report_slide(
         one = wsi.report_slide("stores/s1.zarr", model, "reports", wsi.ReportOptions(pdf=False))
         one.html, one.row["decision"], one.row["flags"]   # reports/s1.html, "tumor", [...]
     """
-    from wsi.heatmap_exports import HeatmapOptions, compose_overlay, outline
+    from wsi.heatmap import compose_overlay, outline, stored_grid
 
     options = options or ReportOptions()
     trained = _load(model)
     path = Path(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    facts, finding, top, least, grid = gather(path, trained, options)
+    facts, finding, top, least = gather(path, trained, options)
     found = flags(facts, finding, options)
     thumb = facts.thumbnail.copy()
     if facts.tissue_mask is not None and facts.tissue_mask.any():
         thumb[outline(facts.tissue_mask, thumb.shape[:2])] = 0
-    overlay = compose_overlay(facts.thumbnail, grid, HeatmapOptions(), "", facts.tissue_mask)
+    # the heatmap stage's grid and options when there is a current one, else the defaults
+    grid, heat_options, _ = stored_grid(path, trained.name)
+    overlay = compose_overlay(facts.thumbnail, grid, heat_options, "", facts.tissue_mask)
     link = _viewer_link(path, trained.name, out, Path(viewer) if viewer else None)
     meaning, test_meaning = _meaning(trained.card, finding)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

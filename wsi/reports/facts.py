@@ -185,14 +185,14 @@ def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileI
 
 def gather(
     store: str | os.PathLike[str], model: Any, options: ReportOptions
-) -> tuple[SlideFacts, Finding, list[TileImage], list[TileImage], Any]:
-    """Facts, finding, most and least attended tiles, and the heat grid of one store.
+) -> tuple[SlideFacts, Finding, list[TileImage], list[TileImage]]:
+    """Facts, finding, and most and least attended tiles of one store (its heat grid is
+    ``wsi.heatmap.stored_grid``'s).
 
     ``model`` is a loaded ``wsi.mil.predict.TrainedModel`` whose prediction is in the store
     (``wsi predict``); StoreError otherwise.
     """
     from wsi.embed import features_of
-    from wsi.heatmap import heat_grid, tile_scores
     from wsi.mil.reference import far_fraction, load_reference
 
     path = Path(store)
@@ -274,8 +274,7 @@ def gather(
     shown = {t.index for t in top}
     rest = np.array([i for i in order[::-1] if int(i) not in shown], dtype=np.int64)
     least = _tiles(group, rest, att, options.least_k) if options.least_k else []
-    grid = heat_grid(tile_scores(path, model.name))
-    return facts, finding, top, least, grid
+    return facts, finding, top, least
 
 
 def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[Flag]:

@@ -1,4 +1,4 @@
-"""Heatmaps from per-tile scores, kept at tile-grid resolution and rendered at any size.
+"""Heat grids from per-tile scores, kept at tile-grid resolution and rendered at any size.
 
 A heatmap is a small grid (one cell per tiling step), never an array at full slide
 resolution: a 100k x 100k px slide tiled at 512 level-0 px has a grid of about 200 x 200
@@ -29,11 +29,14 @@ __all__ = [
     "colorize",
     "hottest_cells",
     "SOURCES",
+    "NORMALISE",
 ]
 
 log = logging.getLogger(__name__)
 
+#: tile scores a heatmap can show: fold-normalised attention (averaged) or raw head scores
 SOURCES = ("attention", "attention_raw")
+#: how scores are scaled: percentiles within the slide, or as they are
 NORMALISE = ("rank", "raw")
 
 

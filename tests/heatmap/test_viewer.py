@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.browser import NEXT_FRAMES, Chromium, need_browser
-from wsi.viewer import serve, write_viewer
+from wsi.heatmap import serve, write_viewer
+from wsi.heatmap.viewer import asset
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,26 @@ def test_viewer_files_hold_only_the_main_image_and_align(viewer_dir):
     assert regions and regions[0]["rank"] == 1 and len(regions[0]["bbox_l0"]) == 4
     html = (viewer_dir / "index.html").read_text() + (viewer_dir / "viewer.js").read_text()
     assert "http://" not in html and "https://" not in html and "//cdn" not in html
+
+
+def test_page_style_and_script_are_package_data(viewer_dir):
+    """The viewer's HTML, CSS and JavaScript are files in wsi/heatmap/assets, read with
+    importlib.resources, and a wheel carries them (pyproject's package-data)."""
+    from fnmatch import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    page = (viewer_dir / "index.html").read_text()
+    assert (viewer_dir / "viewer.js").read_text() == asset("viewer.js")
+    assert asset("viewer.css") in page and "$" not in page.split("<script")[0]
+    assert '<script src="viewer.js"></script>' in asset("viewer.html")
+    repo = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["wsi.heatmap"]
+    assets = sorted((repo / "wsi" / "heatmap" / "assets").iterdir())
+    assert {p.name for p in assets} == {"viewer.html", "viewer.css", "viewer.js"}
+    for path in assets:
+        assert any(fnmatch(f"assets/{path.name}", g) for g in globs), path.name
 
 
 def _greenish(shot: np.ndarray) -> int:
