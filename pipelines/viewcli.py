@@ -14,7 +14,8 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_viewer(args: argparse.Namespace) -> int:
-    from pipelines.batch import report, run_items
+    from pipelines.tasks import print_results as report
+    from pipelines.tasks import run_items
     from wsi.heatmap_exports import HeatmapOptions
     from wsi.viewer import write_viewer
 

@@ -48,10 +48,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/run")
     args = ap.parse_args()
 
-    from pipelines.embedding import embed_stores
+    from pipelines.config import ClusterConfig, RunConfig
     from pipelines.run import run_job
+    from pipelines.tasks import embed_stores
     from wsi.cohort import make_cohort
-    from wsi.config import ClusterConfig, EmbedConfig, RunConfig
+    from wsi.config import EmbedConfig
+    from wsi.heatmap_exports import HeatmapOptions
     from wsi.mil.train import TrainConfig, train_model
     from wsi.tiling import tile_slide
 
@@ -76,8 +78,9 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_job(
         RunConfig(out=str(out / "run"), model=str(out / "model"),
-                  slides=tuple(map(str, timed)), exports=("png", "geojson")),
+                  slides=tuple(map(str, timed))),
         ClusterConfig(n_workers=args.workers),
+        heatmap=HeatmapOptions(exports=("png", "geojson")),
         progress=False,
     )  # fmt: skip
     run = time.perf_counter() - t0
