@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.batch import report
 from wsi.errors import WsiError
 
 __all__ = ["main"]
@@ -83,10 +82,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _tiling_config(args: argparse.Namespace):  # noqa: ANN202 - TilingConfig
-    from wsi.config import load_config
+    from pipelines.config import load_section
+    from wsi.config import TilingConfig
 
-    return load_config(
+    return load_section(
         args.config,
+        "tiling",
+        TilingConfig,
         tile_size=args.tile_size,
         target_mpp=args.target_mpp,
         stride=args.stride,
@@ -99,7 +101,7 @@ def _tiling_config(args: argparse.Namespace):  # noqa: ANN202 - TilingConfig
 
 def _run_tiling(args: argparse.Namespace, slides: Sequence[str]) -> int:
     from pipelines.cluster import dask_client
-    from pipelines.tiling import tile_slides
+    from pipelines.tasks import print_results, tile_slides
 
     config = _tiling_config(args)
     progress = False if args.quiet else None
@@ -114,7 +116,7 @@ def _run_tiling(args: argparse.Namespace, slides: Sequence[str]) -> int:
             progress=progress,
         )
     ok = sum(r.status == "ok" for r in results)
-    return report(f"tiled {ok} of {len(results)} slide(s) into {args.out}", results)
+    return print_results(f"tiled {ok} of {len(results)} slide(s) into {args.out}", results)
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
@@ -153,11 +155,14 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from pipelines.embedding import embed_stores
-    from wsi.config import load_embed_config
+    from pipelines.config import load_section
+    from pipelines.tasks import embed_stores, print_results
+    from wsi.config import EmbedConfig
 
-    config = load_embed_config(
+    config = load_section(
         args.config,
+        "embed",
+        EmbedConfig,
         encoder=args.encoder,
         weights=args.weights,
         device=args.device,
@@ -169,11 +174,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
     ok = sum(r.status == "ok" for r in results)
-    return report(f"embedded {ok} of {len(results)} store(s) with {config.encoder}", results)
+    return print_results(f"embedded {ok} of {len(results)} store(s) with {config.encoder}", results)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsi.config import load_section
+    from pipelines.config import load_section
     from wsi.mil.train import TrainConfig, train_model
 
     overrides = {
@@ -225,7 +230,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from pipelines.mil import predict_stores
+    from pipelines.tasks import predict_stores
 
     results = predict_stores(args.stores, args.model, overwrite=args.overwrite)
     failed = 0
@@ -260,7 +265,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
-    from wsi.heatmap import DEFAULT_EXPORTS, HeatmapOptions, make_heatmap
+    from pipelines.tasks import heatmap_stores
+    from wsi.heatmap import DEFAULT_EXPORTS, HeatmapOptions
 
     exports = tuple(e.strip() for e in args.exports.split(",")) if args.exports else DEFAULT_EXPORTS
     options = HeatmapOptions(
@@ -272,16 +278,15 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
         exports=exports,
     )
     failed = 0
-    for store in args.stores:
-        try:
-            res = make_heatmap(store, args.model, args.out, options)
-        except (WsiError, OSError) as err:
+    for r in heatmap_stores(args.stores, args.model, args.out, options):
+        if r.status != "ok":
             failed += 1
-            print(f"  FAILED  {store}: {err}")
+            print(f"  FAILED  {r.item}: {r.error}")
             continue
+        res = r.value
         top = res["regions"][0] if res["regions"] else None
         where = f"; hottest region at level-0 {top['bbox_l0']}" if top else ""
-        print(f"  ok      {store}: {', '.join(res['files'].values())}{where}")
+        print(f"  ok      {r.item}: {', '.join(res['files'].values())}{where}")
     return 1 if failed else 0
 
 

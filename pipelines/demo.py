@@ -44,9 +44,12 @@ def _split(labels_csv: Path, out: Path, seed: int) -> tuple[Path, list[str], dic
 def run_demo(out_dir: str | Path, *, slides: int = 32, size: int = 4000, quiet: bool = False,
              seed: int = 0) -> int:  # fmt: skip
     """Run the demo into ``out_dir``; returns the exit code (0 when every step worked)."""
-    from pipelines.embedding import embed_stores
-    from pipelines.run import print_summary, run_job
-    from wsi.config import ClusterConfig, EmbedConfig, RunConfig
+    from pipelines.config import ClusterConfig, RunConfig
+    from pipelines.run import run_job
+    from pipelines.summary import print_summary
+    from pipelines.tasks import embed_stores
+    from wsi.config import EmbedConfig
+    from wsi.heatmap import HeatmapOptions
     from wsi.mil.train import TrainConfig, train_model
     from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
@@ -80,9 +83,9 @@ def run_demo(out_dir: str | Path, *, slides: int = 32, size: int = 4000, quiet: 
             out=str(out / "run"),
             model=str(model_dir),
             slides=tuple(str(by_id[s]) for s in held_out),
-            exports=("png", "geojson", "viewer"),
         ),
         ClusterConfig(),
+        heatmap=HeatmapOptions(exports=("png", "geojson", "viewer")),
         progress=False if quiet else None,
     )
     print_summary(result)

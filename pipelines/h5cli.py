@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines.batch import report, run_items
+from pipelines.tasks import print_results, run_items
 
 __all__ = ["add_parsers"]
 
@@ -20,7 +20,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     results = run_items(args.stores, lambda s: export_h5(s, args.encoder, args.out))
     ok = sum(r.status == "ok" for r in results)
-    return report(f"exported {ok} of {len(results)} store(s) into {args.out}", results)
+    return print_results(f"exported {ok} of {len(results)} store(s) into {args.out}", results)
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         args.h5, lambda h: import_h5(h, args.encoder, args.out, overwrite=args.overwrite)
     )
     ok = sum(r.status == "ok" for r in results)
-    return report(f"imported {ok} of {len(results)} file(s) into {args.out}", results)
+    return print_results(f"imported {ok} of {len(results)} file(s) into {args.out}", results)
 
 
 def add_parsers(sub: Any) -> None:

@@ -9,8 +9,9 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.run import print_summary, run_job
-    from wsi.config import load_run_config
+    from pipelines.config import load_run_config
+    from pipelines.run import run_job
+    from pipelines.summary import print_summary
 
     overrides: dict[str, Any] = {
         "out": args.out,
@@ -19,9 +20,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "manifest": args.manifest,
         "scheduler": args.scheduler,
         "n_workers": args.workers,
-        "exports": tuple(e.strip() for e in args.exports.split(",")) if args.exports else None,
         "retry_failed": False if args.no_retry_failed else None,
     }
+    if args.exports:
+        overrides["heatmap"] = {"exports": tuple(e.strip() for e in args.exports.split(","))}
     if args.no_pdf:
         overrides["report"] = {"pdf": False}
     run, cluster, sections = load_run_config(args.config, **overrides)
@@ -63,7 +65,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--manifest", help="CSV of slide_id, path, mpp (+ patient_id, label)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
-    p.add_argument("--exports", help="heatmap exports, comma-separated: png,geojson,tiff,viewer")
+    p.add_argument(
+        "--exports",
+        help="heatmap exports, comma-separated: png,geojson,tiff,viewer (sets heatmap.exports; "
+        "default: the job file's, else png,geojson,tiff)",
+    )
     p.add_argument("--no-pdf", action="store_true", help="HTML reports only")
     p.add_argument(
         "--no-retry-failed", action="store_true", help="leave slides that failed before alone"

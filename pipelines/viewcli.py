@@ -16,7 +16,8 @@ __all__ = ["add_parsers", "add_score_options", "exports_help"]
 
 
 def _cmd_viewer(args: argparse.Namespace) -> int:
-    from pipelines.batch import report, run_items
+    from pipelines.tasks import print_results as report
+    from pipelines.tasks import run_items
     from wsi.heatmap import HeatmapOptions, write_viewer
 
     options = HeatmapOptions(

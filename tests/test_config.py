@@ -1,27 +1,24 @@
-"""Configs: YAML maps onto the dataclasses one to one; wrong values name the file, key and fix."""
+"""Config files (``wsi.configfile``): YAML maps onto the stage dataclasses one to one; wrong
+values name the file, key and fix. The job file of ``wsi run`` is tests/pipelines/test_config.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from wsi.config import (
+from wsi.config import EmbedConfig, TilingConfig, TissueConfig
+from wsi.configfile import (
+    JOB_SECTIONS,
     SECTIONS,
-    ClusterConfig,
-    EmbedConfig,
-    RunConfig,
-    TilingConfig,
-    TissueConfig,
     load_config,
     load_embed_config,
     load_file,
-    load_run_config,
     load_section,
+    load_sections,
     section_class,
 )
 from wsi.errors import ConfigError
@@ -43,11 +40,12 @@ def test_default_yaml_equals_dataclass_defaults():
 
     assert load_section(DEFAULT, "train", TrainConfig) == TrainConfig()
     # every section but `run` (it has required keys) is there, with every key, at its default
-    assert set(raw) == set(SECTIONS) - {"run"}
+    assert set(raw) == (set(SECTIONS) | set(JOB_SECTIONS)) - {"run"}
     built = load_file(DEFAULT)
-    for section, data in raw.items():
+    assert set(built) == set(SECTIONS)  # `cluster` is the job loader's (pipelines.config)
+    for section in SECTIONS:
         cls = section_class(section)
-        assert set(data) == _names(cls), section
+        assert set(raw[section]) == _names(cls), section
         assert built[section] == cls(), section
 
 
@@ -62,8 +60,8 @@ def test_every_config_file_validates():
         "encoders/uni.yaml",
         "encoders/uni2_h.yaml",
     }
-    for path in files:
-        assert load_file(path), path
+    for path in files:  # cluster.yaml holds only a job section: see tests/pipelines
+        assert load_file(path) or path.name == "cluster.yaml", path
 
 
 def test_one_encoder_file_per_registered_encoder():
@@ -77,15 +75,6 @@ def test_one_encoder_file_per_registered_encoder():
         assert config.weights is None  # found locally (the file says where), never downloaded
         if REGISTRY[name].weights.kind == "file":
             assert f"$WSI_WEIGHTS_DIR/{name}/" in path.read_text()
-
-
-def test_cluster_and_run_examples():
-    cluster = load_file(CONFIGS / "cluster.yaml")["cluster"]
-    assert cluster == ClusterConfig(scheduler="tcp://127.0.0.1:8786")
-    run, cluster, others = load_run_config(CONFIGS / "run.yaml")
-    assert run.out == os.path.normpath(CONFIGS.parent / "runs" / "example")
-    assert run.slides == (os.path.normpath(CONFIGS.parent / "slides" / "*.svs"),)
-    assert (cluster, others) == (ClusterConfig(), {})
 
 
 @pytest.mark.parametrize(
@@ -164,7 +153,6 @@ def _error(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
             "tiling.tissue.mask_mp: unknown key; did you mean 'mask_mpp'?",
         ),
         # an unknown key without a close match lists the known ones
-        ("cluster:\n  colour: red\n", "cluster.colour: unknown key; known keys: gpu_resource"),
         # wrong types
         (
             "tiling:\n  tissue:\n    mask_mpp: abc\n",
@@ -182,19 +170,10 @@ def _error(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
             "tiling.tile_size: Input should be a valid integer, got null",
         ),
         ("report:\n  pdf:\n", "report.pdf: Input should be a valid boolean, got null"),
-        # a missing required value
-        ("run:\n  model: m\n  slides: [a.svs]\n", "run.out: required, but missing"),
         # __post_init__ checks name the file and the section
         ("train:\n  epochs: 0\n", "train: epochs and patience must be at least 1"),
         ("heatmap:\n  exports: [jpg]\n", "heatmap exports ['jpg']: choose from"),
         ("report:\n  top_k: 0\n", "report top_k 0 must be >= 1"),
-        ("run:\n  out: o\n  model: m\n", "run: give either `slides`"),
-        ("run:\n  out: o\n  model: m\n  slides: [a]\n  exports: [jpg]\n", "run.exports = ('jpg',)"),
-        (
-            "cluster:\n  scheduler: tcp://h:8786\n  n_workers: 4\n",
-            "cluster: n_workers apply only to a LocalCluster",
-        ),
-        ("cluster:\n  memory_limit: lots\n", "cluster.memory_limit = 'lots': give a size"),
         # unknown section
         ("heatmaps:\n  alpha: 0.3\n", "heatmaps: unknown section; did you mean 'heatmap'?"),
         # a section that is not a mapping
@@ -261,73 +240,30 @@ def test_empty_file_and_empty_section_are_defaults(tmp_path):
     assert load_file(p) == {"tiling": TilingConfig()}
 
 
-def test_relative_paths_are_resolved_against_the_config_file(tmp_path, monkeypatch):
-    folder = tmp_path / "jobs"
-    folder.mkdir()
-    p = folder / "run.yaml"
-    p.write_text(
-        "run:\n  out: ../out\n  model: models/abmil\n"
-        "  slides: [slides/*.svs, /data/a.svs, ~/b.svs]\n"
-        "embed:\n  weights: w/uni.bin\n"
-        "cluster:\n  scheduler: tcp://127.0.0.1:8786\n"
-    )
-    monkeypatch.chdir(tmp_path.parent)  # not the file's folder
-    run, cluster, others = load_run_config(p)
-    assert run.out == str(tmp_path / "out")
-    assert run.model == str(folder / "models" / "abmil")
-    assert run.slides == (
-        str(folder / "slides" / "*.svs"),
-        "/data/a.svs",
-        os.path.expanduser("~/b.svs"),
-    )
-    assert cluster.scheduler == "tcp://127.0.0.1:8786"
-    assert others == {"embed": EmbedConfig(weights=str(folder / "w" / "uni.bin"))}
-    # a relative path given as an override is kept as given (the working directory's)
-    run, _, _ = load_run_config(p, out="here", manifest="m.csv", slides=())
-    assert (run.out, run.manifest, run.slides) == ("here", "m.csv", ())
-    assert load_embed_config(p).weights == str(folder / "w" / "uni.bin")
-
-
-def test_run_config_overrides(tmp_path):
-    p = tmp_path / "run.yaml"
-    p.write_text("run:\n  model: m\n  slides: [a.svs]\n")
-    with pytest.raises(ConfigError, match=f"^{re.escape(str(p))}: run.out: required, but missing$"):
-        load_run_config(p)
-    run, cluster, others = load_run_config(
-        p, out="o", n_workers=2, scheduler=None, embed={"device": "cpu"}, tiling=None
-    )
-    assert (run.out, run.model, cluster.n_workers) == ("o", str(tmp_path / "m"), 2)
-    assert others == {"embed": EmbedConfig(device="cpu")}
-    with pytest.raises(ConfigError, match="overrides: run.exports: Input should be a valid list"):
-        load_run_config(p, out="o", exports="png")
-    with pytest.raises(ConfigError, match="overrides: cluster.n_workers: .*valid integer"):
-        load_run_config(p, out="o", n_workers="2")
-    with pytest.raises(ConfigError, match="overrides: outt: unknown key; did you mean 'out'"):
-        load_run_config(p, outt="o")
-    with pytest.raises(ConfigError, match="overrides: embed.devise: unknown key"):
-        load_run_config(p, out="o", embed={"devise": "cpu"})
-
-
-def test_run_and_cluster_dataclasses():
-    run = RunConfig("o", "m", ["a.svs"])  # positional, a list becomes a tuple
-    assert run.slides == ("a.svs",) and run.exports == ("png", "geojson")
-    assert RunConfig("o", "m", manifest="s.csv").slides == ()
-    with pytest.raises(ConfigError, match="not both"):
-        RunConfig("o", "m", ("a.svs",), "s.csv")
-    with pytest.raises(ConfigError, match="run.out = ''"):
-        RunConfig("", "m", ("a.svs",))
-    with pytest.raises(ConfigError, match="run.slides = 'a.svs': must be a list"):
-        RunConfig("o", "m", "a.svs")  # type: ignore[arg-type]
-    assert ClusterConfig(n_workers=3).local_workers() == 3
-    assert ClusterConfig().local_workers() == max(1, os.cpu_count() or 1)
-    for address in ("tcp://10.0.0.1:8786", "localhost:8786", "tls://sched.example.org:8786"):
-        assert ClusterConfig(scheduler=address).scheduler == address
-    with pytest.raises(ConfigError, match="cluster.scheduler = 'my scheduler'"):
-        ClusterConfig(scheduler="my scheduler")
-    for limit in ("auto", "4GiB", "500 MB", "2e9", "1.5GB"):
-        assert ClusterConfig(memory_limit=limit).memory_limit == limit
-
-
 def test_unknown_section_class():
     with pytest.raises(ConfigError, match="tilling: unknown section; did you mean 'tiling'"):
         section_class("tilling")
+
+
+def test_job_sections_pass_unread_and_others_are_refused(tmp_path):
+    """`run` and `cluster` belong to `wsi run` (pipelines.config): the stage loaders let
+    them through unread, so one job file serves every command."""
+    p = tmp_path / "job.yaml"
+    p.write_text("run:\n  whatever: 1\ncluster: 3\ntiling:\n  tile_size: 224\n")
+    assert load_file(p) == {"tiling": TilingConfig(tile_size=224)}
+    assert load_config(p).tile_size == 224
+    p.write_text("runs:\n  out: o\n")
+    with pytest.raises(ConfigError, match="runs: unknown section; sections: embed, heatmap"):
+        load_file(p)
+    with pytest.raises(ConfigError, match="run: unknown section"):
+        section_class("run")
+
+
+def test_moved_keys_are_named_with_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tiling:\n  size: 224\n")
+    moved = {"tiling.size": "it is tiling.tile_size"}
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(p))}: tiling.size: it is tiling.tile"):
+        load_sections(p, moved=moved)
+    with pytest.raises(ConfigError, match="^overrides: tiling.size: it is"):
+        load_sections(None, {"tiling": {"size": 1}}, moved=moved)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import wsi
 from wsi import store as st
 from wsi.config import TilingConfig
 from wsi.errors import MppError, StageConflictError, StoreError
@@ -162,6 +161,8 @@ def _done_files(store: Path) -> list[Path]:
 
 
 def test_kill_and_resume(tmp_path, synthetic_slide):
+    from wsi.configfile import load_config
+
     cfg = tmp_path / "small_chunks.yaml"
     cfg.write_text("tiling:\n  chunk_tiles: 4\n")
     out = tmp_path / "out"
@@ -204,7 +205,7 @@ def test_kill_and_resume(tmp_path, synthetic_slide):
     entry = st.stage_entry(st.open_store(store), "tiles")
     assert entry["counts"]["resumed"] is True
     assert entry["counts"]["chunks_written_this_run"] == n_chunks - n_done
-    reference = tile_slide(synthetic_slide, tmp_path / "ref", wsi.config.load_config(cfg))
+    reference = tile_slide(synthetic_slide, tmp_path / "ref", load_config(cfg))
     a, b = _arrays(store), _arrays(reference)
     for key in a:
         assert np.array_equal(a[key], b[key]), key
@@ -261,7 +262,7 @@ def test_rerun_after_the_slide_file_changed(tmp_path, svs, pyramid):
 
 
 def test_duplicate_slide_ids_in_one_batch(tmp_path, svs, pyramid):
-    from pipelines.tiling import tile_slides
+    from pipelines.tasks import tile_slides
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

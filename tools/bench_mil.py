@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     from pipelines.cluster import dask_client
-    from pipelines.embedding import embed_stores
-    from pipelines.tiling import tile_slides
+    from pipelines.tasks import embed_stores, tile_slides
     from wsi.config import EmbedConfig, TilingConfig
     from wsi.mil import metrics as m
     from wsi.mil.data import read_labels

@@ -48,9 +48,11 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/run")
     args = ap.parse_args()
 
-    from pipelines.embedding import embed_stores
+    from pipelines.config import ClusterConfig, RunConfig
     from pipelines.run import run_job
-    from wsi.config import ClusterConfig, EmbedConfig, RunConfig
+    from pipelines.tasks import embed_stores
+    from wsi.config import EmbedConfig
+    from wsi.heatmap import HeatmapOptions
     from wsi.mil.train import TrainConfig, train_model
     from wsi.synthetic import make_cohort
     from wsi.tiling import tile_slide
@@ -76,8 +78,9 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_job(
         RunConfig(out=str(out / "run"), model=str(out / "model"),
-                  slides=tuple(map(str, timed)), exports=("png", "geojson")),
+                  slides=tuple(map(str, timed))),
         ClusterConfig(n_workers=args.workers),
+        heatmap=HeatmapOptions(exports=("png", "geojson")),
         progress=False,
     )  # fmt: skip
     run = time.perf_counter() - t0

@@ -44,6 +44,22 @@ def test_batch_with_a_bad_slide(tmp_path, svs, pyramid):
     assert not (out / "renamed.zarr").exists()
 
 
+def test_tile_batch_with_a_slide_id_taken_twice(tmp_path, svs, pyramid):
+    """Two files of one id: the first is tiled, the second fails naming both, exit 1."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "S1.svs", tmp_path / "b" / "S1.tiff"
+    first.write_bytes(svs.read_bytes())
+    second.write_bytes(pyramid.read_bytes())
+    out = tmp_path / "out"
+    r = _wsi("-q", "tile", str(first), str(second), "--out", str(out), "--workers", "1")
+    assert r.returncode == 1, r.stderr
+    assert "tiled 1 of 2 slide(s)" in r.stdout
+    failed = [line for line in r.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and str(second) in failed[0] and str(first) in failed[0]
+    assert st.read_meta(st.open_store(out / "S1.zarr"))["source"]["size"] == svs.stat().st_size
+
+
 def test_wrong_option_value_is_reported(tmp_path, svs):
     r = _wsi("tile", str(svs), "--out", str(tmp_path), "--tile-size", "3")
     assert r.returncode == 2

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.run import resolve_slides, run_job
-from wsi.config import ClusterConfig, RunConfig
+from pipelines.config import ClusterConfig, RunConfig
+from pipelines.run import run_job
+from pipelines.slides import claim_ids, resolve_slides
 from wsi.errors import ConfigError
 from wsi.reports import ReportOptions
 
@@ -260,8 +261,43 @@ def test_folder_and_glob_inputs(predicted, tmp_path):
     twice = tmp_path / "other"
     twice.mkdir()
     shutil.copy(slides[0], twice / slides[0].name)
-    with pytest.raises(ConfigError, match="stores would collide"):
-        resolve_slides(RunConfig(out="o", model="m", slides=(str(folder), str(twice))))
+    # the same id twice: the slide of the second file fails alone (tests below), naming both
+    jobs = resolve_slides(RunConfig(out="o", model="m", slides=(str(folder), str(twice))))
+    claimed = claim_ids([*jobs, jobs[0]])  # a file listed twice is one slide
+    assert [(j.path.parent.name, msg is None) for j, msg in claimed] == [
+        ("in", True), ("in", True), ("other", False)
+    ]  # fmt: skip
+    msg = claimed[2][1]
+    assert "stores would collide" in msg
+    assert str(folder / slides[0].name) in msg and str(twice / slides[0].name) in msg
+
+
+def test_a_slide_id_taken_twice_fails_that_slide_only(predicted, tmp_path):
+    """Two files of one id in a run: the first is done, the second fails with a message
+    naming both files, and it leaves the first one's status file alone."""
+    root, _, _ = predicted
+    first, other = _slides(predicted, 2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(first, tmp_path / "a" / "S1.tiff")
+    shutil.copy(other, tmp_path / "b" / "S1.tiff")
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(root / "abmil"),
+                    slides=(str(tmp_path / "a"), str(tmp_path / "b")))  # fmt: skip
+    result = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert result.exit_code == 1
+    ok, clash = result.slides
+    assert ok["slide_id"] == clash["slide_id"] == "S1"
+    assert ok["status"] == "ok" and ok["path"] == str(tmp_path / "a" / "S1.tiff")
+    assert clash["status"] == "failed" and clash["stage"] == "tile"
+    assert str(tmp_path / "a" / "S1.tiff") in clash["error"]
+    assert str(tmp_path / "b" / "S1.tiff") in clash["error"]
+    assert _status(out)["S1"]["status"] == "ok"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    with open(out / "reports" / "cohort.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(bool(r["error"]) for r in rows) == [False, True]
 
 
 def test_rerun_redoes_what_changed(predicted, tmp_path):

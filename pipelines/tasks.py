@@ -1,0 +1,398 @@
+"""Worker tasks: one slide or store through one stage (or the last three at once), and the
+batches of the per-stage commands built on them.
+
+The same tasks serve ``wsi run`` (submitted to Dask workers) and ``wsi tile``, ``wsi
+embed``, ``wsi predict``, ``wsi heatmap`` (looped over their items here). Loaded
+encoders and models live in one cache per process (a Dask worker, or the process of a
+per-stage command): encoders by (name, weight file and its stamp, device, precision),
+models by (folder, model id), so a retrained model or replaced weights are loaded anew.
+
+A batch never stops for one bad item: ``run_item`` records a ``WsiError`` or ``OSError``
+as that item's failure (and logs it), and the others go on. What would fail every item
+(an unknown encoder, a missing model) stops the batch before the first one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.slides import SlideJob, claim_ids, slide_jobs
+from wsi._files import read_json
+from wsi.config import EmbedConfig, TilingConfig
+from wsi.errors import ConfigError, WsiError
+from wsi.reports.options import ReportOptions
+
+if TYPE_CHECKING:
+    from wsi.heatmap import HeatmapOptions
+
+__all__ = [
+    "ItemResult",
+    "run_item",
+    "run_items",
+    "print_results",
+    "cached_encoder",
+    "cached_model",
+    "worker_name",
+    "timed",
+    "tile_task",
+    "embed_task",
+    "predict_task",
+    "heatmap_task",
+    "report_task",
+    "Finish",
+    "finish_task",
+    "tile_slides",
+    "embed_stores",
+    "predict_stores",
+    "heatmap_stores",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- one item of a batch ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """``ok`` with its output (a path) and the work's return value, or ``failed`` with why."""
+
+    item: str
+    status: str
+    output: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    value: Any = None
+
+
+def run_item(item: str | Path, work: Callable[[str | Path], Any]) -> ItemResult:
+    """Run ``work(item)``; a WsiError or OSError (a full disk, a vanished file) is recorded.
+
+    A returned path becomes ``output``; anything else is kept as ``value``.
+    """
+    t0 = time.perf_counter()
+    try:
+        value = work(item)
+    except WsiError as err:
+        msg = str(err)
+    except OSError as err:
+        msg = f"{item}: {err.strerror or err} ({type(err).__name__}); nothing was marked done"
+    else:
+        output = str(value) if isinstance(value, (str, Path)) else None
+        return ItemResult(str(item), "ok", output, None, time.perf_counter() - t0, value)
+    log.error("%s", msg)
+    return ItemResult(str(item), "failed", error=msg, seconds=time.perf_counter() - t0)
+
+
+def run_items(items: Sequence[str | Path], work: Callable[[str | Path], Any]) -> list[ItemResult]:
+    return [run_item(item, work) for item in items]
+
+
+def print_results(header: str, results: Sequence[ItemResult]) -> int:
+    """Print the header, one line per item, failures last; 1 if any failed, else 0."""
+    print(header)
+    for r in results:
+        if r.status == "ok":
+            arrow = f" -> {r.output}" if r.output and r.output != r.item else ""
+            print(f"  ok      {r.item}{arrow} ({r.seconds:.1f} s)")
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        print(f"  FAILED  {r.item}: {r.error}")
+    return 1 if failed else 0
+
+
+# -- the per-process cache --------------------------------------------------------------
+
+_KEEP = 2  #: loaded encoders (and models) kept per process, the most recently used
+
+
+class _Cache:
+    """The last ``_KEEP`` values of each table, by key; ``get`` loads a missing one."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, OrderedDict[Hashable, Any]] = {}
+
+    def get(self, table: str, key: Hashable, load: Callable[[], Any]) -> Any:
+        values = self.tables.setdefault(table, OrderedDict())
+        if key in values:
+            values.move_to_end(key)
+            return values[key]
+        value = values[key] = load()
+        while len(values) > _KEEP:
+            values.popitem(last=False)
+        return value
+
+
+_CACHE = _Cache()
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a weight file, so a replaced file is loaded anew."""
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None  # load_encoder says what is wrong with it
+    return st.st_mtime_ns, st.st_size
+
+
+def cached_encoder(config: EmbedConfig) -> Any:
+    """The encoder of ``config`` (``wsi.load_encoder``), loaded once per process."""
+    from wsi.encoders import load_encoder
+
+    key = (config.encoder, config.weights, _stamp(config.weights), config.device,
+           config.precision)  # fmt: skip
+    return _CACHE.get(
+        "encoders",
+        key,
+        lambda: load_encoder(
+            config.encoder,
+            weights=config.weights,
+            device=config.device,
+            precision=config.precision,
+        ),  # fmt: skip
+    )
+
+
+def cached_model(folder: str | Path, model_id: str | None = None) -> Any:
+    """The trained model in ``folder`` (``wsi.load_model``), loaded once per process and
+    model id.
+
+    ``model_id`` None: whatever model the folder holds now. Given (a run fixes it when it
+    starts): ConfigError when the folder holds another model by now.
+    """
+    from wsi.mil.predict import load_model
+
+    folder = str(Path(folder).resolve())
+    if model_id is None:
+        try:
+            model_id = str(read_json(Path(folder) / "model.json")["model_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return load_model(folder)  # it says what is wrong with the folder
+    expected = model_id
+
+    def load() -> Any:
+        model = load_model(folder)
+        if model.card["model_id"] != expected:
+            raise ConfigError(
+                f"{folder}: the model changed while the run was going (id "
+                f"{model.card['model_id']}, the run started with {expected}). Re-run."
+            )
+        return model
+
+    return _CACHE.get("models", (folder, model_id), load)
+
+
+def worker_name() -> str:
+    """The Dask worker this runs on (its address), or ``"driver"`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "driver"
+
+
+def timed(task: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``task(*args, **kwargs)`` as {"value", "worker", "seconds"}: what a run records."""
+    t0 = time.perf_counter()
+    value = task(*args, **kwargs)
+    return {"value": value, "worker": worker_name(), "seconds": time.perf_counter() - t0}
+
+
+# -- one slide or store through one stage -----------------------------------------------
+
+
+def tile_task(
+    job: SlideJob,
+    out: str | Path,
+    config: TilingConfig,
+    *,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Tile ``job``'s slide into ``<out>/<slide_id>.zarr`` (chunks as tasks on ``client``)."""
+    from wsi.tiling import tile_slide
+
+    return tile_slide(job.path, out, config, mpp=job.mpp, client=client, overwrite=overwrite,
+                      progress=progress, slide_id=job.slide_id)  # fmt: skip
+
+
+def _is_embedded(store: str | Path, config: EmbedConfig) -> bool:
+    from wsi.embed import is_embedded
+
+    try:
+        return is_embedded(store, config)
+    except WsiError:  # not a store, or unreadable: embed_store reports it
+        return False
+
+
+def embed_task(
+    store: str | Path, config: EmbedConfig, *, overwrite: bool = False, progress: bool | None = None
+) -> Path:
+    """Embed ``store``'s tiles with the cached encoder (none is loaded when they are done)."""
+    from wsi.embed import embed_store
+
+    encoder = None if _is_embedded(store, config) else cached_encoder(config)
+    return embed_store(store, config, encoder=encoder, overwrite=overwrite, progress=progress)
+
+
+def predict_task(
+    store: str | Path, model_dir: str | Path, *, model_id: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Predict ``store`` with the cached model of ``model_dir`` (``wsi.predict_store``)."""
+    from wsi.mil.predict import predict_store
+
+    return predict_store(store, cached_model(model_dir, model_id), overwrite=overwrite)
+
+
+def heatmap_task(
+    store: str | Path, model_name: str, out: str | Path, options: HeatmapOptions
+) -> dict[str, Any]:
+    """The heatmap of ``store``'s ``model_name`` predictions and its exports into ``out``."""
+    from wsi.heatmap import make_heatmap
+
+    return make_heatmap(store, model_name, out, options)
+
+
+def report_task(
+    store: str | Path, model_dir: str | Path, out: str | Path, options: ReportOptions, *,
+    model_id: str | None = None, viewer: Path | None = None,
+) -> Any:  # fmt: skip
+    """The second-opinion report of one predicted store into ``out`` (``report_slide``)."""
+    from wsi.reports import report_slide
+
+    model = cached_model(model_dir, model_id)
+    return report_slide(store, model, out, options, viewer=viewer)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What the last three stages of a run's slide need: the model (folder and the id the
+    run started with), the run's output folder, the heatmap and report options."""
+
+    model_dir: str
+    model_id: str
+    out: str
+    heatmap: HeatmapOptions
+    report: ReportOptions
+
+
+def finish_task(store: str, finish: Finish) -> dict[str, Any]:
+    """Predict, map and report one embedded store. Returns per-stage seconds, or the stage
+    that failed with its error: the slide's problem, never the run's."""
+    out = Path(finish.out)
+    stages: dict[str, float] = {}
+    stage = "predict"
+    try:
+        t0 = time.perf_counter()
+        pred = predict_task(store, finish.model_dir, model_id=finish.model_id, overwrite=True)
+        stages["predict"] = time.perf_counter() - t0
+        stage, t0 = "heatmap", time.perf_counter()
+        name = cached_model(finish.model_dir, finish.model_id).name
+        maps = heatmap_task(store, name, out / "heatmaps", finish.heatmap)
+        stages["heatmap"] = time.perf_counter() - t0
+        stage, t0 = "report", time.perf_counter()
+        viewer = maps["files"].get("viewer")
+        rep = report_task(store, finish.model_dir, out / "reports", finish.report,
+                          model_id=finish.model_id,
+                          viewer=Path(viewer).parent if viewer else None)  # fmt: skip
+        stages["report"] = time.perf_counter() - t0
+    except (WsiError, OSError) as err:
+        return {"ok": False, "stage": stage, "error": str(err), "seconds": stages}
+    except Exception as err:  # noqa: BLE001 - a bug fails this slide, not the run
+        msg = f"internal error: {type(err).__name__}: {err}"
+        return {"ok": False, "stage": stage, "error": msg, "seconds": stages}
+    return {
+        "ok": True,
+        "seconds": stages,
+        "worker": worker_name(),
+        "decision": pred["decision"],
+        "probability": pred["probability"],
+        "files": {**maps["files"], "report": str(rep.html), "pdf": str(rep.pdf or "")},
+    }
+
+
+# -- the batches of the per-stage commands ----------------------------------------------
+
+
+def tile_slides(
+    slides: Sequence[str | Path],
+    out_dir: str | Path,
+    config: TilingConfig,
+    *,
+    client: Any,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> list[ItemResult]:
+    """Tile each slide into ``out_dir``; errors of one slide never stop the others.
+
+    Slides whose ids (file names without extension) collide would share one store: the
+    first is tiled, the others fail with a message naming both files (``claim_ids``).
+    """
+    tile = partial(tile_task, out=out_dir, config=config, client=client, overwrite=overwrite,
+                   progress=progress)  # fmt: skip
+    results = []
+    for job, clash in claim_ids(slide_jobs(slides, mpp)):
+        if clash is not None:
+            log.error("%s", clash)
+            results.append(ItemResult(str(job.path), "failed", error=clash))
+        else:
+
+            def work(_path: str | Path, job: SlideJob = job) -> Path:
+                return tile(job)
+
+            results.append(run_item(job.path, work))
+    return results
+
+
+def embed_stores(
+    stores: Sequence[str | Path],
+    config: EmbedConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> list[ItemResult]:
+    """Embed each store's tiles; the encoder is loaded once, for the first store needing it.
+
+    Stores already embedded with this encoder and weights are skipped without loading
+    it. A missing weight file or an unknown encoder stops the batch at once (it would
+    fail for every store); an error of one store is logged and the others go on.
+    """
+    embed = partial(embed_task, config=config, overwrite=overwrite, progress=progress)
+    results = []
+    for store in stores:
+        if not _is_embedded(store, config):
+            cached_encoder(config)  # here, outside run_item: a bad encoder stops the batch
+        results.append(run_item(store, embed))
+    return results
+
+
+def predict_stores(
+    stores: Sequence[str | Path], model_dir: str | Path, *, overwrite: bool = False
+) -> list[ItemResult]:
+    """Each store's prediction (``value``, a dict) or its error; the model is loaded once
+    (a missing or damaged model stops the batch)."""
+    model_id = cached_model(model_dir).card["model_id"]
+    return run_items(
+        stores, lambda s: predict_task(s, model_dir, model_id=model_id, overwrite=overwrite)
+    )
+
+
+def heatmap_stores(
+    stores: Sequence[str | Path], model_name: str, out: str | Path, options: HeatmapOptions
+) -> list[ItemResult]:
+    """Each store's heatmap (``value``: ``make_heatmap``'s dict of files and regions) or
+    its error."""
+    return run_items(stores, lambda s: heatmap_task(s, model_name, out, options))
