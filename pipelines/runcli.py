@@ -47,6 +47,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
+    from pipelines.viewcli import exports_help
+
     p = sub.add_parser(
         "run",
         help="the whole pipeline on Dask: tile, embed, predict, heatmap, report; cohort report",
@@ -67,8 +69,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
     p.add_argument(
         "--exports",
-        help="heatmap exports, comma-separated: png,geojson,tiff,viewer (sets heatmap.exports; "
-        "default: the job file's, else png,geojson,tiff)",
+        help=f"heatmap exports (sets heatmap.exports; the job file's when not given): "
+        f"{exports_help()}",
     )
     p.add_argument("--no-pdf", action="store_true", help="HTML reports only")
     p.add_argument(
