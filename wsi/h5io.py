@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi._files import sha256_file
+from wsi._files import atomic_path, sha256_file
 from wsi.errors import H5FormatError, H5NotFoundError, StoreError
 from wsi.store import params_hash
 
@@ -145,9 +145,9 @@ def export_h5(store: str | os.PathLike[str], encoder: str, out_dir: str | os.Pat
 
     ``coords`` are ``tiles/coords`` as int64 level-0 top-left (x, y) pixels and
     ``features`` the embeddings as float32, in the store's tile order; see the module
-    docstring for the attributes. The file is written as ``<slide_id>.h5.tmp`` and then
-    renamed, so a crash never leaves a partial file under the final name; an existing
-    file of that name is replaced. StoreError if the features are not complete.
+    docstring for the attributes. The file is written as a hidden temporary file beside
+    it (``wsi._files.atomic_path``) and then renamed, so a crash never leaves a partial
+    file under the final name; an existing file of that name is replaced. StoreError if the features are not complete.
     """
     import h5py
 
@@ -175,17 +175,11 @@ def export_h5(store: str | os.PathLike[str], encoder: str, out_dir: str | os.Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{slide_id}.h5"
-    tmp = out / f"{slide_id}.h5.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            dset = f.create_dataset("coords", data=coords)
-            dset.attrs.update({**geometry, "name": slide_id})
-            f.create_dataset("features", data=feats)
-            f.attrs.update(provenance)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
+        dset = f.create_dataset("coords", data=coords)
+        dset.attrs.update({**geometry, "name": slide_id})
+        f.create_dataset("features", data=feats)
+        f.attrs.update(provenance)
     log.info("%s: %s features of %d tiles -> %s", path, encoder, len(coords), final)
     return final
 
