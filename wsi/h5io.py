@@ -147,7 +147,8 @@ def export_h5(store: str | os.PathLike[str], encoder: str, out_dir: str | os.Pat
     ``features`` the embeddings as float32, in the store's tile order; see the module
     docstring for the attributes. The file is written as a hidden temporary file beside
     it (``wsi._files.atomic_path``) and then renamed, so a crash never leaves a partial
-    file under the final name; an existing file of that name is replaced. StoreError if the features are not complete.
+    file under the final name; an existing file of that name is replaced. StoreError if
+    the features are not complete.
     """
     import h5py
 
