@@ -82,10 +82,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _tiling_config(args: argparse.Namespace):  # noqa: ANN202 - TilingConfig
-    from pipelines.config import load_section
+    from pipelines.config import load_job_section
     from wsi.config import TilingConfig
 
-    return load_section(
+    return load_job_section(
         args.config,
         "tiling",
         TilingConfig,
@@ -155,11 +155,11 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from pipelines.config import load_section
+    from pipelines.config import load_job_section
     from pipelines.tasks import embed_stores, print_results
     from wsi.config import EmbedConfig
 
-    config = load_section(
+    config = load_job_section(
         args.config,
         "embed",
         EmbedConfig,
@@ -178,7 +178,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.config import load_section
+    from pipelines.config import load_job_section
     from wsi.mil.train import TrainConfig, train_model
 
     overrides = {
@@ -200,7 +200,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.stores,
         args.labels,
         args.out,
-        load_section(args.config, "train", TrainConfig, **overrides),
+        load_job_section(args.config, "train", TrainConfig, **overrides),
         encoder=args.encoder,
         positive=args.positive,
         splits=args.splits,

@@ -26,7 +26,7 @@ __all__ = [
     "RunConfig",
     "JOB_CLASSES",
     "load_job_file",
-    "load_section",
+    "load_job_section",
     "load_run_config",
 ]
 
@@ -165,7 +165,7 @@ def load_job_file(path: str | os.PathLike[str]) -> dict[str, object]:
     return load_sections(path, classes=JOB_CLASSES, moved=_MOVED)
 
 
-def load_section(
+def load_job_section(
     path: str | os.PathLike[str] | None, section: str, cls: type[T], **overrides: Any
 ) -> T:
     """Section ``section`` of a job or config file, the whole file validated (``run`` and
@@ -185,7 +185,7 @@ def load_section(
 
     Example:
         >>> from wsi.config import TilingConfig
-        >>> load_section(None, "tiling", TilingConfig, tile_size=224).tile_size
+        >>> load_job_section(None, "tiling", TilingConfig, tile_size=224).tile_size
         224
     """
     classes = {**JOB_CLASSES, section: cls}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.slides import SlideJob
+from wsi import store as st
 from wsi._files import read_json, write_json
 
 __all__ = [
@@ -115,9 +116,7 @@ def is_complete(status: dict[str, Any] | None, key: str, out: Path, model_id: st
     sid = status["slide_id"]
     row = _read(out / "reports" / f"{sid}.json")
     return bool(
-        row
-        and row.get("model_id") == model_id
-        and (out / "stores" / f"{sid}.zarr" / "zarr.json").exists()
+        row and row.get("model_id") == model_id and st.is_store(st.store_path(out / "stores", sid))
     )
 
 

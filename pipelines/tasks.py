@@ -15,6 +15,7 @@ as that item's failure (and logs it), and the others go on. What would fail ever
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -114,20 +115,25 @@ _KEEP = 2  #: loaded encoders (and models) kept per process, the most recently u
 
 
 class _Cache:
-    """The last ``_KEEP`` values of each table, by key; ``get`` loads a missing one."""
+    """The last ``_KEEP`` values of each table, by key; ``get`` loads a missing one.
+
+    A worker may run several tasks at once in threads: one lock makes a second task wait
+    for the first one's load instead of loading the same encoder twice."""
 
     def __init__(self) -> None:
         self.tables: dict[str, OrderedDict[Hashable, Any]] = {}
+        self._lock = threading.Lock()
 
     def get(self, table: str, key: Hashable, load: Callable[[], Any]) -> Any:
-        values = self.tables.setdefault(table, OrderedDict())
-        if key in values:
-            values.move_to_end(key)
-            return values[key]
-        value = values[key] = load()
-        while len(values) > _KEEP:
-            values.popitem(last=False)
-        return value
+        with self._lock:
+            values = self.tables.setdefault(table, OrderedDict())
+            if key in values:
+                values.move_to_end(key)
+                return values[key]
+            value = values[key] = load()
+            while len(values) > _KEEP:
+                values.popitem(last=False)
+            return value
 
 
 _CACHE = _Cache()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi.mil.predict import load_model, predict_store
     from wsi.mil.splits import TEST, read_splits
     from wsi.mil.train import TrainConfig, train_model
-    from wsi.store import TILES_COORDS, open_store
+    from wsi.store import TILES_COORDS, open_store, prediction_keys, store_path
     from wsi.synthetic import lesion_fraction_of_tiles, make_cohort
 
     out = Path(args.out)
@@ -90,20 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     truth = {r.slide_id: r.y for r in table.rows}
     model = load_model(model_dir)
     t0 = time.perf_counter()
-    preds = {s: predict_store(stores / f"{s}.zarr", model, overwrite=True) for s in test_ids}
+    preds = {s: predict_store(store_path(stores, s), model, overwrite=True) for s in test_ids}
     times["prediction_per_slide"] = (time.perf_counter() - t0) / max(len(test_ids), 1)
 
     ranks, lesion, per_slide = [], [], []
     for sid in test_ids:
         if not truth[sid]:
             continue
-        group = open_store(stores / f"{sid}.zarr")
+        group = open_store(store_path(stores, sid))
         coords = np.asarray(group[TILES_COORDS][:])
         footprint = float(group[TILES_COORDS].attrs["footprint_l0"])
         frac = lesion_fraction_of_tiles(
             cohort.masks_dir / f"{sid}_lesion.png", coords, footprint, cohort.mask_downsample
         )
-        att = np.asarray(group[f"predictions/{model.name}/attention_mean"][:])
+        att = np.asarray(group[prediction_keys(model.name).attention_mean][:])
         is_lesion = (frac >= 0.5).astype(int)
         if 0 < is_lesion.sum() < len(is_lesion):
             per_slide.append(m.auroc(is_lesion, att))

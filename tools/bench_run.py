@@ -85,12 +85,10 @@ def main() -> None:
     )  # fmt: skip
     run = time.perf_counter() - t0
     assert result.exit_code == 0, result.failed
-    import zarr
+    from wsi import store as st
 
     tiles = sum(
-        zarr.open_group(str(out / "seq" / "stores" / f"{s.stem}.zarr"), mode="r")[
-            "tiles/coords"
-        ].shape[0]
+        st.open_store(st.store_path(out / "seq" / "stores", s.stem))[st.TILES_COORDS].shape[0]
         for s in timed
     )
     n = len(timed)

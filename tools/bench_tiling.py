@@ -87,7 +87,7 @@ def stage_run(
         store = tile_slide(path, out, cfg, client=client, progress=False)
         seconds = time.perf_counter() - t0
         peaks = list(client.run(peak_rss).values())
-    n = st.stage_entry(st.open_store(store), "tiles")["counts"]["tiles"]
+    n = st.stage_entry(st.open_store(store), st.TILES)["counts"]["tiles"]
     return n / seconds, n, seconds, peaks
 
 

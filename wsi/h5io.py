@@ -64,7 +64,6 @@ GEOMETRY_ATTRS = (
 )
 
 _IMPORT_CHUNK_ROWS = 1024
-_HASH_BLOCK = 1 << 20
 
 
 # -- export -----------------------------------------------------------------------------
@@ -396,7 +395,7 @@ def _target_store(path: Path, h5: H5Features) -> tuple[Any, bool]:
     was killed before its coords were complete is made again.
     """
     if path.exists():
-        if not (path / "zarr.json").exists():
+        if not st.is_store(path):
             raise StoreError(
                 f"{path}: exists but is not a slide store. Move it away or choose another --out."
             )
@@ -473,7 +472,7 @@ def import_h5(
     """
     h5 = read_h5(h5_path)
     stage, _, _ = st.features_keys(encoder)  # a bad name fails before anything is written
-    path = Path(out_dir) / f"{h5.path.stem}.zarr"
+    path = st.store_path(out_dir, h5.path.stem)
     group, created = _target_store(path, h5)
     store_coords = np.asarray(group[st.TILES_COORDS][:])
     order = _rows_in_store(h5, store_coords, path)

@@ -64,7 +64,8 @@ __all__ = [
     "slide_id_for",
     "check_slide_id",
     "same_source",
-    "store_path_for",
+    "store_path",
+    "is_store",
     "source_record",
     "open_store",
     "read_meta",
@@ -188,8 +189,15 @@ def same_source(meta: dict[str, Any], path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def store_path_for(slide_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    return Path(out_dir) / f"{slide_id_for(slide_path)}.zarr"
+def store_path(out_dir: str | os.PathLike[str], slide_id: str) -> Path:
+    """Where the store of ``slide_id`` lives in ``out_dir``: ``<out_dir>/<slide_id>.zarr``."""
+    return Path(out_dir) / f"{slide_id}.zarr"
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a zarr group (a store, or what is left of one), as opposed to
+    nothing or a folder that is not zarr's."""
+    return (Path(path) / "zarr.json").exists()
 
 
 def source_record(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -245,7 +253,7 @@ def open_store(path: str | os.PathLike[str], mode: str = "r") -> Any:
 
     register()
     p = Path(path)
-    if mode in ("r", "r+") and not (p / "zarr.json").exists():
+    if mode in ("r", "r+") and not is_store(p):
         raise StoreError(f"{p}: not a slide store (no zarr.json). Run `wsi tile` first.")
     try:
         return zarr.open_group(str(p), mode=mode)  # type: ignore[arg-type]

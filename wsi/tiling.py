@@ -242,7 +242,7 @@ def _existing_store(
     """
     if not path.exists():
         return None, "fresh"
-    if not (path / "zarr.json").exists():
+    if not st.is_store(path):
         raise StoreError(
             f"{path}: exists but is not a slide store. Move it away or choose another --out."
         )
@@ -379,7 +379,7 @@ def tile_slide(
     sid = st.check_slide_id(slide_id) if slide_id is not None else st.slide_id_for(slide_path)
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
-        store_path = out / f"{sid}.zarr"
+        store_path = st.store_path(out, sid)
         source = st.source_record(slide_path)
         params = _stage_params(config, slide, mpp)
         phash = params_hash(params)

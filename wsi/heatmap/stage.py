@@ -83,9 +83,9 @@ def make_heatmap(
     meta = st.read_meta(group)
     stage = st.heatmap_keys(model).stage
     made_from = prediction_hash(group, model)
-    phash = st.params_hash({"options": options.to_attrs(), "prediction": made_from})
-    params = {"source": options.source, "normalise": options.normalise, "prediction": made_from}
-    st.begin_stage(group, stage, params, phash)
+    # the record holds what its hash is of: the options and the prediction it is made from
+    params = {"options": options.to_attrs(), "prediction": made_from}
+    st.begin_stage(group, stage, params, st.params_hash(params))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tissue = None

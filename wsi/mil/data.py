@@ -175,8 +175,8 @@ def check_stores(
     shas: dict[str, list[str]] = {}
     identity: dict[str, str] = {}
     for row in table.rows:
-        path = root / f"{row.slide_id}.zarr"
-        if not (path / "zarr.json").exists():
+        path = st.store_path(root, row.slide_id)
+        if not st.is_store(path):
             no_store.append(row.slide_id)
             continue
         group = st.open_store(path)
@@ -231,7 +231,7 @@ class BagSource:
         self._bytes = 0
 
     def store(self, slide_id: str) -> Path:
-        return self.root / f"{slide_id}.zarr"
+        return st.store_path(self.root, slide_id)
 
     def __getitem__(self, slide_id: str) -> np.ndarray:
         bag = self._cache.get(slide_id)

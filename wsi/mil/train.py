@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
+from wsi.progress import Progress
 from wsi.store import params_hash
 
 __all__ = ["TrainConfig", "train_model", "FoldModel"]
@@ -140,14 +140,6 @@ def _logits(module: Any, bags: BagSource, ids: list[str]) -> np.ndarray:
         return np.stack([module(torch.from_numpy(bags[s])).logits.float().numpy() for s in ids])
 
 
-def _progress(total: int, desc: str) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="epoch", leave=False)
-
-
 def _train_fold(
     k: int,
     train_ids: list[str],
@@ -172,7 +164,7 @@ def _train_fold(
     val_y = np.array([y[s] for s in val_ids])
     best, best_state, wait = float("inf"), copy.deepcopy(module.state_dict()), 0
     rows = []
-    bar = _progress(config.epochs, f"fold {k}")
+    bar = Progress(config.epochs, f"fold {k}", None, unit="epoch")
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         module.train()
@@ -203,19 +195,16 @@ def _train_fold(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(train=rows[-1]["train_loss"], val=rows[-1]["val_loss"], auc=val_auc)
-        else:
-            log.info("fold %d epoch %d: %s", k, epoch, rows[-1])
+        bar.update(1)
+        bar.stage(f"train {total / len(train_ids):.4f} val {val_loss:.4f} auc {val_auc:.3f}")
+        log.debug("fold %d epoch %d: %s", k, epoch, rows[-1])
         if val_loss < best - 1e-6:
             best, best_state, wait = val_loss, copy.deepcopy(module.state_dict()), 0
         else:
             wait += 1
             if wait >= config.patience:
                 break
-    if bar is not None:
-        bar.close()
+    bar.close()
     module.load_state_dict(best_state)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
