@@ -16,8 +16,8 @@ from pipelines.config import (
     ClusterConfig,
     RunConfig,
     load_job_file,
+    load_job_section,
     load_run_config,
-    load_section,
 )
 from wsi.config import EmbedConfig, TilingConfig
 from wsi.configfile import load_embed_config
@@ -109,9 +109,9 @@ def test_per_stage_loader_validates_the_whole_job_file(tmp_path):
     p = tmp_path / "job.yaml"
     p.write_text("run:\n  out: o\n  model: m\n  slides: [a]\n  modle: x\ntiling:\n  stride: 64\n")
     with pytest.raises(ConfigError, match="run.modle: unknown key; did you mean 'model'"):
-        load_section(p, "tiling", TilingConfig)
+        load_job_section(p, "tiling", TilingConfig)
     p.write_text("run:\n  out: o\n  model: m\n  slides: [a]\ntiling:\n  stride: 64\n")
-    assert load_section(p, "tiling", TilingConfig, tile_size=128) == TilingConfig(
+    assert load_job_section(p, "tiling", TilingConfig, tile_size=128) == TilingConfig(
         tile_size=128, stride=64
     )
 
