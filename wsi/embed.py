@@ -66,8 +66,7 @@ def _write_layout(
     group: Any, keys: tuple[str, str, str], n: int, d: int, batch: int, dtype: str
 ) -> Any:
     name, emb_key, done_key = keys
-    if name in group:
-        del group[name]
+    st.remove_member(group, name)  # also what a killed or concurrent writer left
     emb = group.create_array(emb_key, shape=(n, d), dtype=dtype, chunks=(batch, d), fill_value=0)
     group.create_array(
         done_key, shape=(math.ceil(n / batch),), dtype="bool", chunks=(1,), fill_value=False
@@ -122,7 +121,9 @@ def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
     Raises:
         StoreError: ``store`` is not a slide store, or holds no complete features of
             ``encoder`` (the message names the encoders present and the command to run),
-            or ``encoder`` cannot name a store group (empty, ``/``, leading ``.``).
+            or ``encoder`` cannot name a store group (empty, ``/``, leading ``.``), or
+            they cannot be read (repaired by re-embedding with ``overwrite``).
+        StaleStageError: they were made from a tiles run that has been redone since.
 
     Example::
 
@@ -137,7 +138,14 @@ def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
             f"{path}: no complete features for encoder {encoder!r} (complete or partial: "
             f"{have or 'none'}). Run `wsi embed {path} --encoder {encoder}`."
         )
-    return np.asarray(group[emb_key][:])
+    st.current_entry(group, stage, str(path))  # stale or half-removed: say so
+    try:
+        return np.asarray(group[emb_key][:])
+    except (KeyError, OSError, ValueError) as err:
+        raise StoreError(
+            f"{path}: the {encoder} features cannot be read ({type(err).__name__}: {err}). "
+            f"Re-run `wsi embed {path} --encoder {encoder} --overwrite` to repair them."
+        ) from err
 
 
 def _params(identity: dict[str, Any], config: EmbedConfig, tiles: dict[str, Any]) -> dict[str, Any]:
@@ -187,9 +195,10 @@ def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None
     identity = planned_identity(config.encoder, config.weights, config.device, config.precision)
     if tiles is None or identity is None:
         return False
-    done = st.stage_entry(group, st.features_keys(config.encoder)[0])
-    if done is None:
-        return False
+    keys = st.features_keys(config.encoder)
+    done = st.stage_entry(group, keys[0])
+    if done is None or not all(key in group for key in keys):
+        return False  # not made, or recorded but (partly) removed since: not embedded
     return bool(done["params_hash"] == params_hash(_params(identity, config, tiles)))
 
 
@@ -254,12 +263,20 @@ def embed_store(
         for path in sorted(Path("stores").glob("*.zarr")):
             wsi.embed_store(path, cfg, encoder=enc, progress=False)
     """
+    config = config or EmbedConfig()
+    path = Path(store)
+    st.open_store(path, mode="r")  # not a store: say so before taking its lock
+    with st.store_lock(path):  # one writer per store; a second is refused
+        return _embed_locked(path, config, encoder, overwrite, progress)
+
+
+def _embed_locked(
+    path: Path, config: EmbedConfig, encoder: Any, overwrite: bool, progress: bool | None
+) -> Path:
     import torch
 
     from wsi.encoders.encoder import load_encoder
 
-    config = config or EmbedConfig()
-    path = Path(store)
     group = st.open_store(path, mode="r+")
     tiles_id = _tiles_identity(group, path)
     if encoder is None and is_embedded(path, config):
@@ -305,7 +322,7 @@ def embed_store(
                 "versions": st.package_versions(),
             }
         )
-        st.begin_stage(group, stage, params, phash)
+        st.begin_stage(group, stage, params, phash, made_from=tiles_id.get("stage", st.TILES))
     else:
         log.info("%s: resuming %s", path, stage)
     emb = group[keys[1]]

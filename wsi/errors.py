@@ -16,6 +16,8 @@ __all__ = [
     "ConfigError",
     "StoreError",
     "StageConflictError",
+    "StaleStageError",
+    "LockedError",
     "BackendUnavailableError",
     "ClusterError",
     "UnknownEncoderError",
@@ -58,6 +60,15 @@ class StoreError(WsiError, RuntimeError):
 
 class StageConflictError(StoreError):
     """A stage is already complete with other parameters; pass overwrite=True to redo it."""
+
+
+class StaleStageError(StoreError):
+    """A stage was made from inputs that have since been redone (other features, another
+    prediction): re-run it."""
+
+
+class LockedError(WsiError, BlockingIOError):
+    """Another process is writing the store or run folder (the message names it)."""
 
 
 class ClusterError(WsiError, ConnectionError):

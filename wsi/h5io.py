@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,11 +357,7 @@ def _fresh_store_meta(h5: H5Features, slide_id: str) -> dict[str, Any]:
 
 def _create_coords_store(path: Path, h5: H5Features) -> Any:
     """A features-only store at ``path`` with ``tiles/coords`` from ``h5`` (stage "coords")."""
-    import zarr
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(str(path), mode="w")
-    st.write_meta(group, _fresh_store_meta(h5, path.stem))
+    group = st.create_store(path, _fresh_store_meta(h5, path.stem))
     n = len(h5.coords)
     coords = group.create_array(
         st.TILES_COORDS, shape=(n, 2), dtype="int32", chunks=(min(n, 65536), 2)
@@ -394,11 +389,9 @@ def _target_store(path: Path, h5: H5Features) -> tuple[Any, bool]:
     An existing store must have complete tiles (or coords). A store left by an import that
     was killed before its coords were complete is made again.
     """
-    if path.exists():
-        if not st.is_store(path):
-            raise StoreError(
-                f"{path}: exists but is not a slide store. Move it away or choose another --out."
-            )
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        if not st.is_wsi_store(path):
+            raise st.foreign_store_error(path)
         group = st.open_store(path, mode="r+")
         meta = st.read_meta(group)
         if _coords_identity(group) is not None:
@@ -409,7 +402,7 @@ def _target_store(path: Path, h5: H5Features) -> tuple[Any, bool]:
                 f"{path}: its tiles are not complete, so {h5.path.name} cannot be matched to "
                 "them. Finish `wsi tile` on its slide first, or import into another --out."
             )
-        shutil.rmtree(path)  # an interrupted features-only store: nothing in it is trusted
+        st.remove_store(path)  # an interrupted features-only store: nothing in it is trusted
     return _create_coords_store(path, h5), True
 
 
@@ -420,8 +413,7 @@ def _write_features(
     stage, emb_key, done_key = st.features_keys(encoder)
     n, d = feats.shape
     rows = min(n, _IMPORT_CHUNK_ROWS)
-    if stage in group:
-        del group[stage]
+    st.remove_member(group, stage)
     emb = group.create_array(emb_key, shape=(n, d), dtype="float32", chunks=(rows, d), fill_value=0)
     done = group.create_array(
         done_key, shape=(math.ceil(n / rows),), dtype="bool", chunks=(1,), fill_value=False
@@ -435,7 +427,7 @@ def _write_features(
             "versions": st.package_versions(),
         }
     )
-    st.begin_stage(group, stage, params, phash)
+    st.begin_stage(group, stage, params, phash, made_from=params["tiles"]["stage"])
     for c in range(done.shape[0]):
         emb[c * rows : (c + 1) * rows] = feats[c * rows : (c + 1) * rows]
         done[c] = True  # last: this chunk is trusted from here on
@@ -473,6 +465,12 @@ def import_h5(
     h5 = read_h5(h5_path)
     stage, _, _ = st.features_keys(encoder)  # a bad name fails before anything is written
     path = st.store_path(out_dir, h5.path.stem)
+    with st.store_lock(path):  # one writer per store; a second is refused
+        return _import_locked(h5, encoder, path, overwrite)
+
+
+def _import_locked(h5: H5Features, encoder: str, path: Path, overwrite: bool) -> Path:
+    stage, _, _ = st.features_keys(encoder)
     group, created = _target_store(path, h5)
     store_coords = np.asarray(group[st.TILES_COORDS][:])
     order = _rows_in_store(h5, store_coords, path)

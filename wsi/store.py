@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from wsi.errors import ConfigError, StageConflictError, StoreError
+from wsi._lock import holding, lock_file
+from wsi.errors import ConfigError, StageConflictError, StaleStageError, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -66,6 +67,15 @@ __all__ = [
     "same_source",
     "store_path",
     "is_store",
+    "is_wsi_store",
+    "foreign_store_error",
+    "create_store",
+    "remove_store",
+    "remove_member",
+    "store_lock",
+    "upstream_of",
+    "current_entry",
+    "stale_reason",
     "source_record",
     "open_store",
     "read_meta",
@@ -141,13 +151,15 @@ def heatmap_keys(model: str) -> HeatmapKeys:
 
 
 def models_with(group: Any, kind: str = PREDICTIONS) -> list[str]:
-    """Names of the models with a complete ``predictions/<model>`` (or ``heatmaps/<model>``
-    with ``kind=HEATMAPS``) in a store, sorted."""
+    """Names of the models with a complete and current ``predictions/<model>`` (or
+    ``heatmaps/<model>`` with ``kind=HEATMAPS``) in a store, sorted; stale ones (see
+    :func:`stale_reason`) are left out."""
     prefix = f"{kind}/"
+    meta = read_meta(group)
     return sorted(
         name[len(prefix) :]
-        for name in read_meta(group).get("stages") or {}
-        if name.startswith(prefix) and name in group
+        for name in meta.get("stages") or {}
+        if name.startswith(prefix) and name in group and not stale_reason(group, name, meta)
     )
 
 
@@ -198,6 +210,104 @@ def is_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a zarr group (a store, or what is left of one), as opposed to
     nothing or a folder that is not zarr's."""
     return (Path(path) / "zarr.json").exists()
+
+
+def is_wsi_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a zarr group that wsi made: its ``zarr.json`` carries wsi's
+    marker (the ``wsi`` attrs with a schema version) from the moment it exists (see
+    :func:`create_store`). Only such folders are ever removed or overwritten."""
+    try:
+        doc = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    meta = attrs.get(ATTRS_KEY) if isinstance(attrs, dict) else None
+    return isinstance(meta, dict) and "schema_version" in meta
+
+
+def foreign_store_error(path: str | os.PathLike[str]) -> StoreError:
+    what = "a Zarr group" if is_store(path) else "a folder"
+    return StoreError(
+        f"{path}: holds {what} that wsi did not make (no wsi marker in its zarr.json); wsi "
+        "never deletes or overwrites it, not even with --overwrite. Move it away or choose "
+        "another --out."
+    )
+
+
+def create_store(path: str | os.PathLike[str], meta: dict[str, Any]) -> Any:
+    """A new store at ``path`` carrying ``meta`` (see :func:`new_store_meta`) from its first
+    moment, returned open for writing.
+
+    The group is made in a hidden sibling and renamed into place, so a killed process
+    leaves either no store or one with wsi's marker, never an unmarked group. Refuses
+    (StoreError) when ``path`` exists and is not empty. Call it holding the store's lock
+    (:func:`store_lock`): leftovers of earlier killed creations are removed here.
+    """
+    import shutil
+    import uuid
+
+    import zarr
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for old in final.parent.glob(f".{final.name}.new-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.new-{uuid.uuid4().hex[:8]}")
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        write_meta(group, meta)
+        os.rename(tmp, final)  # also replaces an empty folder; refuses a non-empty one
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():
+            raise (
+                foreign_store_error(final)
+                if not is_wsi_store(final)
+                else StoreError(
+                    f"{final}: a store appeared while this one was made ({err}). Re-run."
+                )
+            ) from err
+        raise StoreError(f"{final}: cannot create the store ({err}).") from err
+    return open_store(final, mode="r+")
+
+
+def remove_store(path: str | os.PathLike[str]) -> None:
+    """Delete the store at ``path``, only if wsi made it (:func:`is_wsi_store`); a folder
+    without wsi's marker raises StoreError and is left alone."""
+    import shutil
+
+    p = Path(path)
+    if not p.exists():
+        return
+    if not is_wsi_store(p):
+        raise foreign_store_error(p)
+    shutil.rmtree(p)
+
+
+def remove_member(group: Any, name: str) -> None:
+    """Remove ``name`` (a stage's group or array) from a store, whatever state a killed or
+    concurrent writer left it in (a folder without zarr metadata, half an array): the
+    repair that ``--overwrite`` runs before a stage is laid out again."""
+    import shutil
+
+    target = Path(str(group.store.root)) / str(group.path) / name
+    try:
+        if name in group:
+            del group[name]
+    except (KeyError, OSError, ValueError):
+        pass
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def store_lock(path: str | os.PathLike[str], *, wait: float | None = None) -> Any:
+    """The writer's lock of the store at ``path`` (a context manager; see ``wsi._lock``).
+
+    Every stage that writes a store holds it: a second writer is refused with a message
+    naming the holder, or waits ``wait`` seconds (None: ``WSI_LOCK_WAIT``, default 0).
+    """
+    p = Path(path)
+    return holding(lock_file(p.parent, p.name), f"store {p}", wait=wait)
 
 
 def source_record(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -333,7 +443,14 @@ def stage_state(
     entry = meta.get("stages", {}).get(stage)
     pending = meta.get("pending", {}).get(stage)
     if entry and entry.get("params_hash") == phash:
-        return "complete"
+        if _data_of(stage) in group:
+            return "complete"
+        if not overwrite:
+            raise StoreError(
+                f"{where}: {stage} is recorded as complete but its data is missing (the "
+                "store was changed by another program). Pass --overwrite to make it again."
+            )
+        return "fresh"
     if not overwrite:
         for record, how in ((entry, "made"), (pending, "partly made (an interrupted run)")):
             if not record:
@@ -357,22 +474,143 @@ def stage_state(
     return "fresh"
 
 
-def begin_stage(group: Any, stage: str, params: dict[str, Any], phash: str) -> str:
-    """Mark ``stage`` as in progress with ``params``; drops any completion record.
+#: what each kind of stage is made from (for messages) and the command that redoes it;
+#: tiles and coords are made from the slide file (or an h5 file) and have no entry
+_MADE_FROM = {
+    FEATURES: ("tiles", "wsi embed"),
+    PREDICTIONS: ("features", "wsi predict"),
+    HEATMAPS: ("prediction", "wsi heatmap"),
+}
 
-    Returns a fresh run id that names this layout of the stage's arrays.
+
+def _data_of(stage: str) -> str:
+    """The group or array whose presence a complete ``stage`` implies."""
+    return TILES_COORDS if stage == COORDS else stage
+
+
+def _kind(stage: str) -> str:
+    return stage.split("/", 1)[0]
+
+
+def _made_from(record: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    """The ``{"stage", "run_id"}`` a stage record was made from; features written before
+    ``made_from`` was recorded name their tiles run in their params."""
+    made = record.get("made_from")
+    if made:
+        return dict(made)
+    tiles = (record.get("params") or {}).get("tiles")
+    if _kind(stage) == FEATURES and isinstance(tiles, dict) and tiles.get("run_id"):
+        return {"stage": tiles.get("stage", TILES), "run_id": tiles["run_id"]}
+    return None
+
+
+def upstream_of(group: Any, stage: str) -> str | None:
+    """The stage that the record of ``stage`` (complete, else pending) was made from."""
+    meta = read_meta(group)
+    record = meta.get("stages", {}).get(stage) or meta.get("pending", {}).get(stage)
+    made = _made_from(record, stage) if record else None
+    return str(made["stage"]) if made else None
+
+
+def stale_reason(group: Any, stage: str, meta: dict[str, Any] | None = None) -> str | None:
+    """Why the complete ``stage`` no longer matches what it was made from, or None.
+
+    The one dependency rule: features are made from the tiles (or imported coords) run
+    they record, a prediction from the features run, a heatmap from the prediction run
+    (each record's ``made_from``: the upstream stage and its ``run_id``). A stage whose
+    upstream was redone, removed or is itself stale is stale; so is one that records no
+    upstream although its kind has one (written by an older wsi).
+    """
+    meta = read_meta(group) if meta is None else meta
+    stages = meta.get("stages", {})
+    entry = stages.get(stage)
+    if not entry or _kind(stage) not in _MADE_FROM:
+        return None
+    noun = _MADE_FROM[_kind(stage)][0]
+    made = _made_from(entry, stage)
+    if made is None:
+        return f"it was made by an older wsi that did not record which {noun} it came from"
+    up = stages.get(made["stage"])
+    if up is None:
+        return f"the {noun} it was made from ({made['stage']}) are no longer complete"
+    if up.get("run_id") != made.get("run_id"):
+        return f"it was made from other {noun} ({made['stage']} was redone since)"
+    deeper = stale_reason(group, made["stage"], meta)
+    return f"{made['stage']} is stale: {deeper}" if deeper else None
+
+
+def current_entry(group: Any, stage: str, where: str = "") -> dict[str, Any]:
+    """The completion record of ``stage`` when it can be trusted; raises otherwise.
+
+    StoreError when the stage is not complete (or its arrays are missing: an inconsistent
+    store, repaired by re-running the stage with --overwrite); StaleStageError when it
+    was made from inputs that have been redone since (:func:`stale_reason`). Readers of a
+    stage's output (heatmaps, viewer, reports, notebook, training) go through here.
+    """
+    where = where or str(group.store)
+    redo = _MADE_FROM.get(_kind(stage), ("", f"wsi {_kind(stage)}"))[1]
+    meta = read_meta(group)
+    entry = meta.get("stages", {}).get(stage)
+    if not entry:
+        raise StoreError(f"{where}: {stage} is not complete. Run `{redo}` first.")
+    if _data_of(stage) not in group:
+        raise StoreError(
+            f"{where}: {stage} is recorded as complete but its data is missing (the store "
+            f"was changed by another program). Re-run `{redo} --overwrite` to repair it."
+        )
+    reason = stale_reason(group, stage, meta)
+    if reason:
+        raise StaleStageError(f"{where}: {stage} is stale: {reason}. Re-run `{redo}`.")
+    return dict(entry)
+
+
+def _downstream(meta: dict[str, Any], stage: str) -> list[str]:
+    """Every stage (complete or pending) made from ``stage``, directly or not."""
+    found: list[str] = []
+    todo = [stage]
+    while todo:
+        up = todo.pop()
+        for table in ("stages", "pending"):
+            for name, record in (meta.get(table) or {}).items():
+                made = _made_from(record, name) if record else None
+                if made and made["stage"] == up and name not in found and name != stage:
+                    found.append(name)
+                    todo.append(name)
+    return found
+
+
+def begin_stage(
+    group: Any,
+    stage: str,
+    params: dict[str, Any],
+    phash: str,
+    *,
+    made_from: str | None = None,
+) -> str:
+    """Mark ``stage`` as in progress with ``params``; drops its completion record, and
+    removes every stage made from it (records and data): they would be stale.
+
+    ``made_from`` names the complete stage this one is made from (features: the tiles or
+    coords; a prediction: the features; a heatmap: the prediction); its run id is
+    recorded so that a later redo of it makes this stage stale (:func:`stale_reason`).
+    Returns a fresh run id that names this run of the stage.
     """
     import uuid
 
     meta = read_meta(group)
+    record: dict[str, Any] = {"params": params, "params_hash": phash}
+    if made_from is not None:
+        up = meta.get("stages", {}).get(made_from)
+        if not up:
+            raise StoreError(f"{group.store}: {stage} cannot be made: {made_from} is not complete.")
+        record["made_from"] = {"stage": made_from, "run_id": up.get("run_id")}
+    for name in _downstream(meta, stage):
+        meta.get("stages", {}).pop(name, None)
+        meta.get("pending", {}).pop(name, None)
+        remove_member(group, name)
     meta.setdefault("stages", {}).pop(stage, None)
     run_id = uuid.uuid4().hex
-    meta.setdefault("pending", {})[stage] = {
-        "params": params,
-        "params_hash": phash,
-        "run_id": run_id,
-        "started": now_iso(),
-    }
+    meta.setdefault("pending", {})[stage] = {**record, "run_id": run_id, "started": now_iso()}
     write_meta(group, meta)
     return run_id
 

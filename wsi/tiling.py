@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -166,8 +165,7 @@ def _write_layout(group: Any, grid: TileGrid, mask: TissueMask, config: TilingCo
     """(Re)create the tissue and tiles arrays; pixels start empty, done all False."""
     # new tiles void every later stage's outputs too
     for name in st.STAGE_GROUPS:
-        if name in group:
-            del group[name]
+        st.remove_member(group, name)
     m = group.create_array(st.TISSUE_MASK, data=mask.mask.astype(np.uint8), chunks=(1024, 1024))
     m.attrs.update(
         {
@@ -238,18 +236,20 @@ def _existing_store(
 ) -> tuple[Any, str]:
     """The store at ``path`` and what to do with it: "complete", "resume" or "fresh".
 
-    Returns (None, "fresh") when there is no store (or it was removed for overwrite).
+    Returns (None, "fresh") when there is no store (or it was removed for overwrite). A
+    folder that wsi did not make (no wsi marker) is never touched: StoreError.
     """
-    if not path.exists():
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return None, "fresh"
-    if not st.is_store(path):
-        raise StoreError(
-            f"{path}: exists but is not a slide store. Move it away or choose another --out."
-        )
-    group = st.open_store(path, mode="r+")
-    meta = st.read_meta(group)
-    if not meta:  # killed right after the group was created: nothing in it to keep
-        shutil.rmtree(path)
+    if not st.is_wsi_store(path):
+        raise st.foreign_store_error(path)
+    try:
+        group = st.open_store(path, mode="r+")
+        meta = st.read_meta(group)
+    except StoreError:
+        if not overwrite:
+            raise
+        st.remove_store(path)  # unreadable, but wsi's: --overwrite makes it again
         return None, "fresh"
     old = meta.get("source", {})
     if old.get("fingerprint") != source["fingerprint"]:
@@ -258,7 +258,7 @@ def _existing_store(
                 f"{path}: the store was made from another file ({old.get('path')}) with "
                 f"the same name as {source['path']}. Use another --out, or --overwrite."
             )
-        shutil.rmtree(path)
+        st.remove_store(path)
         return None, "fresh"
     state = st.stage_state(group, STAGE, phash, overwrite=overwrite, where=str(path))
     if state == "resume" and not _resumable(group, phash, config):
@@ -377,9 +377,23 @@ def tile_slide(
     out = Path(out_dir)
     slide_path = Path(path)
     sid = st.check_slide_id(slide_id) if slide_id is not None else st.slide_id_for(slide_path)
+    store_path = st.store_path(out, sid)
+    with st.store_lock(store_path):  # one writer per store; a second is refused
+        return _tile_locked(slide_path, store_path, sid, config, mpp, client, overwrite, progress)
+
+
+def _tile_locked(
+    slide_path: Path,
+    store_path: Path,
+    sid: str,
+    config: TilingConfig,
+    mpp: float | None,
+    client: Any,
+    overwrite: bool,
+    progress: bool | None,
+) -> Path:
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
-        store_path = st.store_path(out, sid)
         source = st.source_record(slide_path)
         params = _stage_params(config, slide, mpp)
         phash = params_hash(params)
@@ -397,15 +411,13 @@ def tile_slide(
                     f"{mask.threshold:.3f}). Check the slide, or lower tiling.min_tissue / "
                     "tiling.tissue.min_saturation."
                 )
-            if group is None:
-                import zarr
-
-                out.mkdir(parents=True, exist_ok=True)
-                group = zarr.open_group(str(store_path), mode="w")
             # forget any earlier run first (new tiles void every later stage too), then lay
             # out, and only then mark the run pending: a kill at any point leaves nothing
             # that a later run would resume wrongly
-            st.write_meta(group, _slide_meta(slide, source, sid))
+            if group is None:
+                group = st.create_store(store_path, _slide_meta(slide, source, sid))
+            else:
+                st.write_meta(group, _slide_meta(slide, source, sid))
             choice = grid.choice
             reader = _reader(config, slide, choice)
             _write_layout(group, grid, mask, config)

@@ -86,6 +86,7 @@ def tile_scores(
         raise StoreError(
             f"{path}: no complete {stage}. Run `wsi predict {path} --model <folder of {model}>`."
         )
+    st.current_entry(group, stage, str(path))  # made from features redone since: refuse
     if source == "attention":
         raw = np.asarray(group[keys.attention_mean][:], dtype=np.float64)
     else:

@@ -77,6 +77,14 @@ def make_heatmap(
     """
     options = options or HeatmapOptions()
     path = Path(store)
+    st.open_store(path)  # not a store: say so before taking its lock
+    with st.store_lock(path):  # one writer per store; a second is refused
+        return _heatmap_locked(path, model, out_dir, options)
+
+
+def _heatmap_locked(
+    path: Path, model: str, out_dir: str | os.PathLike[str], options: HeatmapOptions
+) -> dict[str, Any]:
     scores, grid = compute(path, model, options)
     regions = top_regions(grid, options.top_fraction, MAX_REGIONS)
     group = st.open_store(path, mode="r+")
@@ -85,7 +93,9 @@ def make_heatmap(
     made_from = prediction_hash(group, model)
     # the record holds what its hash is of: the options and the prediction it is made from
     params = {"options": options.to_attrs(), "prediction": made_from}
-    st.begin_stage(group, stage, params, st.params_hash(params))
+    st.begin_stage(
+        group, stage, params, st.params_hash(params), made_from=st.prediction_keys(model).stage
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tissue = None

@@ -70,8 +70,7 @@ def write_grid(
     path). The stage's record is the caller's (``begin_stage`` before, ``complete_stage``
     after)."""
     keys = st.heatmap_keys(model)
-    if keys.stage in group:
-        del group[keys.stage]
+    st.remove_member(group, keys.stage)
     arr = group.create_array(keys.grid, data=grid.values)
     arr.attrs.update(
         {
@@ -96,7 +95,11 @@ def _current(group: Any, model: str) -> tuple[HeatGrid, HeatmapOptions] | None:
     if entry is None or keys.grid not in group:
         return None
     made_from = (entry.get("params") or {}).get("prediction")
-    if made_from is None or made_from != prediction_hash(group, model):
+    if (
+        made_from is None
+        or made_from != prediction_hash(group, model)
+        or st.stale_reason(group, keys.stage)
+    ):
         log.debug("%s: stored heatmap of %s is stale or unverifiable", group.store, model)
         return None
     attrs = dict(group[keys.stage].attrs)

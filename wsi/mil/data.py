@@ -184,6 +184,7 @@ def check_stores(
         if entry is None:
             no_feats.append(row.slide_id)
             continue
+        st.current_entry(group, stage, str(path))  # stale or half-removed features: refuse
         if group[emb_key].shape[0] == 0:
             empty.append(row.slide_id)
             continue

@@ -182,11 +182,17 @@ def predict_store(
         result = wsi.predict_store("stores/s1.zarr", model)
         result["decision"], round(result["probability"], 3), result["probability_std"]
     """
+    path = Path(store)
+    st.open_store(path, mode="r")  # not a store: say so before taking its lock
+    with st.store_lock(path):  # one writer per store; a second is refused
+        return _predict_locked(path, model, overwrite)
+
+
+def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[str, Any]:
     import torch
 
     from wsi.embed import features_of
 
-    path = Path(store)
     encoder = model.card["encoder"]["name"]
     group = st.open_store(path, mode="r+")
     _, emb_key, _ = st.features_keys(encoder)
@@ -208,7 +214,9 @@ def predict_store(
     if len(feats) == 0:
         raise StoreError(f"{path}: the store holds no tiles; there is nothing to predict.")
     entry = st.stage_entry(group, stage)
-    if entry and entry["params_hash"] == phash:
+    if entry and st.stale_reason(group, stage):
+        entry = None  # made from features redone since: redo it, nothing to keep
+    if entry and entry["params_hash"] == phash and stage in group:
         return dict(group[stage].attrs)
     if entry and not overwrite:
         raise StoreError(
@@ -245,9 +253,14 @@ def predict_store(
         "target_sensitivity": op["target_sensitivity"],
         "tiles": len(bag),
     }
-    st.begin_stage(group, stage, {"model_id": model.card["model_id"]}, phash)
-    if stage in group:
-        del group[stage]
+    st.begin_stage(
+        group,
+        stage,
+        {"model_id": model.card["model_id"]},
+        phash,
+        made_from=st.features_keys(encoder)[0],
+    )
+    st.remove_member(group, stage)
     pred = group.create_group(stage)
     group.create_array(keys.attention, data=np.stack(raw_att, axis=1).astype(np.float32))
     group.create_array(keys.attention_mean, data=np.mean(norm_att, axis=0).astype(np.float32))

@@ -204,6 +204,7 @@ def gather(
             f"{path}: no prediction of model {model.name!r}. Run `wsi predict {path} "
             f"--model {model.folder}` first (or `wsi run`)."
         )
+    st.current_entry(group, stage, str(path))  # made from features redone since: refuse
     pred = dict(group[stage].attrs)
     if pred.get("model_id") != model.card["model_id"]:
         raise StoreError(
