@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -316,6 +317,28 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo stages made with other params")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the seconds to wait, 0 or more")
+    return value
+
+
+def add_wait_option(p: argparse.ArgumentParser) -> None:
+    """``--wait SECONDS``: wait for another writer of the same store (or run folder) to
+    finish instead of being refused at once."""
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="when another wsi process is writing the same store or run folder, wait up to "
+        "SECONDS for it instead of stopping at once (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.viewcli import add_score_options, exports_help
     from wsi.precision import PRECISIONS
@@ -337,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slides", nargs="+", help="slide files")
     p.add_argument("--out", required=True, help="output folder for <slide_id>.zarr stores")
     _add_tiling_options(p)
+    add_wait_option(p)
     p.set_defaults(func=_cmd_tile)
 
     p = sub.add_parser("encoders", help="list registered encoders and whether weights are here")
@@ -360,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader-threads", type=int, help="background tile-decoding threads")
     p.add_argument("--config", help="YAML config (section `embed`), see configs/default.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace features of other weights")
+    add_wait_option(p)
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("train", help="train an attention-MIL head on embedded stores")
@@ -389,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a prediction of another model of this name",
     )
+    add_wait_option(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("heatmap", help="heatmaps of predicted stores: PNG, QuPath GeoJSON, TIFF")
@@ -399,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", action="store_true", help="interpolate between tiles (display)")
     p.add_argument("--exports", help=exports_help())
     p.add_argument("--alpha", type=float, default=0.5, help="heat layer opacity, 0..1")
+    add_wait_option(p)
     p.set_defaults(func=_cmd_heatmap)
 
     p = sub.add_parser(
@@ -429,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    if getattr(args, "wait", None) is not None:
+        from wsi._lock import WAIT_ENV
+
+        os.environ[WAIT_ENV] = str(args.wait)  # Dask workers started from here inherit it
     try:
         return int(args.func(args))
     except WsiError as err:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.heatmap.helpers import store_copy
 from wsi import store as st
-from wsi._lock import WAIT_ENV, holding, lock_file, read_holder
+from wsi._lock import holding, lock_file, read_holder
 from wsi.config import EmbedConfig, TilingConfig
 from wsi.embed import embed_store, features_of
 from wsi.errors import LockedError, StaleStageError, StoreError
@@ -71,8 +71,7 @@ def test_a_waiting_writer_is_not_refused(tmp_path, predicted):
     with st.store_lock(store):
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "heatmap", str(store), "--model",
-             model, "--out", str(tmp_path / "hm"), "--exports", "geojson"],
-            env={**os.environ, WAIT_ENV: "300"},
+             model, "--out", str(tmp_path / "hm"), "--exports", "geojson", "--wait", "300"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
     _, err = proc.communicate(timeout=600)

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi.errors import ConfigError, LockedError
+from wsi.errors import ConfigError, LockedError, StoreError
 
 __all__ = ["LOCK_DIR", "WAIT_ENV", "lock_file", "holding", "default_wait", "read_holder"]
 
@@ -113,8 +113,14 @@ def holding(
         return
     wait = default_wait() if wait is None else wait
     lock = Path(key)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise StoreError(
+            f"{what}: cannot make its lock file {lock} ({err.strerror or err}). The folder "
+            "must be writable to write into it: check its permissions and free space."
+        ) from err
     try:
         deadline = time.monotonic() + wait
         while True:
