@@ -287,3 +287,22 @@ def test_corrupt_tile_data_fails_the_slide(tmp_path, pyramid):
         tile_slide(bad, tmp_path / "out", TilingConfig())  # default reader: OpenSlide
     g = st.open_store(tmp_path / "out" / "bitrot.zarr")
     assert st.stage_entry(g, "tiles") is None  # never marked complete
+
+
+def test_pyvips_reader_says_it_does_not_verify_tile_data(tmp_path, pyramid, caplog):
+    """libvips decodes the corrupt tile to wrong pixels without an error (whatever its
+    fail_on): the run says so, and the store records that its tiles were not verified."""
+    data = bytearray(pyramid.read_bytes())
+    rng = np.random.default_rng(1)
+    at = len(data) // 3  # the same 4 KiB of random bytes that OpenSlide detects above
+    data[at : at + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bitrot.tiff"
+    bad.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="wsi.tiling"):
+        store = tile_slide(bad, tmp_path / "out", TilingConfig(backend="pyvips"), progress=False)
+    assert "pyvips does not verify tile data; use --backend openslide" in caplog.text
+    attrs = st.open_store(store)[st.TILES_PIXELS].attrs
+    assert attrs["reader"] == "pyvips" and attrs["verifies_data"] is False
+    good = tile_slide(pyramid, tmp_path / "good", LOSSLESS, progress=False)
+    good_attrs = st.open_store(good)[st.TILES_PIXELS].attrs
+    assert good_attrs["reader"] == "openslide" and good_attrs["verifies_data"] is True

@@ -409,7 +409,11 @@ def tile_slide(
             choice = grid.choice
             reader = _reader(config, slide, choice)
             _write_layout(group, grid, mask, config)
-            group[st.TILES_PIXELS].attrs["reader"] = reader
+            # libvips decodes corrupt JPEG tile data to garbage without an error, at
+            # least up to libvips 8.18 (fail_on does not reach tiffload's JPEG tiles)
+            group[st.TILES_PIXELS].attrs.update(
+                {"reader": reader, "verifies_data": reader == "openslide"}
+            )
             run_id = st.begin_stage(group, STAGE, params, phash)
         else:
             attrs = group[st.TILES_PIXELS].attrs
@@ -419,6 +423,12 @@ def tile_slide(
             reader = str(attrs["reader"])
             run_id = str(st.read_meta(group)["pending"][STAGE]["run_id"])
             log.info("%s: resuming an interrupted run", store_path)
+    if reader == "pyvips":
+        log.warning(
+            "%s: pyvips does not verify tile data; use --backend openslide to detect "
+            "corrupt slides",
+            slide_path,
+        )
     resuming = state == "resume"
     coords = np.asarray(group[st.TILES_COORDS][:])
     done = np.asarray(group[st.TILES_DONE][:])
