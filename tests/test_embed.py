@@ -177,6 +177,26 @@ def test_other_weights_under_the_same_name_are_refused(tmp_path, tiled, encoder)
     assert not np.array_equal(features_of(store, "efficientnet_lite0"), before)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_non_finite_features_suggest_fp32_only_below_fp32(tmp_path, tiled, precision):
+    from wsi.errors import EmbeddingError
+
+    store = _copy(tiled, tmp_path)
+    sd = torch.load(find_weights(get_spec("efficientnet_lite0")), weights_only=True)
+    sd["_conv_stem.weight"] = torch.full_like(sd["_conv_stem.weight"], float("nan"))
+    broken = tmp_path / "lite0-nan.pth"
+    torch.save(sd, broken)
+    config = EmbedConfig(device="cpu", precision=precision, weights=str(broken))
+    with pytest.raises(EmbeddingError, match="non-finite features") as err:
+        embed_store(store, config, progress=False)
+    msg = str(err.value)
+    if precision == "fp32":
+        assert "--precision fp32" not in msg
+        assert str(broken) in msg and "check the weights file" in msg
+    else:
+        assert "Re-run with --precision fp32" in msg
+
+
 def test_float16_storage(tmp_path, tiled, encoder):
     store = _copy(tiled, tmp_path)
     embed_store(store, EmbedConfig(device="cpu", dtype="float16"), encoder=encoder, progress=False)

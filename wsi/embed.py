@@ -239,7 +239,8 @@ def embed_store(
         StageConflictError: features of this encoder name exist with other weights or
             other parameters and ``overwrite`` is False.
         EmbeddingError: the encoder gave NaN or infinite features (``wsi.embed``; also an
-            ``ArithmeticError``); re-run with ``precision="fp32"``.
+            ``ArithmeticError``); below fp32 re-run with ``precision="fp32"``, at fp32
+            check the weights file.
         UnknownEncoderError, WeightsNotFoundError, WeightsError, ConfigError: loading the
             encoder failed (see ``wsi.load_encoder``).
 
@@ -329,10 +330,16 @@ def embed_store(
             b, tiles = item
             feats = encoder(tiles)
             if not bool(torch.isfinite(feats).all()):
+                fix = (
+                    "Re-run with --precision fp32."
+                    if encoder.precision != "fp32"
+                    else f"At fp32 this comes from the encoder's weights: check the weights "
+                    f"file {encoder.weights_path} (sha256 {encoder.weights_sha256[:12]})."
+                )
                 raise EmbeddingError(
                     f"{path}: {encoder.name} gave non-finite features for tiles "
                     f"{b * batch}..{b * batch + len(tiles) - 1} at precision "
-                    f"{encoder.precision}. Re-run with --precision fp32."
+                    f"{encoder.precision}. {fix}"
                 )
             emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
             done_arr[b] = True  # last: this batch is trusted from here on
