@@ -9,6 +9,7 @@ the stage record last of all.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.config import EmbedConfig
-from wsi.errors import EmbeddingError, StoreError, WsiError
+from wsi.errors import EmbeddingError, OutputFullError, StoreError, WsiError
 from wsi.progress import progress_reporter
 from wsi.store import params_hash
 
@@ -347,6 +348,10 @@ def embed_store(
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, WsiError):
             raise
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            written = int(np.asarray(done_arr[:]).sum())
+            unit = f"batches of {encoder.name} features of {path.name}"
+            raise OutputFullError.of(path.parent, written, len(done), unit, err) from err
         raise StoreError(
             f"{path}: embedding stopped ({type(err).__name__}: {err}). Batches done so far "
             "are kept; fix the cause and re-run to resume."

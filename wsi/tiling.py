@@ -9,6 +9,7 @@ so a killed run resumes where it stopped and never trusts a half-written chunk.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ import numpy as np
 from wsi import store as st
 from wsi.codecs import CODECS
 from wsi.config import TilingConfig
-from wsi.errors import NoTissueError, StoreError
+from wsi.errors import NoTissueError, OutputFullError, StoreError, WsiError
 from wsi.grid import TileGrid, make_grid
 from wsi.progress import progress_reporter
 from wsi.qc import QC_COLUMNS, tile_qc
@@ -454,6 +455,11 @@ def tile_slide(
     t0 = time.perf_counter()
     try:
         results = _run_jobs(jobs, client, update)
+    except OSError as err:
+        if err.errno != errno.ENOSPC or isinstance(err, WsiError):
+            raise
+        written = int(np.asarray(group[st.TILES_DONE][:]).sum())
+        raise OutputFullError.of(out, written, len(done), "chunks of tiles", err) from err
     finally:
         close()
     seconds = time.perf_counter() - t0
