@@ -292,7 +292,11 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 
 
 def _add_tiling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpp", type=float, help="level-0 micrometres per pixel, for slides without it")
+    from pipelines.config import mpp_arg, workers_arg
+
+    p.add_argument(
+        "--mpp", type=mpp_arg, help="level-0 micrometres per pixel, for slides without it"
+    )
     p.add_argument("--config", help="YAML config (section `tiling`), see configs/default.yaml")
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default 256)")
     p.add_argument("--target-mpp", type=float, help="tile resolution in um/px (default 0.5)")
@@ -312,7 +316,9 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
         choices=list(BACKENDS),
         help="tile reader: " + "; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values()),
     )
-    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: cores)")
+    p.add_argument(
+        "--workers", type=workers_arg, help="LocalCluster worker processes (default: cores)"
+    )
     p.add_argument("--scheduler", help="address of an existing Dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="redo stages made with other params")
 
@@ -350,10 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from pipelines.config import mpp_arg
+
     p = sub.add_parser("info", help="print slide metadata")
     p.add_argument("slides", nargs="+", help="slide files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--mpp", type=float, help="override the level-0 mpp")
+    p.add_argument("--mpp", type=mpp_arg, help="override the level-0 mpp")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("tile", help="tile slides into per-slide Zarr stores")

@@ -10,7 +10,9 @@ keep their ``wsi`` dataclasses. Heatmap exports are the ``heatmap`` section's
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +30,8 @@ __all__ = [
     "load_job_file",
     "load_job_section",
     "load_run_config",
+    "workers_arg",
+    "mpp_arg",
 ]
 
 T = TypeVar("T")
@@ -242,3 +246,37 @@ def load_run_config(
             raise ConfigError(f"overrides: {name}: unknown key; {hint}")
     built = load_sections(path, sections, JOB_CLASSES, _MOVED)
     return built.pop("run"), built.pop("cluster"), built
+
+
+# -- command-line values, checked by argparse before any work ------------------------------
+
+
+def workers_arg(text: str) -> int:
+    """``--workers``: LocalCluster worker processes, a whole number from 1 to 1024."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1024 or str(n) != text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of workers: give a whole number from 1 to 1024, "
+            "or leave --workers out for one per core"
+        )
+    return n
+
+
+def mpp_arg(text: str) -> float:
+    """``--mpp``: a plausible level-0 resolution in micrometres per pixel."""
+    from wsi.slide.mpp import MPP_RANGE
+
+    lo, hi = MPP_RANGE
+    try:
+        mpp = float(text)
+    except ValueError:
+        mpp = math.nan
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plausible level-0 resolution: give micrometres per pixel "
+            f"from {lo:g} to {hi:g} (0.25 for a 40x scan, 0.5 for 20x)"
+        )
+    return mpp

@@ -48,7 +48,7 @@ from pipelines.summary import (
 from wsi import store as st
 from wsi.config import EmbedConfig, TilingConfig
 from wsi.configfile import section_class
-from wsi.errors import ConfigError, WsiError
+from wsi.errors import ConfigError, WeightsNotFoundError, WsiError
 from wsi.progress import Progress
 from wsi.reports.options import ReportOptions
 
@@ -109,7 +109,7 @@ def run_job(
             f"embed.encoder is {embed.encoder!r} but the model {run.model} was trained on "
             f"{encoder!r} features; use its encoder (or leave the embed section out)."
         )
-    _check_weights(embed, model, run.model)
+    _check_weights(embed, model, run.model, local=cluster.scheduler is None)
     if report.pdf:
         check_pdf()
     for sub in ("stores", "heatmaps", "reports", "status"):
@@ -239,16 +239,30 @@ def _gpu_workers(client: Any, resource: str) -> list[str]:
     ]
 
 
-def _check_weights(embed: EmbedConfig, model: Any, model_dir: str) -> None:
-    """Stop before any slide when the weights the run would embed with are not those the
-    model was trained on (where the driver can see the weight file)."""
+def _check_weights(embed: EmbedConfig, model: Any, model_dir: str, *, local: bool) -> None:
+    """Stop before any slide when the weights the run would embed with are missing (where
+    the workers are this machine's: a LocalCluster), or are not those the model was
+    trained on (where the driver can see the weight file)."""
+    from wsi.encoders import get_spec
     from wsi.encoders.encoder import planned_identity
+    from wsi.encoders.weights import where_to_put
 
+    want = model.card["encoder"]["weights_sha256"]
     try:
         ident = planned_identity(embed.encoder, embed.weights, "cpu", "fp32")
     except WsiError:
         return  # the workers may have the weights; embed_task reports it per slide
-    want = model.card["encoder"]["weights_sha256"]
+    if ident is None and local:  # every slide would fail for want of them
+        fix = (
+            f"embed.weights is {embed.weights}: no such file. Fix the path"
+            if embed.weights is not None
+            else where_to_put(get_spec(embed.encoder))
+        )
+        raise WeightsNotFoundError(
+            f"the model {model_dir} needs the {embed.encoder!r} encoder weights (sha256 "
+            f"{want[:12]}), and there is no weight file for them on this machine. {fix} "
+            "(embed.weights in the --config job file), then re-run. No slide was started."
+        )
     if ident is not None and ident.get("weights_sha256") != want:
         raise ConfigError(
             f"the {embed.encoder!r} weights here ({ident.get('weights_file')}, sha256 "

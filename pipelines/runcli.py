@@ -47,6 +47,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
+    from pipelines.config import workers_arg
     from pipelines.viewcli import exports_help
 
     p = sub.add_parser(
@@ -66,7 +67,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model", help="trained model folder (written by `wsi train`)")
     p.add_argument("--manifest", help="CSV of slide_id, path, mpp (+ patient_id, label)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+    p.add_argument(
+        "--workers", type=workers_arg, help="LocalCluster workers (default: one per core)"
+    )
     p.add_argument(
         "--exports",
         help=f"heatmap exports (sets heatmap.exports; the job file's when not given): "

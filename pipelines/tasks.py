@@ -14,6 +14,7 @@ as that item's failure (and logs it), and the others go on. What would fail ever
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -84,12 +85,27 @@ def run_item(item: str | Path, work: Callable[[str | Path], Any]) -> ItemResult:
     except WsiError as err:
         msg = str(err)
     except OSError as err:
-        msg = f"{item}: {err.strerror or err} ({type(err).__name__}); nothing was marked done"
+        msg = _os_error_message(item, err)
     else:
         output = str(value) if isinstance(value, (str, Path)) else None
         return ItemResult(str(item), "ok", output, None, time.perf_counter() - t0, value)
     log.error("%s", msg)
     return ItemResult(str(item), "failed", error=msg, seconds=time.perf_counter() - t0)
+
+
+def _os_error_message(item: str | Path, err: OSError) -> str:
+    """What an OSError that no stage turned into a WsiError means for ``item``."""
+    where = f" (writing {err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        folder = Path(err.filename).parent if err.filename else "the output folder"
+        return (
+            f"{item}: no space left on the device that holds {folder}{where}. Free space "
+            "there and re-run: the work marked done is kept and resumes."
+        )
+    return (
+        f"{item}: {err.strerror or err}{where} ({type(err).__name__}). Fix it and re-run: "
+        "the work marked done is kept."
+    )
 
 
 def run_items(items: Sequence[str | Path], work: Callable[[str | Path], Any]) -> list[ItemResult]:

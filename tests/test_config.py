@@ -215,6 +215,34 @@ def test_all_problems_of_a_file_at_once(tmp_path):
     )
 
 
+def test_wrong_types_and_every_bad_value_are_listed_together(tmp_path):
+    """A wrong type, two bad values (one a choice) and an unknown key in one section and a
+    bad value in another: five problems, five lines, ``codec: png`` among them."""
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "tiling:\n  tile_size: big\n  codec: png\n  min_tissue: 2.0\n  bogus: 1\n"
+        "embed:\n  batch_size: -4\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_file(p)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{p}: 5 problems:", str(info.value)
+    text = str(info.value)
+    for words in ("tiling.tile_size", "tiling.codec = 'png': choose one of", "tiling.min_tissue",
+                  "tiling.bogus: unknown key", "embed.batch_size = -4"):  # fmt: skip
+        assert words in text, words
+
+
+def test_a_check_that_depends_on_another_key_is_not_a_false_problem(tmp_path):
+    # stride 2000 is fine for 1024 px tiles (not for the default 256), and 1024 px tiles
+    # are fine in chunks of 16 (not in the default 64)
+    p = tmp_path / "c.yaml"
+    p.write_text("tiling:\n  stride: 2000\n  tile_size: 1024\n  chunk_tiles: 16\n  codec: png\n")
+    with pytest.raises(ConfigError) as info:
+        load_file(p)
+    assert str(info.value).startswith(f"{p}: tiling.codec = 'png': choose one of")
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

@@ -177,6 +177,26 @@ def test_other_weights_under_the_same_name_are_refused(tmp_path, tiled, encoder)
     assert not np.array_equal(features_of(store, "efficientnet_lite0"), before)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_non_finite_features_suggest_fp32_only_below_fp32(tmp_path, tiled, precision):
+    from wsi.errors import EmbeddingError
+
+    store = _copy(tiled, tmp_path)
+    sd = torch.load(find_weights(get_spec("efficientnet_lite0")), weights_only=True)
+    sd["_conv_stem.weight"] = torch.full_like(sd["_conv_stem.weight"], float("nan"))
+    broken = tmp_path / "lite0-nan.pth"
+    torch.save(sd, broken)
+    config = EmbedConfig(device="cpu", precision=precision, weights=str(broken))
+    with pytest.raises(EmbeddingError, match="non-finite features") as err:
+        embed_store(store, config, progress=False)
+    msg = str(err.value)
+    if precision == "fp32":
+        assert "--precision fp32" not in msg
+        assert str(broken) in msg and "check the weights file" in msg
+    else:
+        assert "Re-run with --precision fp32" in msg
+
+
 def test_float16_storage(tmp_path, tiled, encoder):
     store = _copy(tiled, tmp_path)
     embed_store(store, EmbedConfig(device="cpu", dtype="float16"), encoder=encoder, progress=False)
@@ -268,3 +288,43 @@ def test_cli_missing_weights_stop_the_batch(tmp_path, tiled, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "pytorch_model.bin: weight file not found" in err
+
+
+def test_full_disk_says_how_many_batches_are_kept_and_which_folder(tmp_path, tiled, encoder):
+    """`wsi embed` of a store on a real tmpfs with room for some of its batches (mounted in
+    a user and mount namespace): the message counts the batches kept and names the folder
+    of stores that is full, with the fix."""
+    import re
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare to mount a small tmpfs")
+    config = EmbedConfig(device="cpu", batch_size=8)
+    probe = _copy(tiled, tmp_path / "probe")
+    embed_store(probe, config, encoder=encoder, progress=False)
+    sizes = [p.stat().st_blocks * 512 for p in probe.rglob("*") if p.is_file()]
+    batch_files = [p for p in (probe / EMB).rglob("*") if p.is_file() and p.name != "zarr.json"]
+    batches = len(batch_files)
+    assert batches >= 4
+    one = max(p.stat().st_blocks * 512 for p in batch_files)
+    room = sum(sizes) - 2 * one  # short of two batches: some are written, not all
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    store = disk / "stores" / tiled.name
+    script = (
+        f'mount -t tmpfs -o size={room} tmpfs "{disk}" || exit 99; '
+        f'mkdir -p "{store.parent}" && cp -r "{tiled}" "{store.parent}/" && exec "$@"'
+    )
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+           sys.executable, "-m", "pipelines.cli", "-q", "embed", str(store), "--device", "cpu",
+           "--batch-size", "8"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
+    text = r.stdout + r.stderr
+    assert r.returncode == 1, text
+    assert f"{store.parent}: no space left on the device" in text, text
+    found = re.search(r"(\d+) of (\d+) batches of efficientnet_lite0 features", text)
+    assert found, text
+    assert 0 < int(found.group(1)) < int(found.group(2)) == batches, text
+    assert "kept" in text and "Free space there and re-run" in text

@@ -342,3 +342,31 @@ def test_out_of_distribution_and_training_slide_flags(predicted, tmp_path):
     default = report_slide(far, root / "abmil", tmp_path / "c", ReportOptions(pdf=False))
     assert "Out of distribution" not in default.row["flags"]
     assert "too few to say what is unusual" in default.html.read_text()
+
+
+def test_quality_says_whether_tile_data_was_verified(predicted, tmp_path):
+    """A cohort slide tiled with the pyvips reader (which does not detect corrupt tile
+    data), embedded and predicted: the quality section says its tiles were not verified;
+    with the default OpenSlide reader it says they were."""
+    from wsi.config import EmbedConfig, TilingConfig
+    from wsi.embed import embed_store
+    from wsi.encoders import load_encoder
+    from wsi.mil.predict import load_model, predict_store
+    from wsi.tiling import tile_slide
+
+    root, cohort, _ = predicted
+    model = load_model(root / "abmil")
+    encoder = load_encoder(device="cpu")
+    texts = {}
+    for backend in ("pyvips", "openslide"):
+        store = tile_slide(cohort.slides[0], tmp_path / backend, TilingConfig(backend=backend),
+                           progress=False)  # fmt: skip
+        embed_store(store, EmbedConfig(device="cpu"), encoder=encoder, progress=False)
+        predict_store(store, model)
+        rep = report_slide(store, root / "abmil", tmp_path / f"out_{backend}",
+                           ReportOptions(pdf=False))  # fmt: skip
+        texts[backend] = _Page(rep.html.read_text(encoding="utf-8")).body_text
+    assert "Tile data check" in texts["pyvips"]
+    assert "not verified" in texts["pyvips"] and "--backend openslide" in texts["pyvips"]
+    assert "verified on reading (openslide)" in texts["openslide"]
+    assert "not verified" not in texts["openslide"]

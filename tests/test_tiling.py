@@ -287,3 +287,61 @@ def test_corrupt_tile_data_fails_the_slide(tmp_path, pyramid):
         tile_slide(bad, tmp_path / "out", TilingConfig())  # default reader: OpenSlide
     g = st.open_store(tmp_path / "out" / "bitrot.zarr")
     assert st.stage_entry(g, "tiles") is None  # never marked complete
+
+
+def test_pyvips_reader_says_it_does_not_verify_tile_data(tmp_path, pyramid, caplog):
+    """libvips decodes the corrupt tile to wrong pixels without an error (whatever its
+    fail_on): the run says so, and the store records that its tiles were not verified."""
+    data = bytearray(pyramid.read_bytes())
+    rng = np.random.default_rng(1)
+    at = len(data) // 3  # the same 4 KiB of random bytes that OpenSlide detects above
+    data[at : at + 4096] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bitrot.tiff"
+    bad.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="wsi.tiling"):
+        store = tile_slide(bad, tmp_path / "out", TilingConfig(backend="pyvips"), progress=False)
+    assert "pyvips does not verify tile data; use --backend openslide" in caplog.text
+    attrs = st.open_store(store)[st.TILES_PIXELS].attrs
+    assert attrs["reader"] == "pyvips" and attrs["verifies_data"] is False
+    good = tile_slide(pyramid, tmp_path / "good", LOSSLESS, progress=False)
+    good_attrs = st.open_store(good)[st.TILES_PIXELS].attrs
+    assert good_attrs["reader"] == "openslide" and good_attrs["verifies_data"] is True
+
+
+def _allocated(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file()}
+
+
+def test_full_disk_says_how_many_chunks_are_kept_and_which_folder(tmp_path, pyramid):
+    """`wsi tile` onto a real tmpfs with room for two of the three chunks (mounted in a
+    user and mount namespace): the message counts the chunks kept and names the output
+    folder that is full, with the fix."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare to mount a small tmpfs")
+    config = TilingConfig(codec="zstd", chunk_tiles=11)
+    probe = tile_slide(pyramid, tmp_path / "probe", config, progress=False)
+    assert len(_arrays(probe)[st.TILES_DONE]) == 3
+    sizes = _allocated(probe)
+    chunks = [n for p, n in sizes.items() if p.parent.parent.parent.parent.name == "c"
+              and "pixels" in p.parts]  # fmt: skip
+    assert len(chunks) == 3
+    room = sum(sizes.values()) - min(chunks) // 2  # any two chunks fit, never all three
+    (tmp_path / "job.yaml").write_text("tiling:\n  codec: zstd\n  chunk_tiles: 11\n")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "stores"
+    script = f'mount -t tmpfs -o size={room} tmpfs "{disk}" || exit 99; exec "$@"'
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
+           sys.executable, "-m", "pipelines.cli", "-q", "tile", str(pyramid), "--out", str(out),
+           "--config", str(tmp_path / "job.yaml"), "--workers", "1"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
+    text = r.stdout + r.stderr
+    assert r.returncode == 1, text
+    assert "nothing was marked done" not in text
+    assert f"{out}: no space left on the device" in text, text
+    assert "2 of 3 chunks of tiles were written" in text and "kept" in text
+    assert "Free space there and re-run" in text

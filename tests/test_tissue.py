@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import TILES, need
 from wsi.config import TissueConfig
+from wsi.errors import SlideReadError
 from wsi.slide import open_slide
 from wsi.tissue import detect_tissue, tissue_mask_from_rgb
 
@@ -61,3 +66,31 @@ def test_synthetic_slide_matches_its_mask(synthetic_slide):
     t = np.asarray(Image.fromarray(truth).resize(m.mask.shape[::-1], Image.Resampling.NEAREST))
     iou = (t & m.mask).sum() / (t | m.mask).sum()
     assert iou > 0.85, iou
+
+
+def _corrupt_last_level_tile(pyramid: Path, out: Path, tile: int) -> Path:
+    """A copy of the pyramid with random bytes from inside one tile of its smallest level
+    into the next one (whose JPEG header they overwrite)."""
+    with Image.open(pyramid) as im:
+        im.seek(im.n_frames - 1)
+        offset = int(im.tag_v2[324][tile])  # TileOffsets
+    data = bytearray(pyramid.read_bytes())
+    rng = np.random.default_rng(1)
+    data[offset + 600 : offset + 2648] = rng.integers(0, 256, 2048, dtype=np.uint8).tobytes()
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_corrupt_low_level_names_level_and_region(tmp_path, pyramid, backend):
+    """Corrupt data in the level the tissue pass reads: the error names the file, the
+    level and the region read in that level's pixels, not only a level-0 (0, 0)."""
+    bad = _corrupt_last_level_tile(pyramid, tmp_path / "lowres_rot.tiff", tile=1)
+    with open_slide(bad, backend=backend) as s:
+        level = s.level_count - 1
+        w, h = s.level_dimensions[level]
+        with pytest.raises(SlideReadError) as err:  # libvips too: the tile is no JPEG
+            detect_tissue(s)
+    msg = str(err.value)
+    assert "lowres_rot.tiff" in msg and f"level {level}" in msg
+    found = re.search(r"region x=(\d+), y=(\d+), w=(\d+), h=(\d+)", msg)
+    assert found and tuple(int(v) for v in found.groups()) == (0, 0, w, h), msg

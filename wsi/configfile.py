@@ -19,6 +19,7 @@ import difflib
 import importlib
 import json
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -231,7 +232,6 @@ def _build(
     section: str, cls: type[Any], data: dict[Any, Any], source: str, overridden: set[str]
 ) -> tuple[Any, list[str]]:
     """Validate one section; returns (the dataclass or None, problems)."""
-    from pydantic import ValidationError
 
     def where(top: str) -> str:
         return "overrides" if top in overridden else source
@@ -242,14 +242,48 @@ def _build(
         blob = json.dumps(clean, default=str, allow_nan=True)
     except (TypeError, ValueError) as err:
         return None, [*problems, f"{source}: {section}: not plain YAML data ({err})"]
+    built, found = _validate(cls, blob, section, source, where)
+    if not found:
+        return (None if problems else built), problems
+
+    # a wrong type stops validation before the value checks, and a dataclass's checks stop
+    # at the first bad value: check the keys one by one, each with the keys found good so
+    # far (a check may depend on another key), to list every problem at once
+    def probe(keys: dict[str, Any]) -> list[str]:
+        blob = json.dumps(keys, default=str, allow_nan=True)
+        return _validate(cls, blob, section, source, where)[1]
+
+    good: dict[str, Any] = {}
+    pending = dict(clean)
+    grew = True
+    while grew:
+        grew = False
+        for k, v in list(pending.items()):
+            if not any(_names(m, f"{section}.{k}") for m in probe({**good, k: v})):
+                good[k] = pending.pop(k)
+                grew = True
+    for k, v in pending.items():
+        found += [m for m in probe({**good, k: v}) if _names(m, f"{section}.{k}")]
+    return None, problems + list(dict.fromkeys(found))
+
+
+def _names(message: str, key: str) -> bool:
+    """Whether a problem's message is about dotted ``key`` (or a key nested in it)."""
+    return re.search(rf"(^|[\s:]){re.escape(key)}(?![A-Za-z0-9_])", message) is not None
+
+
+def _validate(
+    cls: type[Any], blob: str, section: str, source: str, where: Callable[[str], str]
+) -> tuple[Any, list[str]]:
+    """Build ``cls`` from JSON ``blob``; returns (the dataclass or None, problems)."""
+    from pydantic import ValidationError
+
     try:
-        built = _adapter(cls).validate_json(blob, strict=True)
+        return _adapter(cls).validate_json(blob, strict=True), []
     except ValidationError as err:
-        problems += [_describe(e, section, where) for e in err.errors(include_url=False)]
-        return None, problems
+        return None, [_describe(e, section, where) for e in err.errors(include_url=False)]
     except TypeError as err:  # a __post_init__ that raises TypeError
-        return None, [*problems, f"{source}: {section}: {err}"]
-    return (None if problems else built), problems
+        return None, [f"{source}: {section}: {err}"]
 
 
 def _without_none(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the stage record last of all.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.config import EmbedConfig
-from wsi.errors import EmbeddingError, StoreError, WsiError
+from wsi.errors import EmbeddingError, OutputFullError, StoreError, WsiError
 from wsi.progress import progress_reporter
 from wsi.store import params_hash
 
@@ -248,7 +249,8 @@ def embed_store(
         StageConflictError: features of this encoder name exist with other weights or
             other parameters and ``overwrite`` is False.
         EmbeddingError: the encoder gave NaN or infinite features (``wsi.embed``; also an
-            ``ArithmeticError``); re-run with ``precision="fp32"``.
+            ``ArithmeticError``); below fp32 re-run with ``precision="fp32"``, at fp32
+            check the weights file.
         UnknownEncoderError, WeightsNotFoundError, WeightsError, ConfigError: loading the
             encoder failed (see ``wsi.load_encoder``).
 
@@ -346,10 +348,16 @@ def _embed_locked(
             b, tiles = item
             feats = encoder(tiles)
             if not bool(torch.isfinite(feats).all()):
+                fix = (
+                    "Re-run with --precision fp32."
+                    if encoder.precision != "fp32"
+                    else f"At fp32 this comes from the encoder's weights: check the weights "
+                    f"file {encoder.weights_path} (sha256 {encoder.weights_sha256[:12]})."
+                )
                 raise EmbeddingError(
                     f"{path}: {encoder.name} gave non-finite features for tiles "
                     f"{b * batch}..{b * batch + len(tiles) - 1} at precision "
-                    f"{encoder.precision}. Re-run with --precision fp32."
+                    f"{encoder.precision}. {fix}"
                 )
             emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
             done_arr[b] = True  # last: this batch is trusted from here on
@@ -357,6 +365,10 @@ def _embed_locked(
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, WsiError):
             raise
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            written = int(np.asarray(done_arr[:]).sum())
+            unit = f"batches of {encoder.name} features of {path.name}"
+            raise OutputFullError.of(path.parent, written, len(done), unit, err) from err
         raise StoreError(
             f"{path}: embedding stopped ({type(err).__name__}: {err}). Batches done so far "
             "are kept; fix the cause and re-run to resume."

@@ -15,6 +15,7 @@ __all__ = [
     "MppError",
     "ConfigError",
     "StoreError",
+    "OutputFullError",
     "StageConflictError",
     "StaleStageError",
     "LockedError",
@@ -56,6 +57,24 @@ class ConfigError(WsiError, ValueError):
 
 class StoreError(WsiError, RuntimeError):
     """A slide store is missing, unreadable, or belongs to another slide."""
+
+
+class OutputFullError(WsiError, OSError):
+    """The disk that holds an output folder is full; the work marked done is kept."""
+
+    @classmethod
+    def of(cls, folder: object, done: int, total: int, unit: str, err: OSError) -> OutputFullError:
+        """The error for ``done`` of ``total`` ``unit`` (e.g. "chunks of tiles") written
+        to ``folder`` when ``err`` (ENOSPC) stopped the rest."""
+        return cls(
+            err.errno,
+            f"{folder}: no space left on the device that holds this output folder "
+            f"({err.strerror or err}). {done} of {total} {unit} were written, marked done "
+            "and are kept. Free space there and re-run the same command to resume.",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class StageConflictError(StoreError):

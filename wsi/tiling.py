@@ -9,6 +9,7 @@ so a killed run resumes where it stopped and never trusts a half-written chunk.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 from wsi import store as st
 from wsi.codecs import CODECS
 from wsi.config import TilingConfig
-from wsi.errors import NoTissueError, StoreError
+from wsi.errors import NoTissueError, OutputFullError, StoreError, WsiError
 from wsi.grid import TileGrid, make_grid
 from wsi.progress import progress_reporter
 from wsi.qc import QC_COLUMNS, tile_qc
@@ -421,7 +422,11 @@ def _tile_locked(
             choice = grid.choice
             reader = _reader(config, slide, choice)
             _write_layout(group, grid, mask, config)
-            group[st.TILES_PIXELS].attrs["reader"] = reader
+            # libvips decodes corrupt JPEG tile data to garbage without an error, at
+            # least up to libvips 8.18 (fail_on does not reach tiffload's JPEG tiles)
+            group[st.TILES_PIXELS].attrs.update(
+                {"reader": reader, "verifies_data": reader == "openslide"}
+            )
             run_id = st.begin_stage(group, STAGE, params, phash)
         else:
             attrs = group[st.TILES_PIXELS].attrs
@@ -431,6 +436,12 @@ def _tile_locked(
             reader = str(attrs["reader"])
             run_id = str(st.read_meta(group)["pending"][STAGE]["run_id"])
             log.info("%s: resuming an interrupted run", store_path)
+    if reader == "pyvips":
+        log.warning(
+            "%s: pyvips does not verify tile data; use --backend openslide to detect "
+            "corrupt slides",
+            slide_path,
+        )
     resuming = state == "resume"
     coords = np.asarray(group[st.TILES_COORDS][:])
     done = np.asarray(group[st.TILES_DONE][:])
@@ -456,6 +467,11 @@ def _tile_locked(
     t0 = time.perf_counter()
     try:
         results = _run_jobs(jobs, client, update)
+    except OSError as err:
+        if err.errno != errno.ENOSPC or isinstance(err, WsiError):
+            raise
+        written = int(np.asarray(group[st.TILES_DONE][:]).sum())
+        raise OutputFullError.of(out, written, len(done), "chunks of tiles", err) from err
     finally:
         close()
     seconds = time.perf_counter() - t0

@@ -179,3 +179,67 @@ def test_viewer_in_headless_chromium(chromium, viewer_dir, tmp_path):
         browser.close()
         server.shutdown()
         server.server_close()
+
+
+def test_slide_id_with_markup_cannot_swallow_the_script(predicted, tmp_path):
+    """A store whose slide id is ``<!--<script>``: the embedded JSON holds no ``<``, ``>``
+    or ``&``, reads back to the id, and viewer.js is still a script of the page (also in a
+    real Chromium, whose parser a raw ``<!--<script>`` would send into escaped script
+    data, swallowing the script tag after it)."""
+    from html.parser import HTMLParser
+
+    from tests.browser import Chromium, find_browser
+    from tests.heatmap.helpers import store_copy
+    from wsi import store as st
+
+    evil = "<!--<script>"
+    root, cohort, model = predicted
+    store = store_copy(root, cohort.slides[0].stem, tmp_path)
+    group = st.open_store(store, mode="r+")
+    meta = st.read_meta(group)
+    meta["slide_id"] = evil
+    group.attrs["wsi"] = meta
+    folder = write_viewer(store, model, tmp_path / "out")
+    page = (folder / "index.html").read_text()
+
+    class Scripts(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scripts: list[tuple[dict[str, str | None], str]] = []
+            self._in: dict[str, str | None] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "script":
+                self._in = dict(attrs)
+                self.scripts.append((self._in, ""))
+
+        def handle_data(self, data: str) -> None:
+            if self._in is not None:
+                attrs, text = self.scripts[-1]
+                self.scripts[-1] = (attrs, text + data)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "script":
+                self._in = None
+
+    parser = Scripts()
+    parser.feed(page)
+    config = [text for attrs, text in parser.scripts if attrs.get("id") == "viewer-config"]
+    assert len(config) == 1 and not any(c in config[0] for c in "<>&"), config
+    assert json.loads(config[0])["slideId"] == evil
+    assert [attrs.get("src") for attrs, _ in parser.scripts] == [None, "viewer.js"]
+
+    binary = find_browser()
+    if binary is None:
+        pytest.skip("no Chromium for the in-browser half of this test")
+    browser = Chromium(binary, tmp_path / "profile")
+    try:
+        browser.page("Page.enable")
+        browser.page("Page.navigate", url=(folder / "index.html").resolve().as_uri())
+        browser.wait_for("document.readyState === 'complete'")
+        assert browser.js("document.querySelectorAll('script').length") == 2
+        assert browser.js("document.querySelector('script[src=\"viewer.js\"]') !== null")
+        slide_id = "JSON.parse(document.getElementById('viewer-config').textContent).slideId"
+        assert browser.js(slide_id) == evil
+    finally:
+        browser.close()

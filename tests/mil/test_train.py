@@ -176,6 +176,33 @@ def test_prediction_writes_attention_that_finds_the_lesion(cohort, trained):
     assert auroc(np.concatenate(truth_all), np.concatenate(att_all)) >= 0.9
 
 
+def test_changed_fold_weights_say_the_file_was_changed(tmp_path, trained):
+    """Garbage written over a fold's weights, then also the card's sha256 forged to match
+    it: both say the weights do not match the model card, naming the file."""
+    import hashlib
+    import shutil
+
+    from wsi.errors import WsiError
+
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    weights = model / "fold_1" / "model.safetensors"
+    garbage = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    weights.write_bytes(garbage)
+    expected = "weights do not match the model card: the file was changed"
+    with pytest.raises(WsiError, match=expected) as err:
+        load_model(model)
+    assert str(weights) in str(err.value) and "interrupted" not in str(err.value)
+
+    card_path = model / "fold_1" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["weights_sha256"] = hashlib.sha256(garbage).hexdigest()  # a forged checksum
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WsiError, match=expected) as err:
+        load_model(model)
+    assert str(weights) in str(err.value)
+
+
 def test_bad_input_is_refused_before_training(tmp_path, cohort):
     labels = tmp_path / "labels.csv"
     text = (cohort / "labels.csv").read_text()

@@ -332,3 +332,48 @@ def test_rerun_redoes_what_changed(predicted, tmp_path):
     assert (out / "stores" / f"{slide.stem}.zarr" / "zarr.json").exists()
     same = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
     assert same.slides[0].get("skipped")
+
+
+def test_missing_encoder_weights_stop_the_run_before_any_slide(
+    predicted, tmp_path, monkeypatch, capsys
+):
+    """A model trained on `uni` features where no `uni` weights are installed: `wsi run` on
+    a LocalCluster stops at once (exit 2), naming the weights and where to put them,
+    instead of failing every slide with an internal error."""
+    root, _, _ = predicted
+    monkeypatch.setenv("WSI_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model = tmp_path / "uni_model"
+    shutil.copytree(root / "abmil", model)
+    card = json.loads((model / "model.json").read_text())
+    card["encoder"]["name"] = "uni"  # as if trained on UNI features
+    (model / "model.json").write_text(json.dumps(card))
+    out = tmp_path / "run"
+    slides = [str(p) for p in _slides(predicted, 2)]
+    code = main(["-q", "run", *slides, "--model", str(model), "--out", str(out),
+                 "--workers", "1", "--no-pdf"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "'uni' encoder weights" in err and "no weight file" in err
+    assert "--weights PATH" in err and "weights/uni/" in err and "internal error" not in err
+    assert not (out / "stores").exists() or not any((out / "stores").iterdir())
+
+
+@pytest.mark.parametrize(
+    "option", [["--workers", "0"], ["--workers", "-3"], ["--mpp", "0"], ["--mpp", "-1"],
+               ["--mpp", "nan"], ["--mpp", "inf"]],
+)  # fmt: skip
+def test_bad_workers_and_mpp_are_refused_before_any_work(tmp_path, option):
+    slide = tmp_path / "s.svs"
+    slide.write_bytes(b"not read: the options are refused first")
+    out = str(tmp_path / "out")
+    commands = [["tile", str(slide), "--out", out]]
+    if option[0] == "--workers":  # wsi run takes mpp from a manifest
+        commands.append(["run", str(slide), "--out", out, "--model", "m"])
+    for command in commands:
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, *option],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        assert f"argument {option[0]}: {option[1]!r} is not" in r.stderr
+        assert "from 1 to 1024" in r.stderr or "micrometres per pixel from 0.05" in r.stderr
+        assert not (tmp_path / "out").exists()

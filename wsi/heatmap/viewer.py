@@ -240,8 +240,16 @@ def viewer_folder(
     return final
 
 
+def json_for_html(value: Any) -> str:
+    """JSON to embed in an HTML ``<script>`` element: ``<``, ``>`` and ``&`` are written
+    as ``\\u003c``, ``\\u003e`` and ``\\u0026`` (the same data to a JSON parser), so no
+    string in it (``</script>``, ``<!--<script>``) can end or change the element."""
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _index_html(config: dict[str, Any]) -> str:
-    data = json.dumps(config).replace("</", "<\\/")
+    data = json_for_html(config)
     return Template(asset("viewer.html")).substitute(
         title=html.escape(f"{config['slideId']}: {config['model']}"),
         label=html.escape(config["label"]),

@@ -84,8 +84,10 @@ def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
     Raises:
         ConfigError: ``folder`` has no ``model.json``; or the folder is incomplete or
             damaged (unreadable JSON, a missing fold folder or key, a fold's
-            ``model.safetensors`` missing or not the one its card describes, weights that
-            do not fit the head): train it again.
+            ``model.safetensors`` missing): train it again; or a fold's weights were
+            changed after training (their sha256 is not the card's, or they are not a
+            safetensors file of the card's head): "weights do not match the model card:
+            the file was changed", naming the file.
 
     Example::
 

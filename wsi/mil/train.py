@@ -237,19 +237,41 @@ def _kept_card(path: Path, chash: str) -> dict[str, Any] | None:
 
 
 def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
-    """The head of a saved fold, weights checked against its card and loaded strictly."""
+    """The head of a saved fold, weights checked against its card and loaded strictly.
+
+    Raises ConfigError naming the file: missing, or changed since training (its sha256
+    is not the card's, or it is not a safetensors file of the head the card describes).
+    Training writes the weights only after removing the card, so a killed run leaves no
+    card that disagrees with its weights: a mismatch means the file was changed.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from wsi.mil.heads import build_head
 
     path = folder / "model.safetensors"
-    if not path.exists() or sha256_file(path) != card.get("weights_sha256"):
+    changed = f"{path}: weights do not match the model card: the file was changed"
+    fix = "Restore the model folder from a copy, or train again into this folder."
+    if not path.exists():
         raise ConfigError(
-            f"{path}: missing, or not the weights its card.json describes (a run was "
-            "interrupted). Train again into this folder."
+            f"{path}: missing, though {folder / 'card.json'} describes it (deleted or moved). "
+            + fix
+        )
+    sha = sha256_file(path)
+    if sha != card.get("weights_sha256"):
+        raise ConfigError(
+            f"{changed} (sha256 {sha[:12]}, the card says "
+            f"{str(card.get('weights_sha256'))[:12]}). {fix}"
         )
     module = build_head(card["head"]["name"], in_dim, 2, **card["head"]["hparams"])
-    module.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, RuntimeError, ValueError, OSError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"{changed} (it is not a safetensors file of the {card['head']['name']} head "
+            f"the card describes: {detail}). {fix}"
+        ) from err
     return module.eval()
 
 

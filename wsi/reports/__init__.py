@@ -176,6 +176,16 @@ def _quality_rows(
             ("Tiles with pen ink", f"{pct(qc['pen'])} (flag above {pct(options.pen_fraction)})"),
             ("Mostly background tiles", pct(qc["background"])),
         ]
+    if facts.verifies_data is False:
+        rows.append(
+            (
+                "Tile data check",
+                f"not verified: tiles were read with {facts.reader or 'a reader'} that does not "
+                "detect corrupt tile data; re-tile with --backend openslide to check",
+            )
+        )
+    elif facts.verifies_data:
+        rows.append(("Tile data check", f"verified on reading ({facts.reader})"))
     if finding.far_fraction is None:
         rows.append(("Similarity to training tiles", finding.ood_note or "not checked"))
     else:

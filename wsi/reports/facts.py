@@ -67,6 +67,9 @@ class SlideFacts:
     thumbnail_source: str  #: "slide" or "tiles"
     tissue_mask: np.ndarray | None
     qc: dict[str, float] = field(default_factory=dict)  #: fraction of tiles blurred / inked
+    #: the tile reader ("openslide", "pyvips") and whether it detects corrupt tile data
+    reader: str | None = None
+    verifies_data: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,14 @@ def _qc(group: Any, options: ReportOptions) -> dict[str, float]:
         "pen": float((col["pen"] > 0.05).mean()),
         "background": float((col["background"] > 0.5).mean()),
     }
+
+
+def _verifies_data(pixels_attrs: dict[str, Any]) -> bool | None:
+    """Whether the tile reader detected corrupt data; stores before the attr: by reader."""
+    if "verifies_data" in pixels_attrs:
+        return bool(pixels_attrs["verifies_data"])
+    reader = pixels_attrs.get("reader")
+    return None if reader is None else reader == "openslide"
 
 
 def _mosaic(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
@@ -234,6 +245,8 @@ def gather(
         thumbnail_source=thumb_source,
         tissue_mask=mask,
         qc=_qc(group, options),
+        reader=pixels_attrs.get("reader"),
+        verifies_data=_verifies_data(pixels_attrs),
     )
     reference = load_reference(model.folder)
     far = seen = note = None

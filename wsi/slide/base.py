@@ -329,10 +329,20 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def read_error(
-    path: Path, location: tuple[int, int], level: int, err: BaseException
+    path: Path,
+    location: tuple[int, int],
+    level: int,
+    region: tuple[int, int, int, int],
+    err: BaseException,
 ) -> SlideReadError:
+    """The error of a failed read: the file, the level and the region read.
+
+    ``region`` is ``(x, y, w, h)`` in pixels of ``level``; ``location`` its level-0 origin.
+    """
     detail = " ".join(str(err).split())
+    x, y, w, h = region
     return SlideReadError(
-        f"{path}: cannot read level {level} at level-0 {location}: {detail}. "
+        f"{path}: cannot read level {level}, region x={x}, y={y}, w={w}, h={h} "
+        f"(pixels of level {level}; level-0 origin {location}): {detail}. "
         "The file is probably truncated or corrupt; re-copy or re-export it from the scanner."
     )

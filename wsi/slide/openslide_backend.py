@@ -85,7 +85,9 @@ class OpenSlideSlide(Slide):
         try:
             rgba = np.asarray(self._osr.read_region(location, level, size))
         except openslide.OpenSlideError as err:
-            raise read_error(self.path, location, level, err) from err
+            ds = self.level_downsamples[level]
+            region = (round(location[0] / ds), round(location[1] / ds), *size)
+            raise read_error(self.path, location, level, region, err) from err
         if rgba.ndim != 3 or rgba.shape[2] != 4:
             raise SlideReadError(
                 f"{self.path}: unexpected pixel layout {rgba.shape} from OpenSlide."

@@ -96,4 +96,4 @@ class VipsSlide(OpenSlideSlide):
                 regions = self._local.regions = [pyvips.Region.new(p) for p in self._pages]
             return regions[level].fetch(x, y, w, h)
         except pyvips.Error as err:
-            raise read_error(self.path, location, level, err) from err
+            raise read_error(self.path, location, level, (x, y, w, h), err) from err
