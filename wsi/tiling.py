@@ -471,7 +471,9 @@ def _tile_locked(
         if err.errno != errno.ENOSPC or isinstance(err, WsiError):
             raise
         written = int(np.asarray(group[st.TILES_DONE][:]).sum())
-        raise OutputFullError.of(out, written, len(done), "chunks of tiles", err) from err
+        raise OutputFullError.of(
+            store_path.parent, written, len(done), "chunks of tiles", err
+        ) from err
     finally:
         close()
     seconds = time.perf_counter() - t0
