@@ -323,29 +323,8 @@ def _add_tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo stages made with other params")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give the seconds to wait, 0 or more")
-    return value
-
-
-def add_wait_option(p: argparse.ArgumentParser) -> None:
-    """``--wait SECONDS``: wait for another writer of the same store (or run folder) to
-    finish instead of being refused at once."""
-    p.add_argument(
-        "--wait",
-        type=_seconds,
-        metavar="SECONDS",
-        help="when another wsi process is writing the same store or run folder, wait up to "
-        "SECONDS for it instead of stopping at once (default 0)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.config import add_wait_option
     from pipelines.viewcli import add_score_options, exports_help
     from wsi.precision import PRECISIONS
 

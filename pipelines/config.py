@@ -280,3 +280,25 @@ def mpp_arg(text: str) -> float:
             f"from {lo:g} to {hi:g} (0.25 for a 40x scan, 0.5 for 20x)"
         )
     return mpp
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the seconds to wait, 0 or more")
+    return value
+
+
+def add_wait_option(p: argparse.ArgumentParser) -> None:
+    """``--wait SECONDS``: wait for another writer of the same store (or run folder) to
+    finish instead of being refused at once."""
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="when another wsi process is writing the same store or run folder, wait up to "
+        "SECONDS for it instead of stopping at once (default 0)",
+    )

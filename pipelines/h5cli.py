@@ -35,6 +35,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Add ``export-h5`` and ``import-h5`` to ``sub`` (from ``parser.add_subparsers()``)."""
+    from pipelines.config import add_wait_option
+
     p = sub.add_parser(
         "export-h5", help="write a store's features as a CLAM/TRIDENT h5 file per slide"
     )
@@ -50,4 +52,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace features of that name made otherwise"
     )
+    add_wait_option(p)
     p.set_defaults(func=_cmd_import)

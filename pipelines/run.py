@@ -36,7 +36,7 @@ from typing import Any
 
 from pipelines import tasks
 from pipelines.config import ClusterConfig, RunConfig
-from pipelines.slides import SlideJob, claim_ids, resolve_slides
+from pipelines.slides import SlideJob, claim_ids, input_problem, resolve_slides
 from pipelines.summary import (
     RunResult,
     StatusBook,
@@ -46,9 +46,11 @@ from pipelines.summary import (
     write_summary,
 )
 from wsi import store as st
+from wsi._lock import holding, lock_file
 from wsi.config import EmbedConfig, TilingConfig
 from wsi.configfile import section_class
 from wsi.errors import ConfigError, WeightsNotFoundError, WsiError
+from wsi.outputs import output_error
 from wsi.progress import Progress
 from wsi.reports.options import ReportOptions
 
@@ -89,7 +91,8 @@ def run_job(
     exports are written) and ``report`` are the stage settings, their defaults where
     None. Returns the per-slide status and the exit code (``RunResult.exit_code``).
     Raises ConfigError/ClusterError only for problems of the whole run (no slides, no
-    model, unreachable scheduler).
+    model, unreachable scheduler), and OutputError when the output folder cannot be
+    written (full, read-only): naming the folder and the fix.
     """
     from wsi.mil.predict import load_model
     from wsi.reports.render import check_pdf
@@ -100,7 +103,6 @@ def run_job(
     report = report or ReportOptions()
     out = Path(run.out)
     claimed = claim_ids(resolve_slides(run))  # a slide listed twice is listed once
-    jobs = [job for job, _ in claimed]
     model = load_model(run.model)  # a missing or damaged model stops the run here
     encoder = model.card["encoder"]["name"]
     embed = embed or EmbedConfig(encoder=encoder)
@@ -112,8 +114,6 @@ def run_job(
     _check_weights(embed, model, run.model, local=cluster.scheduler is None)
     if report.pdf:
         check_pdf()
-    for sub in ("stores", "heatmaps", "reports", "status"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
     model_id = model.card["model_id"]
     plan = RunPlan(
         out=out,
@@ -128,6 +128,29 @@ def run_job(
             "report": dataclasses.asdict(report),
         },
     )
+    try:
+        # one run per output folder: a second `wsi run --out` here is refused (or waits)
+        with holding(lock_file(out, "run"), f"run folder {out}"):
+            return _run_plan(plan, claimed, run, model, progress)
+    except WsiError:
+        raise
+    except OSError as err:  # writing status, reports, the summary or the log: the job's
+        raise output_error(out, err) from err
+
+
+def _run_plan(
+    plan: RunPlan,
+    claimed: list[tuple[SlideJob, str | None]],
+    run: RunConfig,
+    model: Any,
+    progress: bool | None,
+) -> RunResult:
+    """The run itself once everything is checked: the slides, the cohort report, the
+    summary, with the log in ``<out>/run.log``."""
+    out, cluster = plan.out, plan.cluster
+    jobs = [job for job, _ in claimed]
+    for sub in ("stores", "heatmaps", "reports", "status"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     records = StatusBook(out / "status")
     with _log_to(out / "run.log"):
@@ -188,10 +211,13 @@ def _plan_slides(
             bar.update()
             continue
         old = records.earlier(job)
+        problem = input_problem(job.path)  # missing, a symlink loop, a folder: this slide's
         try:
-            key = _inputs_key(job, model_id, plan.parts)
-        except OSError as err:
-            records.finish(job, failed_record(job, "tile", f"{job.path}: {err.strerror}"))
+            key = _inputs_key(job, model_id, plan.parts) if problem is None else ""
+        except (OSError, RuntimeError) as err:  # RuntimeError: pathlib's symlink loop
+            problem = f"{job.path}: {getattr(err, 'strerror', None) or err}"
+        if problem is not None:
+            records.finish(job, failed_record(job, "tile", problem))
             bar.update()
             continue
         if is_complete(old, key, plan.out, model_id):
@@ -206,10 +232,18 @@ def _plan_slides(
     return todo
 
 
+class _RunLog(logging.FileHandler):
+    """The run's log file. A line it cannot write (a full disk) is dropped without the
+    traceback ``logging`` prints: the run reports that error itself."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        return None
+
+
 @contextmanager
 def _log_to(path: Path) -> Iterator[None]:
     """Append INFO and above of this package (and Dask's warnings) to ``path``."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLog(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     loggers = [logging.getLogger(n) for n in ("wsi", "pipelines")]
@@ -218,16 +252,23 @@ def _log_to(path: Path) -> Iterator[None]:
         lg.addHandler(handler)
         if lg.level == logging.NOTSET or lg.level > logging.INFO:
             lg.setLevel(logging.INFO)
+    # Dask's own handler: a LocalCluster's ``silence_logs`` sets the level of every stream
+    # handler of the "distributed" logger, and on a shared handler that silenced ours too
+    # (the per-slide errors after the cluster started never reached run.log)
+    dask_handler = _RunLog(path, encoding="utf-8")
+    dask_handler.setFormatter(handler.formatter)
+    dask_handler.setLevel(logging.WARNING)
     dask_log = logging.getLogger("distributed")
-    dask_log.addHandler(handler)
+    dask_log.addHandler(dask_handler)
     try:
         yield
     finally:
         for lg, level in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
-        dask_log.removeHandler(handler)
+        dask_log.removeHandler(dask_handler)
         handler.close()
+        dask_handler.close()
 
 
 def _gpu_workers(client: Any, resource: str) -> list[str]:

@@ -47,7 +47,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    from pipelines.config import workers_arg
+    from pipelines.config import add_wait_option, workers_arg
     from pipelines.viewcli import exports_help
 
     p = sub.add_parser(
@@ -79,6 +79,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--no-retry-failed", action="store_true", help="leave slides that failed before alone"
     )
+    add_wait_option(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

@@ -11,7 +11,9 @@ a message naming both files, and the others go on.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 from pipelines.config import RunConfig
 from wsi import store as st
 from wsi.errors import ConfigError
+from wsi.outputs import is_output
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -26,6 +29,7 @@ __all__ = [
     "SlideJob",
     "read_manifest",
     "find_slides",
+    "input_problem",
     "slide_jobs",
     "resolve_slides",
     "claim_ids",
@@ -109,26 +113,67 @@ def read_manifest(path: str | Path) -> list[SlideJob]:
     return jobs
 
 
-def find_slides(entries: Iterable[str]) -> list[SlideJob]:
+def input_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a slide file (missing, a symlink loop, a folder, not
+    readable), or None: the one check ``wsi run`` and ``wsi tile`` make before a slide,
+    so a bad input fails that slide alone."""
+    try:
+        if os.path.isdir(path):  # follows symlinks; False for a loop or a missing file
+            return f"{path}: is a folder, not a slide file. Give the slide files inside it."
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{path}: a symbolic link loop (it never reaches a file). Fix the link."
+        return f"{path}: {err.strerror or err}"
+    if not os.access(path, os.R_OK):
+        return f"{path}: not readable (permission denied). Check its permissions."
+    return None
+
+
+def _is_slide_name(path: Path) -> bool:
+    return path.suffix.lower() in SLIDE_SUFFIXES and not path.is_dir()
+
+
+def _own_output(path: Path, exclude: Path | None) -> bool:
+    """A file wsi wrote (listed in its folder's manifest), or one under ``exclude`` (the
+    run's output folder): never taken for an input slide."""
+    if exclude is not None:
+        try:
+            if path.resolve().is_relative_to(exclude):
+                return True
+        except (OSError, RuntimeError):  # a symlink loop: it fails later as that slide
+            pass
+    return is_output(path)
+
+
+def find_slides(entries: Iterable[str], *, exclude: str | Path | None = None) -> list[SlideJob]:
     """The slides of files, folders (every slide file directly inside, ``SLIDE_SUFFIXES``)
     and glob patterns, in order (a folder's and a pattern's sorted by name).
 
     A path that is neither a folder nor a pattern is taken as it is: a missing file fails
-    later as that slide, not the job. ConfigError naming a folder or pattern that holds
-    no slide file.
+    later as that slide, not the job; so does a folder named like a slide file (``x.svs/``)
+    that holds none, and a symbolic link loop with a slide's name. What wsi wrote (files
+    in a ``wsi.outputs`` manifest, anything under ``exclude``, the run's output folder)
+    is never taken from a folder or a pattern. ConfigError naming a folder or pattern
+    that holds no slide file.
     """
+    out = Path(exclude).resolve() if exclude is not None else None
     jobs = []
     for entry in entries:
         p = Path(entry).expanduser()
         if p.is_file() or not (p.is_dir() or glob.has_magic(entry)):
             found = [p]
         elif p.is_dir():
-            found = sorted(
-                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES
-            )
+            found = sorted(f for f in p.iterdir() if _is_slide_name(f))
+            found = [f for f in found if not _own_output(f, out)]
+            if not found and p.suffix.lower() in SLIDE_SUFFIXES:
+                found = [p]  # a folder named like a slide: it fails as that slide
         else:
             found = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
-            found = [f for f in found if f.is_file()]
+            found = [
+                f for f in found
+                if (f.is_file() or _is_slide_name(f)) and not _own_output(f, out)
+            ]  # fmt: skip
         if not found:
             raise ConfigError(
                 f"{entry}: no slide file there (not a file, a folder with slides, or a "
@@ -150,7 +195,10 @@ def resolve_slides(run: RunConfig) -> list[SlideJob]:
     Raises:
         ConfigError: a bad manifest, an entry that matches nothing, or no slides at all.
     """
-    jobs = read_manifest(run.manifest) if run.manifest else find_slides(run.slides)
+    if run.manifest:
+        jobs = read_manifest(run.manifest)
+    else:
+        jobs = find_slides(run.slides, exclude=run.out if run.out else None)
     if not jobs:
         raise ConfigError("the run has no slides")
     return jobs

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.slides import SlideJob, claim_ids, slide_jobs
+from pipelines.slides import SlideJob, claim_ids, input_problem, slide_jobs
 from wsi._files import read_json
 from wsi.config import EmbedConfig, TilingConfig
 from wsi.errors import ConfigError, WsiError
@@ -367,9 +367,10 @@ def tile_slides(
                    progress=progress)  # fmt: skip
     results = []
     for job, clash in claim_ids(slide_jobs(slides, mpp)):
-        if clash is not None:
-            log.error("%s", clash)
-            results.append(ItemResult(str(job.path), "failed", error=clash))
+        problem = clash or input_problem(job.path)  # a symlink loop, a folder: this slide's
+        if problem is not None:
+            log.error("%s", problem)
+            results.append(ItemResult(str(job.path), "failed", error=problem))
         else:
 
             def work(_path: str | Path, job: SlideJob = job) -> Path:

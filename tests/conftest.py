@@ -80,3 +80,58 @@ def predicted(tmp_path_factory):
     for slide in cohort.slides:
         predict_store(root / "stores" / f"{slide.stem}.zarr", model)
     return root, cohort, model.name
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """``small_disk(name, size="1M", read_only=False)``: a tmpfs of ``size`` mounted at
+    ``tmp_path/name`` (unmounted after the test); skips where mounting is not permitted."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "1M", read_only: bool = False) -> Path:
+        target = tmp_path / name
+        target.mkdir(parents=True, exist_ok=True)
+        opts = f"size={size}" + (",ro" if read_only else "")
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}): needed to fill a disk")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path, small_disk):
+    """An existing folder nothing can be written into: chmod 555, or (as root, where chmod
+    does not stop writes) a read-only tmpfs; skips where neither works."""
+    import os
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder.chmod(0o755)
+    yield small_disk("read_only", read_only=True)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill the file system of ``disk`` but ``leave`` bytes."""
+    import os
+
+    vfs = os.statvfs(disk)
+    free = vfs.f_bavail * vfs.f_frsize
+    with open(disk / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))

@@ -268,3 +268,14 @@ def test_a_half_written_features_group_is_repaired_by_overwrite(tmp_path, predic
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(features_of(store, ENCODER), want, rtol=1e-5, atol=1e-5)
     assert st.PREDICTIONS not in st.open_store(store) or not st.models_with(st.open_store(store))
+
+
+def test_a_second_run_into_one_folder_is_refused_naming_the_first(tmp_path, predicted):
+    root, cohort, _ = predicted
+    out = tmp_path / "run"
+    with holding(lock_file(out, "run"), f"run folder {out}"):
+        proc = _wsi("-q", "run", str(cohort.slides[0]), "--out", str(out), "--model",
+                    str(root / "abmil"), "--workers", "1", "--no-pdf")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"run folder {out} is being written by pid {os.getpid()}" in proc.stderr
+    assert not (out / "stores").exists() and not (out / "summary.json").exists()

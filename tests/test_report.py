@@ -370,3 +370,37 @@ def test_quality_says_whether_tile_data_was_verified(predicted, tmp_path):
     assert "not verified" in texts["pyvips"] and "--backend openslide" in texts["pyvips"]
     assert "verified on reading (openslide)" in texts["openslide"]
     assert "not verified" not in texts["openslide"]
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name or ".partial" in p.name]
+
+
+def test_report_into_a_read_only_folder_is_one_clear_error(predicted, read_only_folder, capsys):
+    from pipelines.cli import main
+
+    root, cohort, _ = predicted
+    stores = [str(root / "stores" / f"{s.stem}.zarr") for s in cohort.slides[:2]]
+    rc = main(["-q", "report", *stores, "--model", str(root / "abmil"),
+               "--out", str(read_only_folder), "--no-pdf"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"output folder {read_only_folder}" in err and "writable" in err and "--out" in err
+    assert "Traceback" not in err
+
+
+def test_report_onto_a_full_disk_leaves_no_temporary_file(predicted, small_disk, capsys):
+    from pipelines.cli import main
+    from tests.conftest import fill
+
+    root, cohort, _ = predicted
+    disk = small_disk("disk", size="1M")
+    fill(disk, leave=8192)
+    stores = [str(root / "stores" / f"{s.stem}.zarr") for s in cohort.slides[:2]]
+    rc = main(["-q", "report", *stores, "--model", str(root / "abmil"),
+               "--out", str(disk / "reports"), "--no-pdf"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"output folder {disk / 'reports'}" in err and "free space" in err.lower()
+    assert "Traceback" not in err
+    assert _temps(disk) == []

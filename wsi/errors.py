@@ -28,6 +28,8 @@ __all__ = [
     "EmbeddingError",
     "H5FormatError",
     "H5NotFoundError",
+    "OutputError",
+    "OutputExistsError",
 ]
 
 
@@ -124,3 +126,12 @@ class H5FormatError(WsiError, ValueError):
 
 class H5NotFoundError(H5FormatError, FileNotFoundError):
     """The h5 file does not exist."""
+
+
+class OutputError(WsiError, OSError):
+    """The output folder cannot be written (full, read-only, no permission): the job's
+    problem, not one slide's. The message names the folder and the fix."""
+
+
+class OutputExistsError(WsiError, FileExistsError):
+    """An output would replace a file wsi did not write there (or one changed since)."""

@@ -22,6 +22,7 @@ from wsi.heatmap import (
     top_regions,
 )
 from wsi.heatmap.exports import qupath_geojson
+from wsi.outputs import MANIFEST
 
 
 def _scores(stride: int = 512, footprint: float = 512.0, n: int = 8) -> TileScores:
@@ -102,4 +103,35 @@ def test_exports_png_and_aligned_pyramidal_tiff(tmp_path, predicted):
     keys = st.heatmap_keys(model)
     assert st.stage_entry(group, keys.stage) is not None
     assert group[keys.grid].shape == tuple(res["grid"])
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temps
+    temps = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in temps] == [MANIFEST]  # no temps; the list of what wsi wrote
+
+
+def test_exports_never_replace_a_file_wsi_did_not_write(tmp_path, predicted, capsys):
+    """``wsi heatmap --out <a folder of slides>``: a slide that happens to have an export's
+    name is left alone (that store fails, saying which file and what to do); wsi's own
+    exports are replaced on a re-run, but not once someone changed them."""
+    from pipelines.cli import main
+
+    root, cohort, model = predicted
+    sid = cohort.slides[0].stem
+    store = store_copy(root, sid, tmp_path)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    someone = slides / f"{sid}_{model}.tiff"
+    someone.write_bytes(cohort.slides[1].read_bytes())  # a slide, not wsi's export
+    args = ["-q", "heatmap", str(store), "--model", model, "--out", str(slides)]
+    assert main([*args, "--exports", "tiff"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and str(someone) in out and "--out" in out and "move" in out
+    assert someone.read_bytes() == cohort.slides[1].read_bytes()
+    assert not [p for p in slides.iterdir() if ".tmp" in p.name]
+
+    someone.unlink()
+    assert main([*args, "--exports", "tiff,geojson"]) == 0
+    assert main([*args, "--exports", "tiff,geojson"]) == 0  # its own files: replaced
+    geojson = slides / f"{sid}_{model}.geojson"
+    geojson.write_text(geojson.read_text() + " ")  # edited by hand since
+    assert main([*args, "--exports", "geojson"]) == 1
+    assert str(geojson) in capsys.readouterr().out
+    assert geojson.read_text().endswith(" ")

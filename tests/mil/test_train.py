@@ -286,3 +286,50 @@ def test_every_head_trains_and_predicts_through_the_pipeline(tmp_path, cohort, h
     att = np.asarray(group[f"predictions/{head}/attention_mean"][:])
     assert np.isfinite(att).all() and att.sum() == pytest.approx(1, abs=1e-4)
     assert 0 <= result["probability"] <= 1
+
+
+def test_a_killed_train_leaves_the_old_model_working(tmp_path, cohort, trained):
+    """``wsi train`` into a folder holding a model, killed mid-training: the old model is
+    still there, loads and predicts the same; the next training cleans up after it."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    store = tmp_path / "s.zarr"
+    shutil.copytree(sorted((cohort / "stores").glob("*.zarr"))[0], store)
+    before = predict_store(store, load_model(folder), overwrite=True)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "-q", "train", "--stores", str(cohort / "stores"),
+         "--labels", str(cohort / "labels.csv"), "--encoder", ENC, "--out", str(folder),
+         "--folds", "3", "--test-fraction", "0.25", "--epochs", "2000", "--patience", "2000",
+         "--seed", "11"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    work = tmp_path / f".model.training-{proc.pid}"
+    try:
+        deadline = time.monotonic() + 180
+        while not (work / "fold_0").exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the training never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # well into fold 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert work.exists()  # what the killed training left, beside the model
+    model = load_model(folder)
+    assert model.card["model_id"] == json.loads((trained / "model.json").read_text())["model_id"]
+    after = predict_store(store, model, overwrite=True)
+    assert after["probability"] == before["probability"]
+    # the next training takes the stale folder over, swaps in, and leaves nothing behind
+    config = TrainConfig(folds=3, test_fraction=0.25, epochs=20, patience=5, lr=1e-3)
+    train_model(cohort / "stores", cohort / "labels.csv", folder, config, encoder=ENC)
+    assert not list(tmp_path.glob(".model.*"))
+    assert load_model(folder).name == "model"

@@ -377,3 +377,69 @@ def test_bad_workers_and_mpp_are_refused_before_any_work(tmp_path, option):
         assert f"argument {option[0]}: {option[1]!r} is not" in r.stderr
         assert "from 1 to 1024" in r.stderr or "micrometres per pixel from 0.05" in r.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_fail_alone_and_every_slide_error_is_in_run_log(predicted, tmp_path, capsys):
+    """A symlink loop, a folder named like a slide and a truncated slide among the inputs:
+    each fails as that slide (summary.json, the printed table, run.log with slide, stage
+    and message), and the good slide is done."""
+    root, _, _ = predicted
+    good = _slides(predicted, 1)[0]
+    (tmp_path / "loop_a.svs").symlink_to(tmp_path / "loop_b.svs")
+    (tmp_path / "loop_b.svs").symlink_to(tmp_path / "loop_a.svs")
+    (tmp_path / "x.svs").mkdir()
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(good.read_bytes()[:20000])  # fails once the cluster is up
+    out = tmp_path / "run"
+    inputs = [good, tmp_path / "loop_a.svs", tmp_path / "x.svs", broken]
+    rc = main(["-q", "run", *map(str, inputs), "--out", str(out), "--model",
+               str(root / "abmil"), "--workers", "1", "--no-pdf"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 1
+    summary = json.loads((out / "summary.json").read_text())
+    by_id = {s["slide_id"]: s for s in summary["per_slide"]}
+    assert by_id[good.stem]["status"] == "ok"
+    assert "symbolic link loop" in by_id["loop_a"]["error"]
+    assert "is a folder" in by_id["x"]["error"]
+    assert by_id["broken"]["status"] == "failed"
+    log_text = (out / "run.log").read_text()
+    for sid in ("loop_a", "x", "broken"):
+        rec = by_id[sid]
+        assert rec["status"] == "failed" and rec["stage"] == "tile"
+        assert f"{sid:<28} FAILED   tile     {rec['error']}" in printed
+        assert f"{sid}: tile failed: {rec['error']}" in log_text
+    assert "wsi run finished: 1 ok, 3 failed" in log_text
+
+
+def test_a_read_only_reports_folder_stops_the_run_with_one_clear_error(
+    predicted, tmp_path, small_disk, capsys
+):
+    """The report stage of ``wsi run`` cannot write: exit 2 with a message naming the
+    output folder and the fix, no traceback, no temporary file left."""
+    root, _, _ = predicted
+    good = _slides(predicted, 1)[0]
+    out = tmp_path / "run"
+    small_disk("run/reports", read_only=True)
+    rc = main(["-q", "run", str(good), "--out", str(out), "--model", str(root / "abmil"),
+               "--workers", "1", "--no-pdf"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"output folder {out}" in err and "writable" in err and "--out" in err
+    assert "Traceback" not in err
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or ".partial" in p.name]
+    assert json.loads((out / "status" / f"{good.stem}.json").read_text())["stage"] == "report"
+
+
+def test_a_run_never_takes_its_own_outputs_for_slides(tmp_path):
+    """--out inside the input folder, and a wsi export among the slides: neither is an
+    input (a recursive glob would otherwise find the run's heatmap TIFFs)."""
+    from wsi.outputs import write_output
+
+    folder = tmp_path / "in"
+    (folder / "run" / "heatmaps").mkdir(parents=True)
+    (folder / "s.tiff").write_bytes(b"II*\0 a slide")
+    (folder / "run" / "heatmaps" / "s_abmil.tiff").write_bytes(b"II*\0 an export")
+    write_output(folder / "other_abmil.tiff", b"II*\0 an export")  # wsi wrote it here
+    for entry in (str(folder), str(folder / "**" / "*.tiff")):
+        run = RunConfig(out=str(folder / "run"), model="m", slides=(entry,))
+        assert [j.path for j in resolve_slides(run)] == [folder / "s.tiff"]

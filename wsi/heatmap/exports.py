@@ -25,12 +25,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from wsi import store as st
-from wsi._files import atomic_path, atomic_write
 from wsi.errors import ConfigError
 from wsi.heatmap.draw import HeatStyle, compose_overlay
 from wsi.heatmap.grid import HeatGrid, TileScores, colorize
 from wsi.heatmap.regions import Region
 from wsi.heatmap.viewer import viewer_folder
+from wsi.outputs import output_path, write_output
 
 __all__ = [
     "ExportJob",
@@ -127,7 +127,7 @@ def qupath_geojson(scores: TileScores, regions: list[Region], path: Path) -> Pat
                 },
             }
         )
-    return atomic_write(path, json.dumps({"type": "FeatureCollection", "features": features}))
+    return write_output(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
 def overlay_png(
@@ -163,7 +163,7 @@ def overlay_png(
     with open_slide(slide_path) as slide:
         thumb = slide.thumbnail(options.thumbnail_px)
     canvas = compose_overlay(thumb, grid, options, title, tissue)
-    with atomic_path(path) as tmp:
+    with output_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
 
@@ -200,7 +200,7 @@ def pyramid_tiff(grid: HeatGrid, options: ExportStyle, mpp: float | None, path: 
     if mpp:
         px_per_mm = 1000.0 / (mpp * d)  # libvips resolution unit: pixels per millimetre
         kwargs.update(xres=px_per_mm, yres=px_per_mm, resunit="cm")
-    with atomic_path(path) as tmp:
+    with output_path(path) as tmp:
         img.tiffsave(
             str(tmp),
             tile=True,

@@ -45,6 +45,7 @@ from wsi.errors import ConfigError
 from wsi.heatmap.draw import HeatStyle
 from wsi.heatmap.grid import HeatGrid, colorize
 from wsi.heatmap.regions import Region, region_rows
+from wsi.outputs import check_output, record_output
 
 __all__ = ["viewer_folder", "serve", "asset", "TILE_SIZE", "OVERLAP"]
 
@@ -201,6 +202,7 @@ def viewer_folder(
     out.mkdir(parents=True, exist_ok=True)
     name = f"{slide_id}_{model}_viewer"
     final = out / name
+    check_output(final)  # never replace a folder wsi did not write
     tmp = out / f".{name}.{os.getpid()}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -234,6 +236,7 @@ def viewer_folder(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        record_output(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("viewer of %s written to %s", slide_id, final)

@@ -10,8 +10,11 @@ Output folder::
     <out>/reference.safetensors  training tiles for the out-of-distribution check
     <out>/fold_<k>/model.safetensors, card.json, train_log.csv
 
-A finished fold (its ``card.json`` written last, with the same config hash) is kept when
-a killed run is started again.
+A training writes into ``.<name>.training-<pid>`` beside ``<out>`` (started from a copy
+of ``<out>``), and swaps it into place only when the model is complete: until then the
+model already in ``<out>`` stays loadable, and a killed training leaves it as it was. A
+finished fold (its ``card.json`` written last, with the same config hash) is kept when a
+killed run is started again: the next training takes over the folder the killed one left.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import glob
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -391,9 +396,79 @@ def train_model(
         raise ConfigError(f"unknown model {config.model!r}.{hint} Known: {', '.join(HEADS)}")
     table = read_labels(labels, positive)
     weights_sha, features_id = check_stores(table, stores_dir, encoder)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    parts = _splits(table, out, config, Path(splits) if splits else None)
+    final = Path(out_dir)
+    out = _work_folder(final)
+    try:
+        _train_into(out, final, table, config, stores_dir, encoder, weights_sha, features_id,
+                    Path(splits) if splits else None)  # fmt: skip
+        _swap_in(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    log.info("model written to %s", final)
+    return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _work_folder(final: Path) -> Path:
+    """The folder a training writes into, ``.<name>.training-<pid>`` beside ``final``: the
+    one a killed training left (its finished folds are kept), else a copy of ``final``'s
+    model (its folds are kept where nothing changed), else a new one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = final.parent / f".{final.name}.training-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    stale = []
+    for p in final.parent.glob(f".{glob.escape(final.name)}.training-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(p)
+    stale.sort(key=lambda p: p.stat().st_mtime_ns)
+    if stale:
+        os.replace(stale.pop(), work)
+        log.info("taking over the folder of a killed training of %s", final)
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+    elif final.is_dir():
+        shutil.copytree(final, work, symlinks=True)
+    else:
+        work.mkdir()
+    return work
+
+
+def _swap_in(work: Path, final: Path) -> None:
+    """``work`` becomes ``final``; the model there before is removed."""
+    if not final.exists():
+        os.replace(work, final)
+        return
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(work, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _train_into(
+    out: Path,
+    final: Path,
+    table: LabelTable,
+    config: TrainConfig,
+    stores_dir: str | os.PathLike[str],
+    encoder: str,
+    weights_sha: str,
+    features_id: Any,
+    splits: Path | None,
+) -> None:
+    """The training itself, into the work folder ``out`` (see ``_work_folder``)."""
+    parts = _splits(table, out, config, splits)
     bags = BagSource(stores_dir, encoder)
     in_dim = int(bags[table.rows[0].slide_id].shape[1])
     y = {r.slide_id: r.y for r in table.rows}
@@ -415,7 +490,7 @@ def train_model(
             "no held-out test part: the validation figures are those the operating point "
             "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
         )
-    run = _TrainingRun(out, table, parts, config, encoder, weights_sha)
+    run = _TrainingRun(out, table, parts, config, encoder, weights_sha, final.name)
     scores = _FoldScores()
     test_ids = parts.test
     t_start = time.perf_counter()
@@ -483,7 +558,7 @@ def train_model(
         seed=config.seed,
     )
     save_reference(reference, out)
-    return _finish(run, scores, reference.summary(), time.perf_counter() - t_start)
+    _finish(run, scores, reference.summary(), time.perf_counter() - t_start)
 
 
 @dataclass(frozen=True)
@@ -496,6 +571,7 @@ class _TrainingRun:
     config: TrainConfig
     encoder: str
     weights_sha: str  #: sha256 of the encoder weights the features come from
+    name: str  #: the model's name: that of the folder it is swapped into
 
 
 @dataclass
@@ -586,7 +662,7 @@ def _finish(
     digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
     all_ids = [r.slide_id for r in table.rows]
     card = {
-        "name": out.name,
+        "name": run.name,
         "model_id": digest.hexdigest()[:16],
         "intended_use": INTENDED_USE,
         "task": {"positive": table.positive, "negative": table.negative},

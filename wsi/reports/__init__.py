@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -28,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi._files import atomic_write
 from wsi.errors import WsiError
+from wsi.outputs import FOLDER_ERRNOS, output_error, write_output
 from wsi.reports.facts import Finding, SlideFacts, TileImage, flags, gather
 from wsi.reports.options import ReportOptions
 from wsi.reports.render import (
@@ -333,7 +334,7 @@ def report_slide(
     # PDF first, then HTML, then the JSON row last: a failure leaves no report that looks
     # finished (the JSON row is what the cohort report and `wsi run` trust)
     pdf_path = write_pdf(html, out / f"{_safe(sid)}.pdf") if options.pdf else None
-    html_path = atomic_write(out / f"{_safe(sid)}.html", html)
+    html_path = write_output(out / f"{_safe(sid)}.html", html)
     row = {
         "slide_id": sid,
         "decision": finding.decision,
@@ -349,7 +350,7 @@ def report_slide(
         "model": finding.model,
         "model_id": trained.card["model_id"],
     }
-    atomic_write(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
+    write_output(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
     return SlideReport(sid, html_path, pdf_path, row)
 
 
@@ -361,7 +362,11 @@ def redact_paths(text: str, *paths: str | os.PathLike[str]) -> str:
     path: what a recipient-side report may show of an error. Folder names can carry
     patient names; the operator's log and status files keep the full message."""
     for p in paths:
-        for form in sorted({str(p), str(Path(p).expanduser().resolve())}, key=len, reverse=True):
+        try:
+            forms = {str(p), str(Path(p).expanduser().resolve())}
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            forms = {str(p)}
+        for form in sorted(forms, key=len, reverse=True):
             if form and form != ".":
                 text = text.replace(form, "[path]")
     return _ABS_PATH.sub("[path]", text)
@@ -409,7 +414,7 @@ def report_cohort(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         version=__version__,
     )
-    html_path = atomic_write(out / "cohort.html", html)
+    html_path = write_output(out / "cohort.html", html)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*COHORT_COLUMNS, "error"], lineterminator="\n")
     writer.writeheader()
@@ -426,7 +431,7 @@ def report_cohort(
     for f in failed or []:
         row = {"slide_id": f["slide_id"], "error": f"{f['stage']}: {f['error']}"}
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    csv_path = atomic_write(out / "cohort.csv", buf.getvalue())
+    csv_path = write_output(out / "cohort.csv", buf.getvalue())
     return html_path, csv_path
 
 
@@ -463,6 +468,9 @@ def report(
         BackendUnavailableError: ``options.pdf`` and WeasyPrint or Pango is missing;
             checked before any slide, so none is half reported.
         ConfigError: ``model`` is a folder that ``wsi.load_model`` cannot load.
+        OutputError: ``out_dir`` cannot be written (full, read-only): the job stops,
+            naming the folder and the fix.
+        OutputExistsError: a report would replace a file wsi did not write there.
 
     Example::
 
@@ -479,6 +487,8 @@ def report(
         try:
             done.append(report_slide(s, trained, out_dir, options))
         except (WsiError, OSError) as err:  # one bad slide never stops the cohort
+            if isinstance(err, OSError) and _folder_problem(err, out_dir):
+                raise output_error(out_dir, err) from err  # a full or read-only out_dir
             log.error("%s", err)
             failed.append(
                 {
@@ -487,11 +497,28 @@ def report(
                     "error": redact_paths(str(err), s),
                 }
             )
-    html, csv_path = report_cohort(
-        [r.row for r in done],
-        out_dir,
-        model=trained.name,
-        positive=trained.card["task"]["positive"],
-        failed=failed,
-    )
+    try:
+        html, csv_path = report_cohort(
+            [r.row for r in done],
+            out_dir,
+            model=trained.name,
+            positive=trained.card["task"]["positive"],
+            failed=failed,
+        )
+    except OSError as err:
+        if isinstance(err, WsiError):
+            raise
+        raise output_error(out_dir, err) from err
     return Reports(done, failed, html, csv_path)
+
+
+def _folder_problem(err: OSError, out_dir: str | os.PathLike[str]) -> bool:
+    """``err`` is a write into ``out_dir`` that failed for the folder's sake (full,
+    read-only): every slide would fail the same way."""
+    if isinstance(err, WsiError):
+        return False
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True  # (a failed write names no file)
+    if err.errno not in FOLDER_ERRNOS or not err.filename:
+        return False
+    return Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(out_dir))

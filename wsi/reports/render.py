@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from wsi._files import atomic_write
 from wsi.errors import BackendUnavailableError
+from wsi.outputs import write_output
 
 __all__ = ["DISCLAIMER", "check_pdf", "data_uri", "render", "write_pdf"]
 
@@ -108,4 +108,4 @@ def write_pdf(html: str, path: Path) -> Path:
     # data: URIs only: a report never loads a file or a network resource
     fetcher = weasyprint.URLFetcher(allowed_protocols={"data"})
     pdf = weasyprint.HTML(string=html, url_fetcher=fetcher).write_pdf()
-    return atomic_write(path, pdf)
+    return write_output(path, pdf)
