@@ -279,3 +279,47 @@ def test_a_second_run_into_one_folder_is_refused_naming_the_first(tmp_path, pred
     assert proc.returncode == 2, proc.stderr
     assert f"run folder {out} is being written by pid {os.getpid()}" in proc.stderr
     assert not (out / "stores").exists() and not (out / "summary.json").exists()
+
+
+# -- model folders ------------------------------------------------------------------------------
+
+
+def test_training_never_replaces_a_folder_that_is_not_a_model(tmp_path, predicted):
+    from wsi.errors import ConfigError
+    from wsi.mil.train import TrainConfig, train_model
+
+    root, cohort, _ = predicted
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"not part of a wsi model \(notes\.txt\)"):
+        train_model(root / "stores", cohort.labels_csv, out, TrainConfig(folds=2, epochs=1))
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt"
+    ]
+
+
+def test_a_second_training_into_one_model_folder_is_refused(tmp_path, predicted):
+    root, cohort, _ = predicted
+    out = tmp_path / "abmil"
+    with holding(lock_file(out.parent, out.name), f"model folder {out}"):
+        proc = _wsi("train", "--stores", str(root / "stores"), "--labels",
+                    str(cohort.labels_csv), "--out", str(out), "--folds", "2")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"model folder {out} is being written by pid {os.getpid()}" in proc.stderr
+    assert not out.exists()
+
+
+def test_a_model_moved_aside_by_a_killed_swap_is_put_back(tmp_path, predicted, caplog):
+    import shutil
+
+    from wsi.mil.train import TrainConfig, train_model
+
+    root, cohort, model = predicted
+    aside = tmp_path / ".abmil.old-99999"  # killed between the two renames of the swap
+    shutil.copytree(root / model, aside)
+    with caplog.at_level(logging.WARNING, logger="wsi.mil.train"):
+        out = train_model(root / "stores", cohort.labels_csv, tmp_path / "abmil",
+                          TrainConfig(folds=2, epochs=2, patience=1))  # fmt: skip
+    assert "restored the model a killed training had moved aside" in caplog.text
+    assert not aside.exists() and load_model(out).card["model_id"]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from wsi._files import atomic_path, sha256_file, write_json
+from wsi._lock import holding, lock_file
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
 from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
@@ -397,16 +398,55 @@ def train_model(
     table = read_labels(labels, positive)
     weights_sha, features_id = check_stores(table, stores_dir, encoder)
     final = Path(out_dir)
-    out = _work_folder(final)
-    try:
-        _train_into(out, final, table, config, stores_dir, encoder, weights_sha, features_id,
-                    Path(splits) if splits else None)  # fmt: skip
-        _swap_in(out, final)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+    # one training per model folder: a second is refused naming the first (or waits)
+    with holding(lock_file(final.parent, final.name), f"model folder {final}"):
+        _restore_interrupted_swap(final)
+        _check_model_folder(final)
+        out = _work_folder(final)
+        try:
+            _train_into(out, final, table, config, stores_dir, encoder, weights_sha,
+                        features_id, Path(splits) if splits else None)  # fmt: skip
+            _swap_in(out, final)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     log.info("model written to %s", final)
     return final
+
+
+#: what a training writes into a model folder; a folder holding anything else is not one
+_MODEL_FILES = ("model.json", "metrics.json", "splits.csv", "roc.png", "reliability.png",
+                "reference.safetensors", "reference.json")  # fmt: skip
+
+
+def _check_model_folder(final: Path) -> None:
+    """Refuse to train into (and so replace) a folder that is not a wsi model: training
+    swaps the whole folder, and wsi never deletes what it did not make."""
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise ConfigError(f"{final}: a file, not a model folder. Choose another --out.")
+    names = {p.name for p in final.iterdir()}
+    ours = {n for n in names if n in _MODEL_FILES or n.startswith("fold_") or n.startswith(".")}
+    if names - ours:
+        raise ConfigError(
+            f"{final}: holds files that are not part of a wsi model "
+            f"({', '.join(sorted(names - ours)[:5])}). Training replaces the whole folder, "
+            "and wsi never deletes what it did not make: choose another --out (a new or "
+            "empty folder, or an earlier model's)."
+        )
+
+
+def _restore_interrupted_swap(final: Path) -> None:
+    """A training killed between the two renames of ``_swap_in`` left the old model as
+    ``.<name>.old-<pid>`` and nothing at ``final``: put it back."""
+    if final.exists():
+        return
+    olds = sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*"),
+                  key=lambda p: p.stat().st_mtime_ns)  # fmt: skip
+    if olds and (olds[-1] / "model.json").exists():
+        os.replace(olds[-1], final)
+        log.warning("%s: restored the model a killed training had moved aside", final)
 
 
 def _alive(pid: int) -> bool:
