@@ -20,8 +20,11 @@ Layout (see DESIGN.md)::
 A stage is complete only when ``attrs["wsi"]["stages"][name]`` exists; it is written
 last. ``pending`` holds the params hash of a stage in progress, so a killed run resumes.
 This module is the only one that spells a key or a stage name; :func:`stage_state` is
-the one rule for "done, resume or redo"; :func:`new_store_meta` the one builder of a
-store's ``wsi`` attrs.
+the one rule for "done, resume or redo"; :func:`stale_reason` / :func:`current_entry`
+the one rule for "made from inputs redone since"; :func:`new_store_meta` the one builder
+of a store's ``wsi`` attrs, :func:`create_store` the one way a store comes to exist (with
+wsi's marker), :func:`remove_store` the one way one goes, and :func:`store_lock` the one
+writer's lock. See docs/data-safety.md.
 """
 
 from __future__ import annotations
