@@ -107,7 +107,8 @@ def test_two_concurrent_tile_runs_never_mix(tmp_path, synthetic_slide):
     the store or is refused naming the other; never an internal error, and the store is
     complete and trusted by a third run."""
     out = tmp_path / "stores"
-    cmd = [sys.executable, "-m", "pipelines.cli", "tile", str(synthetic_slide), "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.cli", "tile", str(synthetic_slide), "--out", str(out),
+           "--workers", "1"]  # fmt: skip
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in procs]
     for rc, err in results:

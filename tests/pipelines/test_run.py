@@ -411,6 +411,7 @@ def test_bad_inputs_fail_alone_and_every_slide_error_is_in_run_log(predicted, tm
     assert "wsi run finished: 1 ok, 3 failed" in log_text
 
 
+@pytest.mark.slow  # the same error path is proved fast by tests/test_report.py's two tests
 def test_a_read_only_reports_folder_stops_the_run_with_one_clear_error(
     predicted, tmp_path, small_disk, capsys
 ):
