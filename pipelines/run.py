@@ -354,6 +354,8 @@ def _run_on(
             return fail(job, rec, stage, _message(job, err))
         except Exception as err:  # noqa: BLE001 - a worker that died fails this slide only
             return fail(job, rec, stage, f"internal error: {type(err).__name__}: {err}")
+        if stage == "embed" and value.get("error") is not None:  # a WsiError, as data
+            return fail(job, rec, stage, str(value["error"]))
         if stage == "embed":
             rec["stages"]["embed"] = round(value["seconds"], 2)
             rec["embed_worker"] = value["worker"]

@@ -224,9 +224,17 @@ def worker_name() -> str:
 
 
 def timed(task: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``task(*args, **kwargs)`` as {"value", "worker", "seconds"}: what a run records."""
+    """``task(*args, **kwargs)`` as {"value", "worker", "seconds"}: what a run records.
+
+    A WsiError comes back as data, {"error": its message, ...}, not raised: its text then
+    reaches the client whatever the client can unpickle (on an external scheduler a
+    raised WsiError could arrive as a bare ``Exception`` and read as an internal error).
+    """
     t0 = time.perf_counter()
-    value = task(*args, **kwargs)
+    try:
+        value = task(*args, **kwargs)
+    except WsiError as err:
+        return {"error": str(err), "worker": worker_name(), "seconds": time.perf_counter() - t0}
     return {"value": value, "worker": worker_name(), "seconds": time.perf_counter() - t0}
 
 

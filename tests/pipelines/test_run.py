@@ -175,6 +175,18 @@ def test_run_on_a_real_scheduler_embeds_on_the_gpu_worker(predicted, dask_cluste
     for s in summary["per_slide"]:
         assert s["embed_worker"] == workers["gpu0"], "the encoder ran off the GPU worker"
     assert (out / "reports" / "cohort.html").exists()
+    # a model whose encoder weights the workers lack: each slide fails with the weights
+    # error itself (the workers may differ from this machine, so it is not checked up front)
+    uni = tmp_path / "uni_model"
+    shutil.copytree(root / "abmil", uni)
+    card = json.loads((uni / "model.json").read_text())
+    card["encoder"]["name"] = "uni"  # as if trained on UNI features
+    (uni / "model.json").write_text(json.dumps(card))
+    rc = main(["-q", "run", str(slides[0]), "--out", str(tmp_path / "u"), "--model", str(uni),
+               "--scheduler", address, "--no-pdf"])  # fmt: skip
+    failed = json.loads((tmp_path / "u" / "summary.json").read_text())["per_slide"][0]
+    assert rc == 2 and failed["status"] == "failed"  # 2: no slide done
+    assert "internal error" not in failed["error"] and "uni" in failed["error"]
     # the same job against an unreachable scheduler: a clear error, exit 2
     rc = main(["-q", "run", str(slides[0]), "--out", str(tmp_path / "x"), "--model",
                str(root / "abmil"), "--scheduler", "tcp://127.0.0.1:9", "--no-pdf"])  # fmt: skip
