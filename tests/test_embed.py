@@ -290,6 +290,7 @@ def test_cli_missing_weights_stop_the_batch(tmp_path, tiled, capsys):
     assert "pytorch_model.bin: weight file not found" in err
 
 
+@pytest.mark.slow  # the full-disk path (OutputFullError) is proved fast in test_tiling.py
 def test_full_disk_says_how_many_batches_are_kept_and_which_folder(tmp_path, tiled, encoder):
     """`wsi embed` of a store on a real tmpfs with room for some of its batches (mounted in
     a user and mount namespace): the message counts the batches kept and names the folder

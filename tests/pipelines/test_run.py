@@ -312,6 +312,7 @@ def test_a_slide_id_taken_twice_fails_that_slide_only(predicted, tmp_path):
     assert sorted(bool(r["error"]) for r in rows) == [False, True]
 
 
+@pytest.mark.slow  # 73 s; the default run keeps the killed-run resume test of wsi run
 def test_rerun_redoes_what_changed(predicted, tmp_path):
     """A retrained model (new id) redoes predictions and reports; a deleted store is
     rebuilt; an unchanged slide is skipped."""
