@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wsi._files import atomic_path, read_json, sha256_file, write_json
+from wsi._files import atomic_path, atomic_write, read_json, sha256_file, write_json
 from wsi.errors import OutputError, OutputExistsError, WsiError
 
 __all__ = ["MANIFEST", "check_output", "record_output", "output_path", "write_output",
@@ -113,12 +113,9 @@ def output_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def write_output(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """``data`` (text as UTF-8, or bytes) written atomically to ``path`` as an output
     (see ``output_path``); returns ``path``."""
-    final = Path(path)
-    with output_path(final) as tmp:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+    check_output(path)
+    final = atomic_write(path, data)
+    record_output(final)
     return final
 
 

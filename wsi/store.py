@@ -76,7 +76,6 @@ __all__ = [
     "remove_store",
     "remove_member",
     "store_lock",
-    "upstream_of",
     "current_entry",
     "stale_reason",
     "source_record",
@@ -505,14 +504,6 @@ def _made_from(record: dict[str, Any], stage: str) -> dict[str, Any] | None:
     if _kind(stage) == FEATURES and isinstance(tiles, dict) and tiles.get("run_id"):
         return {"stage": tiles.get("stage", TILES), "run_id": tiles["run_id"]}
     return None
-
-
-def upstream_of(group: Any, stage: str) -> str | None:
-    """The stage that the record of ``stage`` (complete, else pending) was made from."""
-    meta = read_meta(group)
-    record = meta.get("stages", {}).get(stage) or meta.get("pending", {}).get(stage)
-    made = _made_from(record, stage) if record else None
-    return str(made["stage"]) if made else None
 
 
 def stale_reason(group: Any, stage: str, meta: dict[str, Any] | None = None) -> str | None:
