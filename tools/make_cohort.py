@@ -4,10 +4,12 @@
 Example (from the repository root)::
 
     python tools/make_cohort.py --out bench_out/cohort --slides 60 --size 4000 --seed 0
+    python tools/make_cohort.py --out bench_out/surv --task survival --slides 120 --size 4000
 
 Writes ``slides/*.tiff`` (mpp 0.25), ``masks/<slide_id>_{lesion,tissue}.png``,
-``labels.csv`` and ``cohort.json`` under ``--out`` (see ``wsi.synthetic.cohort``). Re-running with
-the same arguments skips the slides already written.
+``labels.csv`` and ``cohort.json`` (and, for ``--task survival``, ``truth.csv``) under
+``--out`` (see ``wsi.synthetic.cohort``; what ``labels.csv`` holds per task:
+``wsi.synthetic.tasks``). Re-running with the same arguments skips the slides already written.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path
 try:
     from wsi.errors import WsiError
     from wsi.synthetic import make_cohort
+    from wsi.synthetic.tasks import TASKS
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from wsi.errors import WsiError
     from wsi.synthetic import make_cohort
+    from wsi.synthetic.tasks import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a labelled cohort of synthetic slides with lesion masks."
     )
     p.add_argument("--out", type=Path, required=True, help="cohort folder")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="binary",
+        help="what labels.csv holds (default binary: tumor/normal per patient)",
+    )
     p.add_argument("--slides", type=int, default=60, help="number of slides (default 60)")
     p.add_argument(
         "--size", type=int, default=4000, help="slide side in level-0 pixels (default 4000)"
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--positive-fraction",
         type=float,
         default=0.5,
-        help="fraction of patients labelled tumor (default 0.5)",
+        help="fraction of patients with lesions (tumor, or a lesion class) (default 0.5)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             mask_downsample=args.mask_downsample,
             min_lesion_diameter_um=args.min_lesion_um,
             overwrite=args.overwrite,
+            task=args.task,
         )
     except (WsiError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 * :func:`make_synthetic_slide` writes one H&E-like pyramidal TIFF and its tissue mask
   (:mod:`wsi.synthetic.slide`);
 * :func:`make_cohort` writes a labelled cohort of such slides with lesion ground truth
-  (:mod:`wsi.synthetic.cohort`; what it holds is decided in :mod:`wsi.synthetic.plan`),
+  (:mod:`wsi.synthetic.cohort`; what it holds is decided in :mod:`wsi.synthetic.plan`,
+  its labels for each of :data:`TASKS` in :mod:`wsi.synthetic.tasks`),
   and :func:`lesion_fraction_of_tiles` measures that truth per tile
   (:mod:`wsi.synthetic.lesions`).
 
@@ -24,6 +25,7 @@ from wsi.synthetic.slide import (
     mask_path_for,
     save_slide_tiff,
 )
+from wsi.synthetic.tasks import TASKS
 from wsi.synthetic.textures import default_tile_source_dir
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "LESION_SOURCES",
     "MAX_SIDE",
     "SyntheticSlide",
+    "TASKS",
     "default_tile_source_dir",
     "lesion_fraction_of_tiles",
     "load_cohort",

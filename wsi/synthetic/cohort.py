@@ -8,6 +8,16 @@
     masks/<slide_id>.json           per-slide record (written last: marks the slide done)
     labels.csv                      slide_id,patient_id,label   (label "tumor" / "normal")
     cohort.json                     manifest: parameters, texture sources, per-slide truth
+    truth.csv                       survival task only: patient_id,hazard,burden
+
+``task`` (default ``binary``) decides what ``labels.csv`` holds: ``binary`` as above;
+``multiclass`` (label ``normal`` / ``type_a`` / ``type_b`` / ``type_c``, lesion class k
+painted with lesion texture set k-1 only), ``ordinal`` (``grade_0`` .. ``grade_3``, grade
+k with texture set k-1 and the k-th third of ``lesion_fraction``), ``survival``
+(``slide_id,patient_id,time,event`` per patient) and ``regression``
+(``slide_id,patient_id,target``: each slide's lesion fraction plus noise); see
+:mod:`wsi.synthetic.tasks`.  Binary cohorts are exactly what they were before tasks
+existed (same parameter hash and files; their manifest has no ``task`` key).
 
 Both masks have one mask pixel per ``mask_downsample`` x ``mask_downsample`` level-0
 pixels (default 16): mask pixel ``(row i, column j)`` covers level-0 pixels
@@ -68,19 +78,27 @@ from wsi.synthetic.masks import COHORT_LAYOUT, tissue_fraction, tissue_mask
 from wsi.synthetic.plan import (
     BACKGROUND_SOURCES,
     COHORT_MPP,
-    LABEL_TUMOR,
     LESION_SOURCES,
     MAX_LESIONS,
     QUALITY,
     TIFF_TILE,
     CohortArgs,
     CohortSources,
+    PlannedSlide,
     check_args,
     cohort_params,
+    lesion_range,
     load_cohort_sources,
     plan_slides,
 )
 from wsi.synthetic.slide import save_mask_png, save_slide_tiff, slide_image
+from wsi.synthetic.tasks import (
+    CLASS_TASKS,
+    REGRESSION_NOISE_SD,
+    label_rows,
+    label_rule,
+    survival_patients,
+)
 from wsi.synthetic.textures import default_tile_source_dir, texture_layer
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -113,6 +131,7 @@ class Cohort:
         masks_dir: Folder of ``<slide_id>_lesion.png`` / ``<slide_id>_tissue.png``.
         manifest: ``cohort.json``.
         mask_downsample: Level-0 pixels per mask pixel along each axis.
+        task: What ``labels.csv`` holds (see :mod:`wsi.synthetic.tasks`).
     """
 
     out_dir: Path
@@ -121,6 +140,7 @@ class Cohort:
     masks_dir: Path
     manifest: Path
     mask_downsample: int
+    task: str = "binary"
 
     def lesion_mask(self, slide_id: str) -> Path:
         """The lesion mask PNG of ``slide_id``."""
@@ -141,16 +161,19 @@ def _slide_image(
     lesion: np.ndarray | None,
     args: CohortArgs,
     sources: CohortSources,
-    rng_bg: np.random.Generator,
-    rng_lesion: np.random.Generator,
+    lesion_set: int | None,
+    rngs: tuple[np.random.Generator, np.random.Generator],
 ) -> pyvips.Image:
     """The lazy level-0 RGB image of one slide: background tissue, glass, and lesions
-    (``rng_bg`` draws the background, ``rng_lesion`` the lesion texture and border)."""
+    painted with lesion texture set ``lesion_set`` (None: all lesion sources).  The
+    first of ``rngs`` draws the background, the second the lesion texture and border."""
     size, ds = args.size, args.mask_downsample
+    rng_bg, rng_lesion = rngs
     base = slide_image(tissue, size, size, ds, sources.background, rng_bg)
     if lesion is None:
         return base
-    texture = texture_layer(rng_lesion, sources.lesion, size, size)
+    lesion_sources = sources.lesion if lesion_set is None else sources.lesion_sets[lesion_set]
+    texture = texture_layer(rng_lesion, lesion_sources, size, size)
     return blend_lesion(base, tissue, lesion, size, ds, texture, rng_lesion)
 
 
@@ -197,9 +220,7 @@ def _remove_stale_partials(*folders: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _prepare_folder(
-    out: Path, phash: str, plan: list[tuple[str, str, str]], overwrite: bool
-) -> None:
+def _prepare_folder(out: Path, phash: str, plan: list[PlannedSlide], overwrite: bool) -> None:
     """Make the cohort folders; refuse (or, with ``overwrite``, clear the extra slides of)
     a cohort made with other parameters; remove a killed run's temporary files."""
     old = _read_dict(out / "cohort.json")
@@ -209,7 +230,7 @@ def _prepare_folder(
                 f"{out} holds a cohort made with other parameters ({old.get('params_hash')}); "
                 "pass overwrite=True (--overwrite) to replace it, or choose another folder"
             )
-        keep = {sid for sid, _, _ in plan}
+        keep = {p.slide_id for p in plan}
         for rec in old.get("slides", []):
             sid = str(rec.get("slide_id", ""))
             if sid and sid not in keep:
@@ -221,10 +242,27 @@ def _prepare_folder(
     _remove_stale_partials(out, out / "slides", out / "masks")
 
 
+def _task_fields(
+    args: CohortArgs, index: int, planned: PlannedSlide, lesion_fraction: float
+) -> dict[str, Any]:
+    """The task's own fields of slide ``index``'s record (none for binary and survival,
+    whose truth is per patient): class tasks the lesion class and texture set,
+    regression the noisy ``target`` and its noiseless ``target_truth``."""
+    import numpy as np
+
+    if args.task in CLASS_TASKS:
+        k = planned.lesion_class
+        return {"lesion_class": k, "lesion_set": k - 1 if k else None}
+    if args.task == "regression":
+        noise = np.random.default_rng([args.seed, index, 0x7E]).normal(0.0, REGRESSION_NOISE_SD)
+        return {"target": round(lesion_fraction + float(noise), 6), "target_truth": lesion_fraction}
+    return {}
+
+
 def _write_slide(
     args: CohortArgs,
     index: int,
-    planned: tuple[str, str, str],
+    planned: PlannedSlide,
     files: _SlideFiles,
     sources: CohortSources,
 ) -> dict[str, Any]:
@@ -232,7 +270,7 @@ def _write_slide(
     caller adds ``params_hash`` and writes it)."""
     import numpy as np
 
-    sid, pid, label = planned
+    sid, pid, label = planned.slide_id, planned.patient_id, planned.label
     side, ds = args.size, args.mask_downsample
     ss_tissue, ss_bg, ss_lesion, ss_tex = np.random.SeedSequence([args.seed, index, 0x51]).spawn(4)
     mask_side = -(-side // ds)
@@ -241,25 +279,25 @@ def _write_slide(
     tissue_px = int((tissue > 0).sum())
     lesions: list[dict[str, Any]] = []
     lesion: np.ndarray | None = None
-    if label == LABEL_TUMOR:
+    if planned.has_lesion:
         min_area_mask = args.min_lesion_area_l0 / (ds * ds)
         rng_lesion = np.random.default_rng(ss_lesion)
-        lesion, lesions = lesion_mask(
-            rng_lesion, tissue, args.lesion_fraction, min_area_mask, MAX_LESIONS
-        )
+        fractions = lesion_range(args, planned.lesion_class)
+        lesion, lesions = lesion_mask(rng_lesion, tissue, fractions, min_area_mask, MAX_LESIONS)
     lesion_px = int((lesion > 0).sum()) if lesion is not None else 0
     for les in lesions:
         les["area_l0"] = les["area_mask_px"] * ds * ds
         les["bbox_l0"] = [min(v * ds, side) for v in les["bbox_mask"]]
-    image = _slide_image(
-        tissue, lesion, args, sources, np.random.default_rng(ss_bg), np.random.default_rng(ss_tex)
-    )
+    lesion_set = planned.lesion_class - 1 if planned.lesion_class else None
+    rngs = (np.random.default_rng(ss_bg), np.random.default_rng(ss_tex))
+    image = _slide_image(tissue, lesion, args, sources, lesion_set, rngs)
     with atomic_path(files.tissue_png) as tmp:
         save_mask_png(tissue, tmp)
     with atomic_path(files.lesion_png) as tmp:
         save_mask_png(lesion if lesion is not None else np.zeros_like(tissue), tmp)
     with atomic_path(files.tiff) as tmp:
         save_slide_tiff(image, tmp, mpp=COHORT_MPP, quality=QUALITY, tile=TIFF_TILE)
+    lesion_fraction = round(lesion_px / tissue_px, 6) if tissue_px else 0.0
     return {
         "slide_id": sid,
         "patient_id": pid,
@@ -274,10 +312,37 @@ def _write_slide(
         "tissue_fraction": round(fraction, 6),
         "tissue_mask_px": tissue_px,
         "lesion_mask_px": lesion_px,
-        "lesion_fraction": round(lesion_px / tissue_px, 6) if tissue_px else 0.0,
+        "lesion_fraction": lesion_fraction,
         "n_lesions": len(lesions),
         "lesions": lesions,
+        **_task_fields(args, index, planned, lesion_fraction),
     }
+
+
+def _csv_bytes(rows: list[list[Any]]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _write_labels(
+    out: Path, args: CohortArgs, records: list[dict[str, Any]], manifest: dict[str, Any]
+) -> None:
+    """Write ``labels.csv`` (and, for survival, ``truth.csv`` and the manifest's
+    ``patients`` table: the per-patient truth drawn from the slide ``records``)."""
+    import numpy as np
+
+    patients = None
+    if args.task == "survival":
+        rng = np.random.default_rng([args.seed, 0x5A])
+        patients = survival_patients(rng, records, args.lesion_fraction[1])
+        manifest["patients"] = patients
+        truth = [["patient_id", "hazard", "burden"]]
+        truth += [[p["patient_id"], p["hazard"], p["burden"]] for p in patients]
+        atomic_write(out / "truth.csv", _csv_bytes(truth))
+    else:
+        (out / "truth.csv").unlink(missing_ok=True)  # a survival cohort's, overwritten
+    atomic_write(out / "labels.csv", _csv_bytes(label_rows(args.task, records, patients)))
 
 
 # --------------------------------------------------------------------------- #
@@ -298,6 +363,7 @@ def make_cohort(
     mask_downsample: int = 16,
     min_lesion_diameter_um: float = 256.0,
     overwrite: bool = False,
+    task: str = "binary",
 ) -> Cohort:
     """Write a labelled cohort of synthetic slides with lesion ground truth (see module doc).
 
@@ -324,14 +390,19 @@ def make_cohort(
             this diameter, micrometres.
         overwrite: Regenerate a cohort folder that holds a cohort made with other
             parameters (otherwise refused).
+        task: What ``labels.csv`` holds: ``binary``, ``multiclass``, ``ordinal``,
+            ``survival`` or ``regression`` (module doc, :mod:`wsi.synthetic.tasks`).
+            For class tasks ``positive_fraction`` is the fraction of lesion patients,
+            split evenly over the three lesion classes.
 
     Returns:
         The :class:`Cohort`.
 
     Raises:
-        ConfigError: On an invalid argument, a slide too small for one lesion of the
-            minimum size within ``lesion_fraction``, or a folder holding a cohort
-            made with other parameters (without ``overwrite``).
+        ConfigError: On an invalid argument (an unknown ``task`` among them), a slide
+            too small for one lesion of the minimum size within ``lesion_fraction``,
+            or a folder holding a cohort made with other parameters (without
+            ``overwrite``).
 
     Example::
 
@@ -353,16 +424,17 @@ def make_cohort(
         lesion_fraction,
         mask_downsample,
         min_lesion_diameter_um,
+        task,
     )
     out = Path(out_dir)
     manifest_path, labels_path = out / "cohort.json", out / "labels.csv"
     tile_dir = Path(tile_source_dir) if tile_source_dir is not None else default_tile_source_dir()
-    sources, textures = load_cohort_sources(tile_dir)
+    sources, textures = load_cohort_sources(tile_dir, per_class=args.task in CLASS_TASKS)
 
     params = cohort_params(args, textures)
     phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     rng_plan = np.random.default_rng([args.seed, 0xC0])
-    plan = plan_slides(rng_plan, args.slides, args.patients, args.positive_fraction)
+    plan = plan_slides(rng_plan, args.slides, args.patients, args.positive_fraction, args.task)
     _prepare_folder(out, phash, plan, overwrite)
 
     manifest: dict[str, Any] = {
@@ -373,26 +445,27 @@ def make_cohort(
         "size": args.size,
         "mask_downsample": args.mask_downsample,
         "mask_pixel": "mask pixel (i, j) covers level-0 [j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)",
-        "label_rule": "per patient: every slide of a patient carries the patient's label; "
-        "tumor slides hold 1-3 lesions, normal slides none",
+        "label_rule": label_rule(args.task),
         "textures": textures,
         "complete": False,
         "slides": [],
     }
+    if args.task != "binary":  # binary manifests are as before tasks existed
+        manifest["task"] = args.task
     _write_json(manifest_path, manifest)
 
     t_all = time.monotonic()
     records: list[dict[str, Any]] = []
     written = 0
     for index, planned in enumerate(plan):
-        files = _SlideFiles.of(out, planned[0])
+        files = _SlideFiles.of(out, planned.slide_id)
         rec = _read_dict(files.record)
         if (
             rec is not None
             and rec.get("params_hash") == phash
             and all(p.is_file() for p in (files.tiff, files.lesion_png, files.tissue_png))
         ):
-            logger.debug("%s: already written, skipped", planned[0])
+            logger.debug("%s: already written, skipped", planned.slide_id)
             records.append(rec)
             continue
         t0 = time.monotonic()
@@ -402,18 +475,13 @@ def make_cohort(
         written += 1
         logger.info(
             "%s (%s, %s): %d lesion(s), %.1f%% of tissue, in %.1fs",
-            *planned,
+            *planned[:3],
             rec["n_lesions"],
             100 * rec["lesion_fraction"],
             time.monotonic() - t0,
         )
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "patient_id", "label"])
-    for rec in records:
-        writer.writerow([rec["slide_id"], rec["patient_id"], rec["label"]])
-    atomic_write(labels_path, buf.getvalue().encode())
+    _write_labels(out, args, records, manifest)
     manifest["slides"] = records
     manifest["complete"] = True
     _write_json(manifest_path, manifest)
@@ -432,6 +500,7 @@ def make_cohort(
         masks_dir=out / "masks",
         manifest=manifest_path,
         mask_downsample=args.mask_downsample,
+        task=args.task,
     )
 
 
@@ -452,4 +521,5 @@ def load_cohort(out_dir: str | os.PathLike[str]) -> Cohort:
         masks_dir=out / "masks",
         manifest=out / "cohort.json",
         mask_downsample=int(manifest["mask_downsample"]),
+        task=str(manifest.get("task", "binary")),
     )

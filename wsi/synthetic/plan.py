@@ -10,14 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wsi._files import sha256_file
 from wsi.errors import ConfigError
 from wsi.synthetic.masks import COHORT_LAYOUT
 from wsi.synthetic.slide import MAX_MASK_PIXELS, MAX_SIDE
+from wsi.synthetic.tasks import (
+    CLASS_TASKS,
+    LESION_CLASSES,
+    check_task,
+    class_labels,
+    grade_range,
+    task_params,
+)
 from wsi.synthetic.textures import load_rgb, procedural_he, procedural_lesion
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -31,6 +39,7 @@ __all__ = [
     "LABEL_NORMAL",
     "LABEL_TUMOR",
     "LESION_SOURCES",
+    "PlannedSlide",
     "check_args",
     "cohort_params",
     "load_cohort_sources",
@@ -71,14 +80,22 @@ TIFF_TILE = 256
 #: The two labels: every slide of a patient carries the patient's label.
 LABEL_TUMOR = "tumor"
 LABEL_NORMAL = "normal"
+#: Tint of the procedural lesion texture of each lesion texture set of the class tasks
+#: (used only where that set's image is missing): purple, blue, magenta.
+_PROCEDURAL_LESION_TINTS = ((80.0, 45.0, 130.0), (40.0, 70.0, 160.0), (140.0, 25.0, 95.0))
 
 
 @dataclass(frozen=True)
 class CohortSources:
-    """Texture sources of the background tissue and of the lesions (RGB uint8 arrays)."""
+    """Texture sources of the background tissue and of the lesions (RGB uint8 arrays).
+
+    ``lesion_sets`` (class tasks only) holds one texture set per lesion class: set ``k``
+    is the image ``LESION_SOURCES[k]`` alone (or a procedural texture of its own).
+    """
 
     background: list[np.ndarray]
     lesion: list[np.ndarray]
+    lesion_sets: list[list[np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,7 @@ class CohortArgs:
     lesion_fraction: tuple[float, float]
     mask_downsample: int
     min_lesion_diameter_um: float
+    task: str = "binary"
 
     @property
     def min_lesion_area_l0(self) -> float:
@@ -135,9 +153,11 @@ def check_args(
     lesion_fraction: Any,
     mask_downsample: Any,
     min_lesion_diameter_um: Any,
+    task: Any = "binary",
 ) -> CohortArgs:
     """The arguments of :func:`make_cohort`, checked; :class:`ConfigError` names the first
     bad one."""
+    task = check_task(task)
     n_slides = _int_arg("slides", slides, 1)
     side = _int_arg("size", size, MIN_SIZE, MAX_SIDE)
     n_patients = (
@@ -161,18 +181,35 @@ def check_args(
     dmin = _float_arg("min_lesion_diameter_um", min_lesion_diameter_um)
     if dmin <= 0:
         raise ConfigError(f"min_lesion_diameter_um must be positive, got {dmin}")
-    args = CohortArgs(n_slides, side, n_patients, pos, s, (lo, hi), ds, dmin)
+    args = CohortArgs(n_slides, side, n_patients, pos, s, (lo, hi), ds, dmin, task)
+    _check_lesion_fits(args)
+    return args
+
+
+def _check_lesion_fits(args: CohortArgs) -> None:
+    """:class:`ConfigError` when one lesion of the minimum size exceeds the smallest
+    upper lesion fraction a slide may get (grade 1's for ordinal) of the least tissue."""
+    side, dmin = args.size, args.min_lesion_diameter_um
+    hi = lesion_range(args, 1)[1]
+    grade = " (grade_1's third of lesion_fraction)" if args.task == "ordinal" else ""
     min_area = args.min_lesion_area_l0
     least_tissue = TISSUE_FRACTION_RANGE[0] * 0.97 * side * side
-    if pos > 0 and hi * least_tissue < min_area:
+    if args.positive_fraction > 0 and hi * least_tissue < min_area:
         need = math.ceil(math.sqrt(min_area / (hi * TISSUE_FRACTION_RANGE[0] * 0.97)))
         raise ConfigError(
             f"size={side} px is too small: a lesion of at least {dmin:g} um across "
-            f"({min_area / 1e6:.2f} Mpx at {COHORT_MPP} um/px) exceeds {hi:.0%} of the tissue "
-            f"(about {least_tissue / 1e6:.2f} Mpx). Use size >= {need}, a larger "
+            f"({min_area / 1e6:.2f} Mpx at {COHORT_MPP} um/px) exceeds {hi:.0%}{grade} of the "
+            f"tissue (about {least_tissue / 1e6:.2f} Mpx). Use size >= {need}, a larger "
             "lesion_fraction high bound, or a smaller min_lesion_diameter_um."
         )
-    return args
+
+
+def lesion_range(args: CohortArgs, lesion_class: int | None) -> tuple[float, float]:
+    """The lesion fraction range of a lesion slide of ``lesion_class`` (1-based; ordinal
+    grades get increasing thirds of ``lesion_fraction``, every other slide all of it)."""
+    if args.task == "ordinal" and lesion_class is not None:
+        return grade_range(args.lesion_fraction, lesion_class)
+    return args.lesion_fraction
 
 
 def cohort_params(args: CohortArgs, textures: dict[str, Any]) -> dict[str, Any]:
@@ -191,36 +228,97 @@ def cohort_params(args: CohortArgs, textures: dict[str, Any]) -> dict[str, Any]:
         "tissue_fraction_range": list(TISSUE_FRACTION_RANGE),
         "jpeg_quality": QUALITY,
         "tiff_tile": TIFF_TILE,
-        "textures": {
-            k: [e["sha256"] or e["name"] for e in textures[k]] for k in ("background", "lesion")
-        },
+        "textures": _texture_ids(textures),
+        **task_params(args.task, args.lesion_fraction),
     }
 
 
+def _texture_ids(textures: dict[str, Any]) -> dict[str, Any]:
+    """Each texture set's images by sha256 (by name when procedural)."""
+    ids: dict[str, Any] = {
+        k: [e["sha256"] or e["name"] for e in textures[k]] for k in ("background", "lesion")
+    }
+    if "lesion_sets" in textures:
+        sets = textures["lesion_sets"]
+        ids["lesion_sets"] = [[e["sha256"] or e["name"] for e in t] for t in sets]
+    return ids
+
+
+class PlannedSlide(NamedTuple):
+    """One slide of the plan.
+
+    ``label`` is ``tumor`` / ``normal``, or the class label of a class task
+    (multiclass, ordinal); ``lesion_class`` is None outside the class tasks, else 0 for
+    normal patients and ``k`` (1-based) for lesion class ``k``, painted with lesion
+    texture set ``k - 1``.
+    """
+
+    slide_id: str
+    patient_id: str
+    label: str
+    has_lesion: bool
+    lesion_class: int | None = None
+
+
+def _n_positive(positive_fraction: float, patients: int, task: str) -> int:
+    """Number of lesion patients: ``positive_fraction`` of them, rounded; with a
+    fraction strictly between 0 and 1, every class occurs where there are patients
+    enough (class tasks: at least 2 patients a class from 8 patients on)."""
+    n_pos = int(round(positive_fraction * patients))
+    if not (0.0 < positive_fraction < 1.0 and patients >= 2):
+        return n_pos
+    least = 1
+    if task in CLASS_TASKS and patients > LESION_CLASSES:  # each class at least once
+        least = 2 if patients >= 2 * (LESION_CLASSES + 1) else 1  # twice from 8 patients
+        return min(max(n_pos, LESION_CLASSES * least), patients - least)
+    return min(max(n_pos, least), patients - least)  # both classes present
+
+
+def _lesion_classes(rng: np.random.Generator, positive: np.ndarray) -> np.ndarray:
+    """Class per patient: 0 for normal, lesion classes 1..LESION_CLASSES spread as evenly
+    as possible over the ``positive`` patients, in random order."""
+    import numpy as np
+
+    n_pos = int(positive.sum())
+    sizes = np.full(LESION_CLASSES, n_pos // LESION_CLASSES, dtype=np.int64)
+    sizes[rng.choice(LESION_CLASSES, size=n_pos % LESION_CLASSES, replace=False)] += 1
+    classes = np.zeros(len(positive), dtype=np.int64)
+    classes[positive] = rng.permutation(np.repeat(np.arange(1, LESION_CLASSES + 1), sizes))
+    return classes
+
+
 def plan_slides(
-    rng: np.random.Generator, slides: int, patients: int, positive_fraction: float
-) -> list[tuple[str, str, str]]:
-    """(slide_id, patient_id, label) per slide; labels are per patient."""
+    rng: np.random.Generator,
+    slides: int,
+    patients: int,
+    positive_fraction: float,
+    task: str = "binary",
+) -> list[PlannedSlide]:
+    """The slides, their patients and labels; labels are per patient.
+
+    Lesion patients are ``tumor`` (or, for class tasks, one of the lesion classes,
+    drawn after everything else so the binary plan keeps its draws).
+    """
     import numpy as np
 
     counts = np.full(patients, slides // patients, dtype=np.int64)
     extra = rng.choice(patients, size=slides - int(counts.sum()), replace=False)
     counts[extra] += 1
-    n_pos = int(round(positive_fraction * patients))
-    if 0.0 < positive_fraction < 1.0 and patients >= 2:
-        n_pos = min(max(n_pos, 1), patients - 1)  # both classes present
+    n_pos = _n_positive(positive_fraction, patients, task)
     positive = np.zeros(patients, dtype=bool)
     positive[rng.choice(patients, size=n_pos, replace=False)] = True
     owner = rng.permutation(np.repeat(np.arange(patients), counts))
+    classes = _lesion_classes(rng, positive) if task in CLASS_TASKS else None
     width = max(3, len(str(max(slides, patients) - 1)))
-    return [
-        (
-            f"slide_{i:0{width}d}",
-            f"patient_{int(p):0{width}d}",
-            LABEL_TUMOR if positive[int(p)] else LABEL_NORMAL,
-        )
-        for i, p in enumerate(owner)
-    ]
+    plan = []
+    for i, p in enumerate(owner.tolist()):
+        pos = bool(positive[p])
+        label = LABEL_TUMOR if pos else LABEL_NORMAL
+        k = None if classes is None else int(classes[p])
+        if k is not None:
+            label = class_labels(task)[k]
+        plan.append(PlannedSlide(f"slide_{i:0{width}d}", f"patient_{p:0{width}d}", label, pos, k))
+    return plan
 
 
 def _texture_set(tile_dir: Path | None, names: tuple[str, ...]) -> list[tuple[str, Path]]:
@@ -230,26 +328,61 @@ def _texture_set(tile_dir: Path | None, names: tuple[str, ...]) -> list[tuple[st
     return [(n, tile_dir / n) for n in names if (tile_dir / n).is_file()]
 
 
-def load_cohort_sources(tile_dir: Path | None) -> tuple[CohortSources, dict[str, Any]]:
+def _load_set(
+    tile_dir: Path | None, names: tuple[str, ...]
+) -> tuple[list[np.ndarray], list[dict[str, str]]]:
+    """The usable named images of ``tile_dir`` and their entries (name, sha256)."""
+    arrays: list[np.ndarray] = []
+    entries: list[dict[str, str]] = []
+    for name, path in _texture_set(tile_dir, names):
+        arr = load_rgb(path)
+        if arr is None or min(arr.shape[:2]) < 64:
+            continue
+        arrays.append(arr)
+        entries.append({"name": name, "sha256": sha256_file(path)})
+    return arrays, entries
+
+
+def _lesion_sets(
+    lesion: list[np.ndarray], entries: list[dict[str, str]]
+) -> tuple[list[list[np.ndarray]], list[list[dict[str, str]]]]:
+    """One texture set per lesion class: ``LESION_SOURCES[k]`` alone where it was loaded,
+    else a procedural lesion texture of its own (seed ``2 + k``, tint ``k``)."""
+    import numpy as np
+
+    by_name = {e["name"]: (arr, e) for arr, e in zip(lesion, entries, strict=True)}
+    sets: list[list[np.ndarray]] = []
+    described: list[list[dict[str, str]]] = []
+    for k, name in enumerate(LESION_SOURCES[:LESION_CLASSES]):
+        if name in by_name:
+            arr, entry = by_name[name]
+        else:
+            logger.warning("lesion texture set %d: no %s, using a procedural texture", k, name)
+            rng = np.random.default_rng(2 + k)
+            arr = procedural_lesion(rng, tint=_PROCEDURAL_LESION_TINTS[k])
+            entry = {"name": f"procedural-lesion-{k}", "sha256": ""}
+        sets.append([arr])
+        described.append([entry])
+    return sets, described
+
+
+def load_cohort_sources(
+    tile_dir: Path | None, per_class: bool = False
+) -> tuple[CohortSources, dict[str, Any]]:
     """Background and lesion source images plus their description for the manifest
     (``tile_dir`` and, per set, each image's name and sha256).
 
     Each set falls back to a procedural texture (seeded by a constant, so the
-    cohort stays deterministic) when none of its images is found.
+    cohort stays deterministic) when none of its images is found.  With
+    ``per_class`` (class tasks), also one lesion texture set per lesion class
+    (``lesion_sets``; see :func:`_lesion_sets`).
     """
     import numpy as np
 
     described: dict[str, Any] = {"tile_dir": str(tile_dir) if tile_dir is not None else None}
     loaded: dict[str, list[np.ndarray]] = {}
     for key, names in (("background", BACKGROUND_SOURCES), ("lesion", LESION_SOURCES)):
-        arrays: list[np.ndarray] = []
-        entries: list[dict[str, str]] = []
-        for name, path in _texture_set(tile_dir, names):
-            arr = load_rgb(path)
-            if arr is None or min(arr.shape[:2]) < 64:
-                continue
-            arrays.append(arr)
-            entries.append({"name": name, "sha256": sha256_file(path)})
+        arrays, entries = _load_set(tile_dir, names)
         if not arrays:
             logger.warning("no %s H&E images in %s: using a procedural texture", key, tile_dir)
             rng = np.random.default_rng(1 if key == "background" else 2)
@@ -257,4 +390,7 @@ def load_cohort_sources(tile_dir: Path | None) -> tuple[CohortSources, dict[str,
             entries = [{"name": f"procedural-{key}", "sha256": ""}]
         loaded[key] = arrays
         described[key] = entries
-    return CohortSources(loaded["background"], loaded["lesion"]), described
+    sets: list[list[np.ndarray]] = []
+    if per_class:
+        sets, described["lesion_sets"] = _lesion_sets(loaded["lesion"], described["lesion"])
+    return CohortSources(loaded["background"], loaded["lesion"], sets), described

@@ -159,8 +159,11 @@ def procedural_he(rng: np.random.Generator, side: int = PROCEDURAL_SIDE) -> np.n
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def procedural_lesion(rng: np.random.Generator) -> np.ndarray:
-    """Fallback lesion texture: a procedural H&E texture pushed towards haematoxylin.
+def procedural_lesion(
+    rng: np.random.Generator, tint: tuple[float, float, float] = (80.0, 45.0, 130.0)
+) -> np.ndarray:
+    """Fallback lesion texture: a procedural H&E texture pushed towards ``tint`` (RGB,
+    by default haematoxylin purple).
 
     Used only when no lesion source image is available; darker and bluer than the
     procedural background, with the nuclei texture kept.  RGB uint8,
@@ -170,7 +173,7 @@ def procedural_lesion(rng: np.random.Generator) -> np.ndarray:
 
     base = procedural_he(rng).astype(np.float32)
     mod = smooth_noise(rng, base.shape[:2], sigma=6.0)[..., None]
-    purple = np.array([80.0, 45.0, 130.0], dtype=np.float32)
+    purple = np.array(tint, dtype=np.float32)
     out = 0.5 * base + 0.5 * purple + 12.0 * mod
     return np.clip(out, 0, 255).astype(np.uint8)
 
