@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wsi.errors import WsiError
+from wsi.mil.tasks import KINDS
 
 __all__ = ["main"]
 
@@ -194,6 +195,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "target_sensitivity": args.target_sensitivity,
             "max_train_tiles": args.max_train_tiles,
+            "task": args.task,
+            "classes": tuple(args.classes.split(",")) if args.classes else None,
+            "negative_class": args.negative_class,
+            "time_unit": args.time_unit,
         }.items()
         if v is not None
     }
@@ -206,7 +211,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         positive=args.positive,
         splits=args.splits,
     )
+    from wsi.mil.outcomes import summary_line
+    from wsi.mil.predict import load_model
+
+    task = load_model(out).task
     metrics = json.loads((out / "metrics.json").read_text())
+    if task.kind != "binary":
+        for part in ("validation_pooled", "test"):
+            if part in metrics:
+                print(f"{part}: {summary_line(task, metrics[part])}")
+        print(f"model card: {out / 'model.json'}")
+        return 0
     op = metrics["operating_point"]
     for part in ("validation_pooled", "test"):
         if part not in metrics:
@@ -241,11 +256,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             failed += 1
             print(f"  FAILED  {res.item}: {res.error}")
             continue
-        print(
-            f"  {pred['decision']:<8} {res.item}: p = {pred['probability']:.3f} "
-            f"(+/- {pred['probability_std']:.3f} across folds; threshold {pred['threshold']:.3f})"
-        )
+        print(f"  {pred['decision']:<8} {res.item}: {_prediction_text(pred)}")
     return 1 if failed else 0
+
+
+def _prediction_text(pred: dict[str, Any]) -> str:
+    """One line of what a prediction says, per task."""
+    if "probability" in pred:  # binary, or classes screened against a benign class
+        text = (
+            f"p = {pred['probability']:.3f} (+/- {pred['probability_std']:.3f} across folds; "
+            f"threshold {pred['threshold']:.3f})"
+        )
+        if "class_probabilities" in pred:
+            top = sorted(pred["class_probabilities"].items(), key=lambda kv: -kv[1])[:3]
+            text += "; " + ", ".join(f"{c} {p:.2f}" for c, p in top)
+        return text
+    if "class_probabilities" in pred:
+        top = sorted(pred["class_probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        return ", ".join(f"{c} {p:.2f}" for c, p in top)
+    if "risk" in pred:
+        return f"risk {pred['risk']:.3f} (+/- {pred['risk_std']:.3f} across folds)"
+    return f"value {pred['value']:.4g} (+/- {pred['value_std']:.2g} across folds)"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -384,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, help="patients held out for testing")
     p.add_argument("--target-sensitivity", type=float, help="operating point (default 0.95)")
     p.add_argument("--positive", help="the positive (tumour) label, if not recognised")
+    p.add_argument("--task", choices=KINDS, help="the task, if not guessed from the columns")
+    p.add_argument("--classes", help="multiclass/ordinal: class names, comma-separated, in order")
+    p.add_argument("--negative-class", help="multiclass/ordinal: the benign class (screening)")
+    p.add_argument("--time-unit", help="survival: unit of the time column (days ... years)")
     p.add_argument("--splits", help="splits.csv of an earlier run, to repeat it exactly")
     p.add_argument("--epochs", type=int, help="most epochs per fold (default 50)")
     p.add_argument("--patience", type=int, help="early stopping patience, epochs (default 8)")

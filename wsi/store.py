@@ -126,17 +126,21 @@ def features_keys(encoder: str) -> tuple[str, str, str]:
 
 class PredictionKeys(NamedTuple):
     """Keys of ``predictions/<model>``: the stage (and group), per-fold raw attention
-    (N, folds) and the fold-mean normalised attention (N,)."""
+    (N, folds), the fold-mean normalised attention (N,) and, for heads with one attention
+    branch per class, the fold-mean normalised attention of every class (N, C)."""
 
     stage: str
     attention: str
     attention_mean: str
+    attention_classes: str
 
 
 def prediction_keys(model: str) -> PredictionKeys:
     """The keys of the predictions of the model named ``model``."""
     group = f"{PREDICTIONS}/{_member('model', model)}"
-    return PredictionKeys(group, f"{group}/attention", f"{group}/attention_mean")
+    return PredictionKeys(
+        group, f"{group}/attention", f"{group}/attention_mean", f"{group}/attention_classes"
+    )
 
 
 class HeatmapKeys(NamedTuple):

@@ -253,13 +253,24 @@ def test_unknown_head_name() -> None:
         build_head("xyz", 16)
 
 
+def test_one_output_heads_give_a_value_and_a_score_per_tile() -> None:
+    """Regression heads have one output; the baselines' attention is its per-tile value."""
+    import torch
+
+    bag = torch.randn(7, 16)
+    for name in ("abmil", "clam_sb", "clam_mb", "transmil", "mean", "max"):
+        out = build_head(name, 16, 1).eval()(bag)
+        assert out.logits.shape == (1,)
+        assert torch.isfinite(out.attention).all() and out.attention.shape[0] == 7
+
+
 def test_bad_hparams() -> None:
     with pytest.raises(ConfigError, match="hiden"):
         build_head("abmil", 16, hiden=32)
     with pytest.raises(ConfigError, match="dropout"):
         build_head("abmil", 16, dropout=1.5)
     with pytest.raises(ConfigError, match="n_classes"):
-        build_head("abmil", 16, 1)
+        build_head("abmil", 16, 0)
     with pytest.raises(ConfigError, match="positive_class"):
         build_head("mean", 16, 2, positive_class=2)
 

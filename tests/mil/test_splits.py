@@ -78,12 +78,12 @@ def test_split_column_is_used_and_checked(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "match"),
     [
-        ([("a", "p1", "tumor"), ("b", "p2", "tumor")], "training needs both classes"),
-        ([("a", "p1", "tumor"), ("b", "p1", "normal")], r"patient\(s\) with two labels: p1"),
+        ([("a", "p1", "tumor"), ("b", "p2", "tumor")], "training needs at least two classes"),
+        ([("a", "p1", "tumor"), ("b", "p1", "normal")], r"disagree on the labels: p1"),
         ([("a", "p1", "tumor"), ("a", "p2", "normal")], r"listed twice: a"),
-        ([("a", "p1", "tumor"), ("b", "", "normal")], "empty slide_id, patient_id or label"),
+        ([("a", "p1", "tumor"), ("b", "", "normal")], "empty slide_id or patient_id"),
+        ([("a", "p1", "tumor"), ("b", "p2", "")], "empty label on line"),
         ([("a", "p1", "x"), ("b", "p2", "y")], "--positive"),
-        ([("a", "p1", "x"), ("b", "p2", "y"), ("c", "p3", "z")], "binary tasks only"),
     ],
 )
 def test_bad_labels(tmp_path, rows, match):

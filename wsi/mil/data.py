@@ -1,9 +1,9 @@
 """Labels and bags: ``labels.csv`` checked against the stores before any training starts.
 
-``labels.csv`` has the columns ``slide_id, patient_id, label`` and optionally ``group``
-(for per-group metrics) and ``split`` (``train``/``val``/``test``: a fixed split instead
-of k folds). Labels are binary; the positive class (tumour) is named by ``positive`` or
-recognised (``1``, ``tumor``, ``tumour``, ``positive``, ``malignant``, ``cancer``).
+``labels.csv`` has the columns ``slide_id, patient_id``, the task's columns (``label``;
+``time, event``; or ``target``: see :mod:`wsi.mil.tasks`) and optionally ``group`` (for
+per-group metrics) and ``split`` (``train``/``val``/``test``: a fixed split instead of k
+folds).
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ import numpy as np
 
 from wsi import store as st
 from wsi.errors import ConfigError, StoreError
+from wsi.mil.tasks import POSITIVE_NAMES, Task, parse_rows
 
-__all__ = ["SlideLabel", "LabelTable", "read_labels", "check_stores", "BagSource"]
+__all__ = [
+    "SlideLabel",
+    "LabelTable",
+    "read_labels",
+    "check_stores",
+    "BagSource",
+    "POSITIVE_NAMES",
+]
 
 log = logging.getLogger(__name__)
 
-POSITIVE_NAMES = ("1", "tumor", "tumour", "positive", "malignant", "cancer", "true", "yes")
 _SHOWN = 5
 
 
@@ -33,23 +40,35 @@ _SHOWN = 5
 class SlideLabel:
     slide_id: str
     patient_id: str
-    label: str  #: as written in labels.csv
-    y: int  #: 1 = positive class, 0 = negative
+    label: str  #: as written in labels.csv (survival: "time/event"; regression: target)
+    y: int  #: class index (binary: 1 = positive); survival: the event; regression: 0
     group: str | None = None
     split: str | None = None
+    time: float | None = None  #: survival: follow-up time
+    event: int | None = None  #: survival: 1 = event, 0 = censored
+    target: float | None = None  #: regression: the value to predict
 
 
 @dataclass(frozen=True)
 class LabelTable:
-    """The checked rows of labels.csv and the names of the two classes."""
+    """The checked rows of labels.csv and the task they define."""
 
     path: Path
     rows: tuple[SlideLabel, ...]
-    positive: str
-    negative: str
+    task: Task
     has_group: bool = False
     has_split: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive(self) -> str:
+        """Binary: the positive class; other tasks: ''."""
+        return self.task.positive or ""
+
+    @property
+    def negative(self) -> str:
+        """The benign class ('' where the task has none)."""
+        return self.task.negative or ""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -64,8 +83,16 @@ def _problems(path: Path, what: str, items: list[str], fix: str) -> ConfigError:
     return ConfigError(f"{path}: {what}: {', '.join(items[:_SHOWN])}{more}. {fix}")
 
 
-def read_labels(path: str | os.PathLike[str], positive: str | None = None) -> LabelTable:
-    """Read and check labels.csv: columns, duplicates, two classes, one label per patient."""
+def read_labels(
+    path: str | os.PathLike[str], positive: str | None = None, **task: Any
+) -> LabelTable:
+    """Read and check labels.csv: columns, duplicates, the task's values, one label per
+    patient (one time and event per patient for survival).
+
+    ``task`` holds what the train section declares (:func:`wsi.mil.tasks.parse_rows`:
+    ``kind``, ``classes``, ``ordinal``, ``negative_class``, ``time_unit``, ``horizons``);
+    without ``kind`` the task is guessed from the columns.
+    """
     p = Path(path)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
@@ -85,45 +112,25 @@ def read_labels(path: str | os.PathLike[str], positive: str | None = None) -> La
         raise ConfigError(f"{p}: labels file not found.") from err
     except (UnicodeDecodeError, csv.Error) as err:
         raise ConfigError(f"{p}: not a readable CSV file ({err}).") from err
-    missing = [c for c in ("slide_id", "patient_id", "label") if c not in columns]
+    missing = [c for c in ("slide_id", "patient_id") if c not in columns]
     if missing:
         raise ConfigError(
             f"{p}: missing column(s) {missing}; found {columns}. labels.csv needs "
-            "slide_id, patient_id, label (and optionally group, split)."
+            "slide_id, patient_id and the task's columns: label (classes), time + event "
+            "(survival) or target (regression); optionally group, split."
         )
     if not raw:
         raise ConfigError(f"{p}: no rows.")
-    needed = ("slide_id", "patient_id", "label")
+    needed = ("slide_id", "patient_id")
     empty = [str(i + 2) for i, r in enumerate(raw) if not all(r.get(c) for c in needed)]
     if empty:
-        raise _problems(p, "empty slide_id, patient_id or label on line(s)", empty, "Fill them in.")
+        raise _problems(p, "empty slide_id or patient_id on line(s)", empty, "Fill them in.")
     counts = Counter(r["slide_id"] for r in raw)
     dupes = sorted(sid for sid, n in counts.items() if n > 1)
     if dupes:
         raise _problems(p, "slide(s) listed twice", dupes, "List each slide once.")
-    classes = sorted({r["label"] for r in raw})
-    if len(classes) < 2:
-        raise ConfigError(
-            f"{p}: every slide has the label {classes[0]!r}; training needs both classes."
-        )
-    if len(classes) > 2:
-        raise ConfigError(
-            f"{p}: {len(classes)} labels {classes}; this version trains binary tasks only. "
-            "Map them to two classes."
-        )
-    pos = _positive_class(p, classes, positive)
-    neg = next(c for c in classes if c != pos)
-    by_patient: dict[str, set[str]] = {}
-    for r in raw:
-        by_patient.setdefault(r["patient_id"], set()).add(r["label"])
-    mixed = [f"{pid} ({'/'.join(sorted(ls))})" for pid, ls in by_patient.items() if len(ls) > 1]
-    if mixed:
-        raise _problems(
-            p,
-            "patient(s) with two labels",
-            mixed,
-            "A patient's slides must share one label (splits are by patient); fix the labels.",
-        )
+    the_task, targets = parse_rows(p, columns, raw, positive=positive, **task)
+    _one_outcome_per_patient(p, the_task, raw, targets)
     has_split = "split" in columns and any(r.get("split") for r in raw)
     if has_split:
         bad = sorted({r["split"] for r in raw} - {"train", "val", "test"})
@@ -134,28 +141,37 @@ def read_labels(path: str | os.PathLike[str], positive: str | None = None) -> La
         SlideLabel(
             slide_id=r["slide_id"],
             patient_id=r["patient_id"],
-            label=r["label"],
-            y=int(r["label"] == pos),
+            label=t.label,
+            y=t.y,
             group=r.get("group") or None,
             split=r.get("split") or None,
+            time=t.time,
+            event=t.event,
+            target=t.target,
         )
-        for r in raw
+        for r, t in zip(raw, targets, strict=True)
     )
-    return LabelTable(p, rows, pos, neg, has_group=has_group, has_split=has_split)
+    return LabelTable(p, rows, the_task, has_group=has_group, has_split=has_split)
 
 
-def _positive_class(path: Path, classes: list[str], positive: str | None) -> str:
-    if positive is not None:
-        if positive not in classes:
-            raise ConfigError(f"{path}: --positive {positive!r} is not a label; labels: {classes}")
-        return positive
-    known = [c for c in classes if c.lower() in POSITIVE_NAMES]
-    if len(known) != 1:
-        raise ConfigError(
-            f"{path}: cannot tell which of {classes} is the positive (tumour) class. "
-            "Pass --positive LABEL."
+def _one_outcome_per_patient(path: Path, task: Task, raw: list[dict[str, str]],
+                             targets: list[Any]) -> None:  # fmt: skip
+    """Classes and survival outcomes are a patient's: its slides must agree (splits are by
+    patient). Regression targets may differ per slide."""
+    if task.kind == "regression":
+        return
+    by_patient: dict[str, set[str]] = {}
+    for r, t in zip(raw, targets, strict=True):
+        by_patient.setdefault(r["patient_id"], set()).add(t.label)
+    mixed = [f"{pid} ({' vs '.join(sorted(ls))})" for pid, ls in by_patient.items() if len(ls) > 1]
+    if mixed:
+        what = "time/event" if task.kind == "survival" else "labels"
+        raise _problems(
+            path,
+            f"patient(s) whose slides disagree on the {what}",
+            mixed,
+            f"A patient's slides must share its {what} (splits are by patient); fix the file.",
         )
-    return known[0]
 
 
 def check_stores(

@@ -73,8 +73,8 @@ class MILHead(nn.Module):
         super().__init__()
         if int(in_dim) < 1:
             raise ConfigError(f"{type(self).__name__}: in_dim must be >= 1, got {in_dim}")
-        if int(n_classes) < 2:
-            raise ConfigError(f"{type(self).__name__}: n_classes must be >= 2, got {n_classes}")
+        if int(n_classes) < 1:  # 1: one value (regression); 2 or more: classes or time bins
+            raise ConfigError(f"{type(self).__name__}: n_classes must be >= 1, got {n_classes}")
         dropout = hparams.get("dropout", 0.0)
         if not 0.0 <= float(dropout) < 1.0:
             raise ConfigError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
@@ -94,7 +94,11 @@ class MILHead(nn.Module):
         raise NotImplementedError
 
 
-def _positive_class(head: str, positive_class: int, n_classes: int) -> int:
+def _positive_class(head: str, positive_class: int | None, n_classes: int) -> int:
+    """The output whose per-tile score is the attention: ``positive_class``, or by default
+    output 1 (the positive class of two), output 0 of a one-output head."""
+    if positive_class is None:
+        return min(1, n_classes - 1)
     if not 0 <= int(positive_class) < n_classes:
         raise ConfigError(
             f"{head}: positive_class must be in [0, {n_classes - 1}], got {positive_class}"
@@ -583,6 +587,8 @@ def _log_odds(tile_logits: Tensor, cls: int) -> Tensor:
 
     For C = 2 and cls = 1 this is ``logit_1 - logit_0``.
     """
+    if tile_logits.shape[1] == 1:  # one output (a value): its per-tile value
+        return tile_logits[:, 0]
     others = torch.cat([tile_logits[:, :cls], tile_logits[:, cls + 1 :]], dim=1)
     return tile_logits[:, cls] - torch.logsumexp(others, dim=1)
 
@@ -596,7 +602,9 @@ class MeanPool(MILHead):
 
     name = "mean"
 
-    def __init__(self, in_dim: int, n_classes: int = 2, *, positive_class: int = 1) -> None:
+    def __init__(
+        self, in_dim: int, n_classes: int = 2, *, positive_class: int | None = None
+    ) -> None:
         super().__init__(in_dim, n_classes, positive_class=positive_class)
         self.positive_class = _positive_class("MeanPool", positive_class, n_classes)
         self.classifier = nn.Linear(in_dim, n_classes)
@@ -616,7 +624,9 @@ class MaxPool(MILHead):
 
     name = "max"
 
-    def __init__(self, in_dim: int, n_classes: int = 2, *, positive_class: int = 1) -> None:
+    def __init__(
+        self, in_dim: int, n_classes: int = 2, *, positive_class: int | None = None
+    ) -> None:
         super().__init__(in_dim, n_classes, positive_class=positive_class)
         self.positive_class = _positive_class("MaxPool", positive_class, n_classes)
         self.classifier = nn.Linear(in_dim, n_classes)

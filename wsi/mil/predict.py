@@ -1,12 +1,16 @@
 """Predict slides with a trained model: ``predictions/<model>/`` in each store.
 
-Every fold model scores the slide; their calibrated positive-class log-odds are averaged
-(the prediction, and its probability) and the standard deviation of the folds'
-probabilities is reported (the uncertainty). The decision compares the log-odds with the
-model's operating point.
+Every fold model scores the slide. Binary: their calibrated positive-class log-odds are
+averaged (the prediction, and its probability) and the standard deviation of the folds'
+probabilities is reported (the uncertainty); the decision compares the log-odds with the
+model's operating point. Other tasks write what :func:`wsi.mil.outcomes.prediction_fields`
+says (class probabilities and the screening decision; a risk, its group and a survival
+curve; a value and its spread across folds).
 
     predictions/<model>/attention        float32 (N, F): raw attention of each fold's head
     predictions/<model>/attention_mean   float32 (N,): per-fold softmax over tiles, averaged
+    predictions/<model>/attention_classes  float32 (N, C): the same per class (heads with
+                        one attention branch per class, e.g. clam_mb, only)
     attrs of the group: probability, log_odds, probability_std, fold_probabilities,
                         decision, positive, threshold (and in log-odds),
                         target_sensitivity, model, model_id, encoder, weights_sha256,
@@ -26,6 +30,7 @@ import numpy as np
 from wsi import store as st
 from wsi.errors import ConfigError, StoreError
 from wsi.mil.calibration import expit, log_odds
+from wsi.mil.tasks import Task
 from wsi.store import params_hash
 
 __all__ = ["TrainedModel", "load_model", "predict_store"]
@@ -62,6 +67,7 @@ class TrainedModel:
         self.folder = folder
         self.card = card
         self.heads = heads
+        self.task = Task.from_card(card["task"])
 
     @property
     def name(self) -> str:
@@ -106,7 +112,8 @@ def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
         for fold in card["folds"]:
             fold_dir = path / fold["dir"]
             fold_card = json.loads((fold_dir / "card.json").read_text())
-            heads.append(load_fold(fold_dir, fold_card, int(card["in_dim"])))
+            n_out = int(card.get("n_outputs", 2))  # models before tasks: two classes
+            heads.append(load_fold(fold_dir, fold_card, int(card["in_dim"]), n_out))
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         if isinstance(err, ConfigError):
             raise
@@ -225,36 +232,37 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
             f"{path}: {stage} exists from another model with this name. Pass --overwrite."
         )
     bag = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-    scores, raw_att, norm_att = [], [], []
+    logits, atts = [], []
     with torch.inference_mode():
-        for head, fold in zip(model.heads, model.card["folds"], strict=True):
+        for head in model.heads:
             out = head(bag)
-            logits = out.logits.float().numpy()[None]
-            scores.append(float(log_odds(logits, fold["temperature"])[0]))
-            a = _attention_vector(out.attention, len(bag))
-            raw_att.append(a)
-            norm_att.append(_normalised(a, weights=model.card["head"]["name"] == "transmil"))
-    score = float(np.mean(scores))  # the fold ensemble's calibrated log-odds
-    p = float(expit(score))
-    probs = [float(v) for v in expit(scores)]
-    op = model.card["operating_point"]
-    positive = score >= op["threshold_log_odds"]
+            logits.append(out.logits.float().numpy())
+            atts.append(out.attention.float().numpy())
+    fold_logits = np.stack(logits)  # (F, C)
     result = {
         "model": model.name,
         "model_id": model.card["model_id"],
         "encoder": encoder,
         "weights_sha256": sha,
-        "probability": p,
-        "probability_std": float(np.std(probs)),
-        "fold_probabilities": probs,
-        "decision": model.card["task"]["positive" if positive else "negative"],
-        "positive": bool(positive),
-        "log_odds": score,
-        "threshold": op["threshold"],
-        "threshold_log_odds": op["threshold_log_odds"],
-        "target_sensitivity": op["target_sensitivity"],
+        "task": model.task.kind,
+        **_task_fields(model, fold_logits),
         "tiles": len(bag),
     }
+    # the attention shown: the positive class's branch (binary), the called class's
+    # (classes), the one branch of survival and regression heads
+    task = model.task
+    branch = 1 if task.kind == "binary" else 0
+    if task.has_classes and task.kind != "binary":
+        branch = task.classes.index(str(result["decision"]))
+    transmil = model.card["head"]["name"] == "transmil"
+    raw_att = [_attention_vector(torch.from_numpy(a), len(bag), branch) for a in atts]
+    norm_att = [_normalised(a, weights=transmil) for a in raw_att]
+    per_class = None
+    if atts[0].ndim == 2 and atts[0].shape[1] > 1:  # one branch per class
+        per_class = np.mean(
+            [[_normalised(a[:, c], weights=transmil) for c in range(a.shape[1])] for a in atts],
+            axis=0,
+        ).T
     st.begin_stage(
         group,
         stage,
@@ -266,14 +274,35 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
     pred = group.create_group(stage)
     group.create_array(keys.attention, data=np.stack(raw_att, axis=1).astype(np.float32))
     group.create_array(keys.attention_mean, data=np.mean(norm_att, axis=0).astype(np.float32))
+    if per_class is not None:
+        group.create_array(keys.attention_classes, data=per_class.astype(np.float32))
     pred.attrs.update(result)
-    st.complete_stage(group, stage, {"tiles": len(bag), "probability": p})
-    log.info(
-        "%s: %s p=%.3f (+/- %.3f) -> %s",
-        path,
-        model.name,
-        p,
-        result["probability_std"],
-        result["decision"],
-    )
+    st.complete_stage(group, stage, {"tiles": len(bag), "decision": result["decision"]})
+    log.info("%s: %s -> %s", path, model.name, result["decision"])
     return result
+
+
+def _task_fields(model: TrainedModel, fold_logits: np.ndarray) -> dict[str, Any]:
+    """What the prediction says: binary models their calibrated log-odds, probability and
+    decision at the operating point; other tasks ``outcomes.prediction_fields``."""
+    from wsi.mil.outcomes import prediction_fields
+
+    if model.task.kind != "binary":
+        return prediction_fields(model.task, model.card, fold_logits)
+    temps = [fold["temperature"] for fold in model.card["folds"]]
+    scores = [float(log_odds(z[None], t)[0]) for z, t in zip(fold_logits, temps, strict=True)]
+    score = float(np.mean(scores))  # the fold ensemble's calibrated log-odds
+    probs = [float(v) for v in expit(scores)]
+    op = model.card["operating_point"]
+    positive = score >= op["threshold_log_odds"]
+    return {
+        "probability": float(expit(score)),
+        "probability_std": float(np.std(probs)),
+        "fold_probabilities": probs,
+        "decision": model.card["task"]["positive" if positive else "negative"],
+        "positive": bool(positive),
+        "log_odds": score,
+        "threshold": op["threshold"],
+        "threshold_log_odds": op["threshold_log_odds"],
+        "target_sensitivity": op["target_sensitivity"],
+    }

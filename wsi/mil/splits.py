@@ -41,14 +41,11 @@ class Splits:
         return [s for s, p in self.part.items() if p == TEST]
 
 
-def _patients(table: LabelTable) -> dict[str, int]:
-    return {r.patient_id: r.y for r in table.rows}  # one label per patient (checked)
-
-
 def make_splits(
     table: LabelTable, folds: int = 5, test_fraction: float = 0.0, seed: int = 0
 ) -> Splits:
-    """Stratified by label at the patient level; deterministic for a seed.
+    """Patient-level folds stratified by the task's strata (class; survival: event and
+    early/late time; regression: target quartile); deterministic for a seed.
 
     With a ``split`` column in labels.csv, that split is used as one fold (``val`` rows
     validate, ``test`` rows are held out) and ``folds`` is ignored.
@@ -66,26 +63,29 @@ def make_splits(
     if not 0.0 <= test_fraction < 0.9:
         raise ConfigError(f"test_fraction = {test_fraction}: must be in [0, 0.9)")
     rng = np.random.default_rng(seed)
-    patients = _patients(table)
+    strata = table.task.strata(table.rows)
+    classes = table.task.has_classes
     assigned: dict[str, str] = {}
-    for y in (0, 1):
-        ids = sorted(pid for pid, label in patients.items() if label == y)
+    offset = 0  # small strata continue the round-robin where the last one stopped
+    order = list(table.task.classes) if classes else sorted(set(strata.values()))
+    for stratum in [s for s in order if s in set(strata.values())]:
+        ids = sorted(pid for pid, s in strata.items() if s == stratum)
         ids = [ids[i] for i in rng.permutation(len(ids))]
         n_test = int(round(test_fraction * len(ids)))
-        if test_fraction > 0:
+        if test_fraction > 0 and classes:
             n_test = max(n_test, 1)
         rest = ids[n_test:]
-        if len(rest) < folds:
-            name = table.positive if y == 1 else table.negative
+        if classes and len(rest) < folds:
             raise ConfigError(
-                f"{table.path}: {len(rest)} patient(s) labelled {name!r} outside the test part, "
-                f"fewer than {folds} folds: every fold must validate both classes. "
+                f"{table.path}: {len(rest)} patient(s) labelled {stratum!r} outside the test "
+                f"part, fewer than {folds} folds: every fold must validate every class. "
                 "Use fewer --folds, a smaller --test-fraction, or more patients."
             )
         for pid in ids[:n_test]:
             assigned[pid] = TEST
         for i, pid in enumerate(rest):
-            assigned[pid] = str(i % folds)
+            assigned[pid] = str((offset + i) % folds)
+        offset = 0 if classes else (offset + len(rest)) % folds
     part = {r.slide_id: assigned[r.patient_id] for r in table.rows}
     splits = Splits(part, folds)
     _check(table, splits)
@@ -103,26 +103,34 @@ def _check(table: LabelTable, splits: Splits) -> None:
             f"{table.path}: patient(s) {split_patients[:5]} have slides in two parts; a "
             "patient must be in one part only. Fix the split column."
         )
-    y = {r.slide_id: r.y for r in table.rows}
+    task = table.task
+    by_id = {r.slide_id: r for r in table.rows}
     for k in range(splits.folds):
         train, val = splits.fold(k)
-        if len({y[s] for s in train}) < 2:
-            raise ConfigError(
-                f"{table.path}: the training part of fold {k} does not hold both classes; "
-                "choose other splits."
-            )
-        if len({y[s] for s in val}) < 2:
-            raise ConfigError(
-                f"{table.path}: validation part of fold {k} does not hold both classes; "
-                "choose other splits."
-            )
+        for name, ids in (("training", train), ("validation", val)):
+            rows = [by_id[s] for s in ids]
+            if task.has_classes and len({r.y for r in rows}) < 2:
+                raise ConfigError(
+                    f"{table.path}: the {name} part of fold {k} does not hold two classes; "
+                    "choose other splits."
+                )
+            if task.kind == "survival" and not any(r.event for r in rows):
+                raise ConfigError(
+                    f"{table.path}: the {name} part of fold {k} holds no event; a C-index "
+                    "needs events. Use fewer --folds or choose other splits."
+                )
+            if len(rows) < 2:
+                raise ConfigError(
+                    f"{table.path}: the {name} part of fold {k} holds {len(rows)} slide(s); "
+                    "use fewer --folds or more patients."
+                )
 
 
 def write_splits(splits: Splits, table: LabelTable, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["slide_id", "patient_id", "label", "part"])
+        w.writerow(["slide_id", "patient_id", "label", "part"])  # label: as labels.csv says
         for r in table.rows:
             w.writerow([r.slide_id, r.patient_id, r.label, splits.part[r.slide_id]])
     return p

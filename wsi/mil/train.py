@@ -40,10 +40,11 @@ from wsi._lock import holding, lock_file
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
 from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
-from wsi.mil.data import BagSource, LabelTable, check_stores, read_labels
+from wsi.mil.data import BagSource, LabelTable, SlideLabel, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
+from wsi.mil.tasks import KINDS, Task
 from wsi.progress import Progress
 from wsi.store import params_hash
 
@@ -89,6 +90,20 @@ class TrainConfig:
     - ``hparams``: keyword arguments of the head (e.g. ``{"hidden": 256, "attn_dim": 128,
       "dropout": 0.25}`` for ``abmil``); an unknown one is a ``ConfigError`` when the
       head is built.
+    - ``task``: the task kind (``wsi.mil.tasks.KINDS``: ``binary``, ``multiclass``,
+      ``ordinal``, ``survival``, ``regression``); None: guessed from labels.csv's columns
+      (a file fitting two kinds is refused until this is set).
+    - ``classes``: multiclass / ordinal: the class names, in order for ordinal grades;
+      None: the labels found (ordinal: ordered by their trailing number).
+    - ``ordinal``: the classes are ordered grades (quadratic-weighted kappa is reported).
+    - ``negative_class``: the benign class of a multiclass / ordinal task: the screening
+      decision "not this class" gets the operating point; None: a label named
+      ``normal``, ``benign``, ``negative`` ... if there is exactly one, else no screening.
+    - ``time_unit``: survival: the unit of ``time`` (days, weeks, months, years); required.
+    - ``horizons``: survival: times (in ``time_unit``) of the time-dependent AUROC and the
+      calibration; None: the quartiles of the training event times.
+    - ``survival_bins``: survival: time bins of the discrete-time hazard (event-time
+      quantiles of the training patients).
 
     Raises ``ConfigError`` when ``target_sensitivity`` is outside (0, 1] or ``epochs`` or
     ``patience`` is below 1; ``train_model`` refuses an unknown ``model``.
@@ -111,8 +126,19 @@ class TrainConfig:
     instance_weight: float = 0.3  #: CLAM: weight of the instance clustering loss
     max_train_tiles: int | None = None  #: subsample larger bags while training; None: all
     hparams: dict[str, Any] = field(default_factory=dict)  #: head hyper-parameters
+    task: str | None = None  #: binary, multiclass, ordinal, survival, regression; None: guess
+    classes: tuple[str, ...] | None = None  #: multiclass / ordinal class names (in order)
+    ordinal: bool = False  #: the classes are ordered grades
+    negative_class: str | None = None  #: benign class: screening "not this class"
+    time_unit: str | None = None  #: survival: unit of the time column
+    horizons: tuple[float, ...] | None = None  #: survival: times of time-dependent metrics
+    survival_bins: int = 4  #: survival: time bins of the discrete-time hazard
 
     def __post_init__(self) -> None:
+        if self.task is not None and self.task not in KINDS:
+            raise ConfigError(f"task = {self.task!r}: use one of {', '.join(KINDS)}")
+        if not 2 <= self.survival_bins <= 20:
+            raise ConfigError(f"survival_bins = {self.survival_bins}: must be in 2..20")
         if not 0 < self.target_sensitivity <= 1:
             raise ConfigError(f"target_sensitivity = {self.target_sensitivity}: must be in (0, 1]")
         if self.epochs < 1 or self.patience < 1:
@@ -121,7 +147,8 @@ class TrainConfig:
 
 @dataclass
 class FoldModel:
-    """A trained fold: its head, temperature and the scores it gave its validation slides."""
+    """A trained fold: its head, temperature (binary: its own; other tasks: 1, calibrated
+    on the pooled out-of-fold logits) and the logits it gave its validation slides."""
 
     k: int
     module: Any
@@ -150,37 +177,38 @@ def _train_fold(
     k: int,
     train_ids: list[str],
     val_ids: list[str],
-    y: dict[str, int],
+    rows: dict[str, SlideLabel],
+    task: Task,
     bags: BagSource,
     in_dim: int,
     config: TrainConfig,
     folder: Path,
 ) -> FoldModel:
     import torch
-    from torch.nn import functional as F
 
     from wsi.mil.heads import build_head
+    from wsi.mil.outcomes import progress_metric
 
     torch.manual_seed(config.seed + k)
     rng = np.random.default_rng(config.seed + k)
-    module = build_head(config.model, in_dim, 2, **config.hparams)
+    module = build_head(config.model, in_dim, task.n_outputs, **config.hparams)
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    counts = np.bincount([y[s] for s in train_ids], minlength=2)
-    weight = torch.tensor(len(train_ids) / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
-    val_y = np.array([y[s] for s in val_ids])
+    weight = task.class_weights([rows[s] for s in train_ids])
+    ones = np.ones_like(weight)
+    val_rows = [rows[s] for s in val_ids]
     best, best_state, wait = float("inf"), copy.deepcopy(module.state_dict()), 0
-    rows = []
+    log_rows: list[dict[str, Any]] = []
     bar = Progress(config.epochs, f"fold {k}", None, unit="epoch")
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         module.train()
         total = 0.0
         for i in rng.permutation(len(train_ids)):
-            sid = train_ids[i]
-            target = torch.tensor([y[sid]])
-            out = module(_torch_bag(bags[sid], config.max_train_tiles, rng), label=y[sid])
+            row = rows[train_ids[i]]
+            label = row.y if task.has_classes else None  # CLAM's instance loss needs a class
+            out = module(_torch_bag(bags[row.slide_id], config.max_train_tiles, rng), label=label)
             # one bag per step: a weighted mean would divide the class weight out again
-            loss = F.cross_entropy(out.logits[None], target) * weight[y[sid]]
+            loss = task.loss(out.logits, row, weight)
             if out.instance_loss is not None:
                 loss = (
                     1 - config.instance_weight
@@ -190,20 +218,24 @@ def _train_fold(
             opt.step()
             total += loss.item()
         val_logits = _logits(module, bags, val_ids)
-        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y)))
-        val_auc = m.auroc(val_y, log_odds(val_logits))
-        rows.append(
+        with torch.no_grad():
+            t_logits = torch.from_numpy(val_logits)
+            val_loss = float(
+                np.mean([float(task.loss(t_logits[j], r, ones)) for j, r in enumerate(val_rows)])
+            )
+        val_score = progress_metric(task, val_rows, val_logits)
+        log_rows.append(
             {
                 "epoch": epoch,
                 "train_loss": round(total / len(train_ids), 6),
                 "val_loss": round(val_loss, 6),
-                "val_auroc": round(val_auc, 6),
+                _SCORE_NAME[task.kind]: round(val_score, 6),
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
         bar.update(1)
-        bar.stage(f"train {total / len(train_ids):.4f} val {val_loss:.4f} auc {val_auc:.3f}")
-        log.debug("fold %d epoch %d: %s", k, epoch, rows[-1])
+        bar.stage(f"train {total / len(train_ids):.4f} val {val_loss:.4f} score {val_score:.3f}")
+        log.debug("fold %d epoch %d: %s", k, epoch, log_rows[-1])
         if val_loss < best - 1e-6:
             best, best_state, wait = val_loss, copy.deepcopy(module.state_dict()), 0
         else:
@@ -214,12 +246,20 @@ def _train_fold(
     module.load_state_dict(best_state)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(log_rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(log_rows)
     val_logits = _logits(module, bags, val_ids)
-    temperature = fit_temperature(val_logits, val_y)
+    temperature = 1.0  # other tasks: one temperature on the pooled out-of-fold logits
+    if task.kind == "binary":
+        temperature = fit_temperature(val_logits, [r.y for r in val_rows])
     return FoldModel(k, module, temperature, val_ids, val_logits)
+
+
+#: the column of train_log.csv that follows a fold's validation (``progress_metric``)
+_SCORE_NAME = {"binary": "val_auroc", "multiclass": "val_macro_auroc",
+               "ordinal": "val_macro_auroc", "survival": "val_c_index",
+               "regression": "val_pearson_r"}  # fmt: skip
 
 
 def _save_fold(fold: FoldModel, folder: Path, card: dict[str, Any]) -> None:
@@ -242,7 +282,7 @@ def _kept_card(path: Path, chash: str) -> dict[str, Any] | None:
     return card if isinstance(card, dict) and card.get("config_hash") == chash else None
 
 
-def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
+def load_fold(folder: Path, card: dict[str, Any], in_dim: int, n_outputs: int = 2) -> Any:
     """The head of a saved fold, weights checked against its card and loaded strictly.
 
     Raises ConfigError naming the file: missing, or changed since training (its sha256
@@ -269,7 +309,7 @@ def load_fold(folder: Path, card: dict[str, Any], in_dim: int) -> Any:
             f"{changed} (sha256 {sha[:12]}, the card says "
             f"{str(card.get('weights_sha256'))[:12]}). {fix}"
         )
-    module = build_head(card["head"]["name"], in_dim, 2, **card["head"]["hparams"])
+    module = build_head(card["head"]["name"], in_dim, n_outputs, **card["head"]["hparams"])
     try:
         module.load_state_dict(load_file(str(path)), strict=True)
     except (SafetensorError, RuntimeError, ValueError, OSError) as err:
@@ -311,13 +351,20 @@ def _splits(table: LabelTable, out: Path, config: TrainConfig, given: Path | Non
     return splits
 
 
-def _counts(table: LabelTable, ids: list[str]) -> dict[str, int]:
+def _counts(table: LabelTable, ids: list[str]) -> dict[str, Any]:
+    """Slides and patients of ``ids``, with the task's counts: positive slides (binary),
+    slides per class, or patients with an event (survival)."""
     rows = [r for r in table.rows if r.slide_id in set(ids)]
-    return {
-        "slides": len(rows),
-        "positive_slides": sum(r.y for r in rows),
-        "patients": len({r.patient_id for r in rows}),
-    }
+    counts: dict[str, Any] = {"slides": len(rows), "patients": len({r.patient_id for r in rows})}
+    task = table.task
+    if task.kind == "binary":
+        counts["positive_slides"] = sum(r.y for r in rows)
+    elif task.has_classes:
+        counts["slides_per_class"] = {c: sum(r.y == i for r in rows)
+                                      for i, c in enumerate(task.classes)}  # fmt: skip
+    elif task.kind == "survival":
+        counts["patients_with_event"] = len({r.patient_id for r in rows if r.event})
+    return counts
 
 
 def train_model(
@@ -395,7 +442,17 @@ def train_model(
         close = difflib.get_close_matches(config.model, list(HEADS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {config.model!r}.{hint} Known: {', '.join(HEADS)}")
-    table = read_labels(labels, positive)
+    table = read_labels(
+        labels,
+        positive,
+        kind=config.task,
+        classes=config.classes,
+        ordinal=config.ordinal,
+        negative_class=config.negative_class,
+        time_unit=config.time_unit,
+        horizons=config.horizons,
+    )
+    log.info("task: %s", table.task.describe())
     weights_sha, features_id = check_stores(table, stores_dir, encoder)
     final = Path(out_dir)
     # one training per model folder: a second is refused naming the first (or waits)
@@ -416,6 +473,7 @@ def train_model(
 
 #: what a training writes into a model folder; a folder holding anything else is not one
 _MODEL_FILES = ("model.json", "metrics.json", "splits.csv", "roc.png", "reliability.png",
+                "confusion.png", "km.png", "scatter.png",
                 "reference.safetensors", "reference.json")  # fmt: skip
 
 
@@ -511,17 +569,21 @@ def _train_into(
     parts = _splits(table, out, config, splits)
     bags = BagSource(stores_dir, encoder)
     in_dim = int(bags[table.rows[0].slide_id].shape[1])
-    y = {r.slide_id: r.y for r in table.rows}
+    rows = {r.slide_id: r for r in table.rows}
+    # survival time bins, regression target scale: from the patients outside the test part
+    task = table.task.fitted(
+        [r for r in table.rows if parts.part[r.slide_id] != "test"], config.survival_bins
+    )
     # everything a fold's weights depend on: a kept fold must have been trained on exactly this
     chash = params_hash(
         {
-            "schema": 1,
+            "schema": 2,
             "config": dataclasses.asdict(config),
             "encoder": encoder,
             "weights": weights_sha,
             "features": features_id,
-            "labels": {r.slide_id: r.y for r in table.rows},
-            "positive": table.positive,
+            "labels": {r.slide_id: [r.y, r.time, r.event, r.target] for r in table.rows},
+            "task": task.as_card(),
             "splits": parts.part,
         }
     )
@@ -530,7 +592,7 @@ def _train_into(
             "no held-out test part: the validation figures are those the operating point "
             "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
         )
-    run = _TrainingRun(out, table, parts, config, encoder, weights_sha, final.name)
+    run = _TrainingRun(out, table, task, parts, config, encoder, weights_sha, final.name)
     scores = _FoldScores()
     test_ids = parts.test
     t_start = time.perf_counter()
@@ -542,7 +604,7 @@ def _train_into(
         module = None
         if card is not None:
             try:
-                module = load_fold(folder, card, in_dim)
+                module = load_fold(folder, card, in_dim, task.n_outputs)
                 log.info("fold %d already trained, kept", k)
             except ConfigError as err:
                 log.warning("fold %d retrained: %s", k, err)
@@ -555,42 +617,26 @@ def _train_into(
             card_path.unlink(missing_ok=True)
             (out / "model.json").unlink(missing_ok=True)
             t0 = time.perf_counter()
-            fold = _train_fold(k, train_ids, val_ids, y, bags, in_dim, config, folder)
-            encoder_id = {"name": encoder, "weights_sha256": weights_sha}
-            val_y = [y[s] for s in val_ids]
-            s_cal = log_odds(fold.val_logits, fold.temperature)
-            threshold = m.threshold_for_sensitivity(val_y, s_cal, config.target_sensitivity)
+            fold = _train_fold(k, train_ids, val_ids, rows, task, bags, in_dim, config, folder)
             card = {
                 "fold": k,
                 "config_hash": chash,
-                "encoder": encoder_id,
+                "encoder": {"name": encoder, "weights_sha256": weights_sha},
                 "head": {"name": config.model, "hparams": dict(fold.module.hparams)},
                 "in_dim": in_dim,
+                "n_outputs": task.n_outputs,
                 "temperature": fold.temperature,
-                "temperature_at_bound": any(
-                    abs(fold.temperature - b) <= 1e-3 * b for b in T_BOUNDS
-                ),
-                "threshold_log_odds": threshold,
-                "youden_threshold_log_odds": m.youden_threshold(val_y, s_cal),
                 "train": _counts(table, train_ids),
                 "val": _counts(table, val_ids),
-                "val_metrics": evaluate(
-                    val_y,
-                    s_cal,
-                    threshold,
-                    p_raw=expit(log_odds(fold.val_logits)),
-                ),
+                **_fold_record(task, fold, [rows[s] for s in val_ids], config),
                 "train_seconds": round(time.perf_counter() - t0, 1),
             }
             _save_fold(fold, folder, card)
         scores.folds.append(card)
         scores.oof_ids += val_ids
         scores.oof_logits.append(fold.val_logits)
-        scores.oof_cal.append(log_odds(fold.val_logits, fold.temperature))
         if test_ids:
-            logits = _logits(fold.module, bags, test_ids)
-            scores.test_cal.append(log_odds(logits, fold.temperature))
-            scores.test_raw.append(log_odds(logits))
+            scores.test_logits.append(_logits(fold.module, bags, test_ids))
     # what "seen in training" means for the report's out-of-distribution flag
     held_out = set(test_ids)
     reference = build_reference(
@@ -601,12 +647,33 @@ def _train_into(
     _finish(run, scores, reference.summary(), time.perf_counter() - t_start)
 
 
+def _fold_record(
+    task: Task, fold: FoldModel, val_rows: list[SlideLabel], config: TrainConfig
+) -> dict[str, Any]:
+    """What a fold's card says of its validation slides: binary models keep a threshold
+    per fold (their temperature is the fold's own); other tasks the progress metric."""
+    if task.kind != "binary":
+        from wsi.mil.outcomes import progress_metric
+
+        return {"val_metrics": {"score": progress_metric(task, val_rows, fold.val_logits)}}
+    val_y = [r.y for r in val_rows]
+    s_cal = log_odds(fold.val_logits, fold.temperature)
+    threshold = m.threshold_for_sensitivity(val_y, s_cal, config.target_sensitivity)
+    return {
+        "temperature_at_bound": any(abs(fold.temperature - b) <= 1e-3 * b for b in T_BOUNDS),
+        "threshold_log_odds": threshold,
+        "youden_threshold_log_odds": m.youden_threshold(val_y, s_cal),
+        "val_metrics": evaluate(val_y, s_cal, threshold, p_raw=expit(log_odds(fold.val_logits))),
+    }
+
+
 @dataclass(frozen=True)
 class _TrainingRun:
     """What a model is trained from and where it goes."""
 
     out: Path  #: the model folder
     table: LabelTable
+    task: Task  #: the table's task, fitted on the patients outside the test part
     parts: Splits
     config: TrainConfig
     encoder: str
@@ -617,29 +684,27 @@ class _TrainingRun:
 @dataclass
 class _FoldScores:
     """What the folds give, collected fold by fold: their cards, their out-of-fold
-    validation logits (raw and calibrated log-odds, in ``oof_ids`` order) and, with a test
-    part, each fold's calibrated and raw log-odds of the test slides (``parts.test`` order)."""
+    validation logits (in ``oof_ids`` order) and, with a test part, each fold's logits of
+    the test slides (``parts.test`` order)."""
 
     folds: list[dict[str, Any]] = field(default_factory=list)
     oof_ids: list[str] = field(default_factory=list)
     oof_logits: list[np.ndarray] = field(default_factory=list)
-    oof_cal: list[np.ndarray] = field(default_factory=list)
-    test_cal: list[np.ndarray] = field(default_factory=list)
-    test_raw: list[np.ndarray] = field(default_factory=list)
+    test_logits: list[np.ndarray] = field(default_factory=list)
 
 
-def _finish(
-    run: _TrainingRun, scores: _FoldScores, reference: dict[str, Any], seconds: float
-) -> Path:
-    """Pooled validation, the model's operating point, test metrics, plots, model card."""
-    import hashlib
-
-    from wsi.store import package_versions
-
+def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]:
+    """Binary: pooled validation, the operating point, test metrics and plots (each fold's
+    own temperature); the metrics and the model card's task-specific fields."""
     out, table, config = run.out, run.table, run.config
     folds, oof_ids, test_ids = scores.folds, scores.oof_ids, run.parts.test
-    oof_logits, oof_cal = np.concatenate(scores.oof_logits), np.concatenate(scores.oof_cal)
-    test_cal, test_raw = scores.test_cal, scores.test_raw
+    temps = [c["temperature"] for c in folds]
+    oof_logits = np.concatenate(scores.oof_logits)
+    pairs = zip(scores.oof_logits, temps, strict=True)
+    oof_cal = np.concatenate([log_odds(z, t) for z, t in pairs])
+    # no test part: no test logits
+    test_cal = [log_odds(z, t) for z, t in zip(scores.test_logits, temps, strict=False)]
+    test_raw = [log_odds(z) for z in scores.test_logits]
 
     y = {r.slide_id: r.y for r in table.rows}
     group = {r.slide_id: r.group for r in table.rows}
@@ -687,16 +752,61 @@ def _finish(
             oof_y, expit(log_odds(oof_logits)), expit(oof_cal), out / "reliability.png"
         )
     plot_roc(curves, out / "roc.png", threshold)
+    summary = ("auroc", "auroc_ci95", "at_threshold")
+    card = {
+        "operating_point": metrics["operating_point"],
+        "calibration": {
+            "method": "temperature scaling per fold, fitted on its validation slides",
+            "ece_validation_uncalibrated": metrics["validation_pooled"].get("ece_uncalibrated"),
+            "ece_validation_calibrated": metrics["validation_pooled"].get("ece_calibrated"),
+        },
+        "metrics": {
+            "validation_pooled": {k: metrics["validation_pooled"][k] for k in summary},
+            "test": {k: metrics["test"][k] for k in summary} if test_ids else None,
+        },
+    }
+    return metrics, card
+
+
+def _finish(
+    run: _TrainingRun, scores: _FoldScores, reference: dict[str, Any], seconds: float
+) -> Path:
+    """The task's metrics, calibration, operating point and plots; the model card."""
+    import hashlib
+
+    from wsi.mil.outcomes import summarise
+    from wsi.store import package_versions
+
+    out, table, config, task = run.out, run.table, run.config, run.task
+    folds, test_ids = scores.folds, run.parts.test
+    if task.kind == "binary":
+        metrics, fields = _binary_summary(run, scores)
+    else:
+        metrics, fields = summarise(
+            task,
+            config.target_sensitivity,
+            {r.slide_id: r for r in table.rows},
+            scores.oof_ids,
+            np.concatenate(scores.oof_logits),
+            test_ids,
+            scores.test_logits,
+            out,
+        )
+        metrics["folds"] = [{"fold": c["fold"], **c["val_metrics"]} for c in folds]
+        for c in folds:  # one temperature for all folds, fitted on their pooled logits
+            c["temperature"] = fields["temperature"]
+            c.setdefault("threshold_log_odds", None)
     write_json(out / "metrics.json", metrics)
     # the model id covers the fold weights and everything that turns their scores into a
-    # call: temperatures, thresholds, the operating point and the OOD reference
+    # call: temperatures, thresholds, the operating point, the task and the OOD reference
     digest = hashlib.sha256()
     for c in folds:
         digest.update((out / f"fold_{c['fold']}" / "model.safetensors").read_bytes())
     decision = {
         "folds": [(c["fold"], c["temperature"], c["threshold_log_odds"]) for c in folds],
-        "operating_point": metrics["operating_point"],
-        "task": [table.positive, table.negative],
+        "operating_point": fields["operating_point"],
+        "task": task.as_card(),
+        "risk_groups": fields.get("risk_groups"),
         "reference": reference,
     }
     digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
@@ -705,10 +815,11 @@ def _finish(
         "name": run.name,
         "model_id": digest.hexdigest()[:16],
         "intended_use": INTENDED_USE,
-        "task": {"positive": table.positive, "negative": table.negative},
+        "task": task.as_card(),
         "encoder": {"name": run.encoder, "weights_sha256": run.weights_sha},
         "head": folds[0]["head"],
         "in_dim": folds[0]["in_dim"],
+        "n_outputs": task.n_outputs,
         "training": dataclasses.asdict(config),
         "data": {
             "labels": table.path.name,
@@ -725,25 +836,16 @@ def _finish(
             }
             for c in folds
         ],
-        "operating_point": metrics["operating_point"],
-        "calibration": {
-            "method": "temperature scaling per fold, fitted on its validation slides",
-            "ece_validation_uncalibrated": metrics["validation_pooled"].get("ece_uncalibrated"),
-            "ece_validation_calibrated": metrics["validation_pooled"].get("ece_calibrated"),
-        },
-        "metrics": {
-            "validation_pooled": {
-                k: metrics["validation_pooled"][k] for k in ("auroc", "auroc_ci95", "at_threshold")
-            },
-            "test": {k: metrics["test"][k] for k in ("auroc", "auroc_ci95", "at_threshold")}
-            if test_ids
-            else None,
-        },
+        "operating_point": fields["operating_point"],
+        "calibration": fields["calibration"],
+        "metrics": fields["metrics"],
         "reference": reference,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),
     }
+    if "risk_groups" in fields:
+        card["risk_groups"] = fields["risk_groups"]
     write_json(out / "model.json", card)
-    log.info("model %s: validation AUROC %.3f", out, metrics["validation_pooled"]["auroc"] or 0)
+    log.info("model %s (%s) written", out, task.describe())
     return out

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi.errors import WsiError
+from wsi.errors import ConfigError, WsiError
 from wsi.outputs import FOLDER_ERRNOS, output_error, write_output
 from wsi.reports.facts import Finding, SlideFacts, TileImage, flags, gather
 from wsi.reports.options import ReportOptions
@@ -92,7 +92,25 @@ class Reports:
 def _load(model: Any) -> Any:
     from wsi.mil.predict import load_model
 
-    return load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    loaded = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    check_reportable(loaded)
+    return loaded
+
+
+def check_reportable(model: Any) -> None:
+    """Reports state a screening finding (a probability against an operating point):
+    binary models, and multiclass or ordinal ones with a benign class. Survival and
+    regression models (and classes without a benign one) are refused naming what to use.
+    """
+    task = model.task
+    if not task.screens:
+        raise ConfigError(
+            f"{model.folder}: a {task.describe()} model: reports of this version show a "
+            "screening finding (binary, or classes with a negative_class), not yet a risk "
+            "group, a value or classes without a benign one. Use `wsi predict` (it writes "
+            "the model's risk, value or class probabilities into each store) and "
+            "`wsi evaluate`-style metrics from `wsi train`'s metrics.json."
+        )
 
 
 def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
