@@ -12,8 +12,15 @@ held-out test part, predicts the test slides, and scores
   within each slide, then pooled);
 - wall time of each stage and of prediction per slide.
 
+With ``--task multiclass|ordinal|survival|regression`` the cohort is labelled for that
+task (``wsi.synthetic.make_cohort(task=...)``) and the last line is the task's test figure
+with its 95% CI: macro AUROC, balanced accuracy (and kappa for grades); the C-index against
+the oracle C-index (that of the cohort's true hazards on the same test slides: the best
+any model can do there); Pearson r and MAE.
+
     python tools/bench_mil.py
     python tools/bench_mil.py --slides 120 --size 6000 --model clam_sb
+    python tools/bench_mil.py --task survival --slides 90
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--task",
+        default="binary",
+        choices=["binary", "multiclass", "ordinal", "survival", "regression"],
+    )
+    parser.add_argument("--patients", type=int, help="default: one per two slides")
+    parser.add_argument("--epochs", type=int, default=50)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("distributed", "pyvips"):
@@ -57,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    cohort = make_cohort(out / "cohort", slides=args.slides, size=args.size, seed=args.seed)
+    cohort = make_cohort(out / "cohort", slides=args.slides, size=args.size, seed=args.seed,
+                         patients=args.patients, task=args.task)  # fmt: skip
     times["cohort"] = time.perf_counter() - t0
 
     stores = out / "stores"
@@ -79,15 +94,24 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     config = TrainConfig(
-        model=args.model, folds=args.folds, test_fraction=args.test_fraction, seed=args.seed
+        model=args.model,
+        folds=args.folds,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        epochs=args.epochs,
+        ordinal=args.task == "ordinal",
+        time_unit="months" if args.task == "survival" else None,
     )
-    model_dir = train_model(stores, cohort.labels_csv, out / f"model_{args.model}", config)
+    name = f"model_{args.model}" + ("" if args.task == "binary" else f"_{args.task}")
+    model_dir = train_model(stores, cohort.labels_csv, out / name, config)
     times["training"] = time.perf_counter() - t0
 
-    table = read_labels(cohort.labels_csv)
+    table = read_labels(cohort.labels_csv, kind=args.task, ordinal=config.ordinal,
+                        time_unit=config.time_unit)  # fmt: skip
     splits = read_splits(model_dir / "splits.csv", table)
     test_ids = [s for s, p in splits.part.items() if p == TEST]
-    truth = {r.slide_id: r.y for r in table.rows}
+    records = json.loads(cohort.manifest.read_text())["slides"]
+    truth = {r["slide_id"]: int(r["lesion_mask_px"] > 0) for r in records}  # holds a lesion
     model = load_model(model_dir)
     t0 = time.perf_counter()
     preds = {s: predict_store(store_path(stores, s), model, overwrite=True) for s in test_ids}
@@ -113,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     test = metrics["test"]
+    if args.task != "binary":
+        _task_lines(args, model, table, test_ids, preds, metrics, cohort, times, n_tiles)
+        print(
+            f"attention tile AUROC {tile_auc:.3f} ({sum(len(x) for x in lesion)} tiles of "
+            f"{len(lesion)} lesion test slides; mean per slide "
+            f"{np.mean(per_slide) if per_slide else float('nan'):.3f})"
+        )
+        print(_final_line(args, model, test, table, test_ids, cohort))
+        return 0
     op = metrics["operating_point"]
     at = test["at_threshold"]
     lo, hi = test["auroc_ci95"]
@@ -143,6 +176,68 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{args.model.upper()} test AUROC {test['auroc']:.2f} (95% CI {lo:.2f}-{hi:.2f})")
     return 0
+
+
+def _task_lines(args, model, table, test_ids, preds, metrics, cohort, times, n_tiles) -> None:
+    from wsi.mil.outcomes import summary_line
+
+    print(
+        f"cohort: {args.slides} slides of {args.size} px ({args.task}), {len(table.rows)} "
+        f"labelled, {n_tiles} tiles; test part {len(test_ids)} slides"
+    )
+    print(
+        f"wall time: cohort {times['cohort']:.0f} s, tiling {times['tiling']:.0f} s, "
+        f"embedding {times['embedding']:.0f} s, training {times['training']:.0f} s "
+        f"({args.folds} folds), prediction {1000 * times['prediction_per_slide']:.0f} ms per slide"
+    )
+    print(f"validation (out of fold): {summary_line(model.task, metrics['validation_pooled'])}")
+    print(f"test: {summary_line(model.task, metrics['test'])}")
+    if model.task.has_classes:
+        decisions = [p["decision"] for p in preds.values()]
+        print(
+            f"test decisions: {', '.join(f'{c} {decisions.count(c)}' for c in model.task.classes)}"
+        )
+        print(f"test confusion (rows truth, columns call): {metrics['test']['confusion']}")
+
+
+def _oracle_c(table, test_ids, cohort) -> float:
+    """Harrell's C-index of the cohort's true hazards on the test slides."""
+    import csv
+
+    from sksurv.metrics import concordance_index_censored
+
+    with open(cohort.out_dir / "truth.csv", newline="") as f:
+        hazard = {r["patient_id"]: float(r["hazard"]) for r in csv.DictReader(f)}
+    rows = {r.slide_id: r for r in table.rows}
+    return float(
+        concordance_index_censored(
+            np.array([bool(rows[s].event) for s in test_ids]),
+            np.array([rows[s].time for s in test_ids]),
+            np.array([hazard[rows[s].patient_id] for s in test_ids]),
+        )[0]
+    )
+
+
+def _final_line(args, model, test, table, test_ids, cohort) -> str:
+    def ci(key: str) -> str:
+        lo, hi = test[f"{key}_ci95"]
+        return f"{test[key]:.2f} (95% CI {lo:.2f}-{hi:.2f})"
+
+    head = args.model.upper()
+    if model.task.has_classes:
+        kappa = f", kappa {test['kappa_quadratic']:.2f}" if "kappa_quadratic" in test else ""
+        return (
+            f"{head} test macro AUROC {ci('macro_auroc')}, balanced accuracy "
+            f"{test['balanced_accuracy']:.2f}{kappa}"
+        )
+    if model.task.kind == "survival":
+        oracle = _oracle_c(table, test_ids, cohort)
+        share = test["c_index_harrell"] / oracle
+        return (
+            f"{head} test C-index {ci('c_index_harrell')} = {share:.0%} of the oracle "
+            f"C-index {oracle:.2f}"
+        )
+    return f"{head} test Pearson r {ci('pearson_r')}, MAE {test['mae']:.3f}"
 
 
 if __name__ == "__main__":

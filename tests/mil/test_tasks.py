@@ -300,3 +300,69 @@ def test_survival_splits_keep_patients_whole_and_spread_events(survival_cohort):
     events = {k: sum(r.event for r in table.rows if splits.part[r.slide_id] == str(k))
               for k in range(4)}  # fmt: skip
     assert min(events.values()) >= max(events.values()) - 2, events
+
+
+# ---------------------------------------------------------------------- patient level
+
+
+def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path):
+    """Labels per patient, lesion in one of a tumour patient's two or three slides: one bag
+    per patient; metrics per patient; each slide's heatmap keeps its own attention."""
+    from wsi.mil.predict import predict_patient
+
+    rng = np.random.default_rng(4)
+    slides, lesion_slide = [], {}
+    for p in range(24):
+        pid, tumour = f"P{p:02d}", p % 2 == 1
+        n = 2 + p % 2
+        for s in range(n):
+            has = tumour and s == n - 1  # the last slide of a tumour patient holds the lesion
+            slides.append((f"{pid}_S{s}", pid, 1 if has else 0, 0.4))
+            if has:
+                lesion_slide[pid] = f"{pid}_S{s}"
+    stores = _stores(tmp_path, slides, seed=4)
+    labels = _write_csv(tmp_path / "labels.csv", ["slide_id", "patient_id", "label"],
+                        [(s, p, "tumor" if p in lesion_slide else "normal")
+                         for s, p, _, _ in slides])  # fmt: skip
+    model_dir = train_model(stores, labels, tmp_path / "patients",
+                            TrainConfig(level="patient", **FAST), encoder=ENC)  # fmt: skip
+    card = json.loads((model_dir / "model.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert card["data"]["level"] == "patient"
+    splits = read_splits(model_dir / "splits.csv", read_labels(labels))
+    test_slides = [s for s, part in splits.part.items() if part == TEST]
+    test_patients = sorted({s.split("_")[0] for s in test_slides})
+    assert metrics["test"]["n"] == len(test_patients) < len(test_slides)  # per patient
+    parts: dict[str, set[str]] = {}
+    for sid, part in splits.part.items():
+        parts.setdefault(sid.split("_")[0], set()).add(part)
+    assert all(len(v) == 1 for v in parts.values())  # a patient's slides in one part
+    assert metrics["test"]["auroc"] >= 0.8, metrics["test"]
+
+    model = load_model(model_dir)
+    pid = next(p for p in test_patients if p in lesion_slide)
+    own = sorted(s for s in test_slides if s.startswith(pid))
+    result = predict_patient([store_path(stores, s) for s in own], model)
+    assert result["patient_slides"] == own and result["tiles"] > 0
+    shares = {}
+    for sid in own:
+        group = open_store(store_path(stores, sid))
+        attrs = dict(group[prediction_keys(model.name).stage].attrs)
+        assert attrs["probability"] == result["probability"]
+        att = np.asarray(group[prediction_keys(model.name).attention_mean][:])
+        assert att.sum() == pytest.approx(1, abs=1e-4)
+        shares[sid] = attrs["attention_share"]
+    assert sum(shares.values()) == pytest.approx(1, abs=1e-4)
+    assert max(shares, key=shares.__getitem__) == lesion_slide[pid]
+    again = predict_patient([store_path(stores, s) for s in own], model)  # kept, not redone
+    assert again == result
+
+
+def test_patient_level_needs_one_target_per_patient(tmp_path):
+    rows = [("a", "p1", "0.1"), ("b", "p1", "0.2"), ("c", "p2", "0.3")]
+    labels = _write_csv(tmp_path / "labels.csv", ["slide_id", "patient_id", "target"], rows)
+    slides = [(s, p, 1, 0.2) for s, p, _ in rows]
+    stores = _stores(tmp_path, slides, seed=5)
+    with pytest.raises(ConfigError, match="patient p1's slides have different targets"):
+        train_model(stores, labels, tmp_path / "m", TrainConfig(level="patient", folds=2),
+                    encoder=ENC)  # fmt: skip

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from wsi.mil.calibration import expit, log_odds
 from wsi.mil.tasks import Task
 from wsi.store import params_hash
 
-__all__ = ["TrainedModel", "load_model", "predict_store"]
+__all__ = ["TrainedModel", "load_model", "predict_store", "predict_patient"]
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +199,18 @@ def predict_store(
         return _predict_locked(path, model, overwrite)
 
 
-def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[str, Any]:
-    import torch
+@dataclass
+class _Input:
+    """One store's features, checked against the model, and its current prediction."""
 
+    path: Path
+    group: Any
+    feats: np.ndarray
+    sha: str
+    features_hash: str  #: params hash of its features stage
+
+
+def _read_input(path: Path, model: TrainedModel) -> _Input:
     from wsi.embed import features_of
 
     encoder = model.card["encoder"]["name"]
@@ -214,23 +225,48 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
             f"({model.card['encoder']['weights_sha256'][:12]}). Re-embed the store with the "
             "model's encoder weights."
         )
-    keys = st.prediction_keys(model.name)
-    stage = keys.stage
-    features = st.stage_entry(group, st.features_keys(encoder)[0]) or {}
-    phash = params_hash(
-        {"model_id": model.card["model_id"], "features": features.get("params_hash"), "sha": sha}
-    )
     if len(feats) == 0:
         raise StoreError(f"{path}: the store holds no tiles; there is nothing to predict.")
-    entry = st.stage_entry(group, stage)
-    if entry and st.stale_reason(group, stage):
-        entry = None  # made from features redone since: redo it, nothing to keep
-    if entry and entry["params_hash"] == phash and stage in group:
-        return dict(group[stage].attrs)
+    features = st.stage_entry(group, st.features_keys(encoder)[0]) or {}
+    return _Input(path, group, feats, str(sha), str(features.get("params_hash")))
+
+
+def _current(item: _Input, model: TrainedModel, phash: str, overwrite: bool) -> Any:
+    """The stored prediction when it was made by this model from these features; None
+    when there is none to keep; a StoreError when another model's would be replaced."""
+    stage = st.prediction_keys(model.name).stage
+    entry = st.stage_entry(item.group, stage)
+    if entry and st.stale_reason(item.group, stage):
+        return None  # made from features redone since: redo it, nothing to keep
+    if entry and entry["params_hash"] == phash and stage in item.group:
+        return dict(item.group[stage].attrs)
     if entry and not overwrite:
         raise StoreError(
-            f"{path}: {stage} exists from another model with this name. Pass --overwrite."
+            f"{item.path}: {stage} exists from another model with this name. Pass --overwrite."
         )
+    return None
+
+
+def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[str, Any]:
+    item = _read_input(path, model)
+    phash = params_hash(
+        {"model_id": model.card["model_id"], "features": item.features_hash, "sha": item.sha}
+    )
+    kept = _current(item, model, phash, overwrite)
+    if kept is not None:
+        return dict(kept)
+    result, raw_att, norm_att, per_class = _score(model, item.feats, item.sha)
+    _write(item, model, phash, result, raw_att, norm_att, per_class)
+    return result
+
+
+def _score(
+    model: TrainedModel, feats: np.ndarray, sha: str
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
+    """Every fold head on one bag: the result and the attention (raw per fold, normalised
+    fold mean, per class where the head has a branch per class)."""
+    import torch
+
     bag = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
     logits, atts = [], []
     with torch.inference_mode():
@@ -242,7 +278,7 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
     result = {
         "model": model.name,
         "model_id": model.card["model_id"],
-        "encoder": encoder,
+        "encoder": model.card["encoder"]["name"],
         "weights_sha256": sha,
         "task": model.task.kind,
         **_task_fields(model, fold_logits),
@@ -255,30 +291,86 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
     if task.has_classes and task.kind != "binary":
         branch = task.classes.index(str(result["decision"]))
     transmil = model.card["head"]["name"] == "transmil"
-    raw_att = [_attention_vector(torch.from_numpy(a), len(bag), branch) for a in atts]
-    norm_att = [_normalised(a, weights=transmil) for a in raw_att]
+    raw_att = np.stack(
+        [_attention_vector(torch.from_numpy(a), len(bag), branch) for a in atts], axis=1
+    )
+    norm_att = np.mean([_normalised(a, weights=transmil) for a in raw_att.T], axis=0)
     per_class = None
     if atts[0].ndim == 2 and atts[0].shape[1] > 1:  # one branch per class
         per_class = np.mean(
             [[_normalised(a[:, c], weights=transmil) for c in range(a.shape[1])] for a in atts],
             axis=0,
         ).T
+    return result, raw_att, norm_att, per_class
+
+
+def _write(item: _Input, model: TrainedModel, phash: str, result: dict[str, Any],
+           raw_att: np.ndarray, norm_att: np.ndarray, per_class: Any) -> None:  # fmt: skip
+    group, keys = item.group, st.prediction_keys(model.name)
+    encoder = model.card["encoder"]["name"]
     st.begin_stage(
         group,
-        stage,
+        keys.stage,
         {"model_id": model.card["model_id"]},
         phash,
         made_from=st.features_keys(encoder)[0],
     )
-    st.remove_member(group, stage)
-    pred = group.create_group(stage)
-    group.create_array(keys.attention, data=np.stack(raw_att, axis=1).astype(np.float32))
-    group.create_array(keys.attention_mean, data=np.mean(norm_att, axis=0).astype(np.float32))
+    st.remove_member(group, keys.stage)
+    pred = group.create_group(keys.stage)
+    group.create_array(keys.attention, data=raw_att.astype(np.float32))
+    group.create_array(keys.attention_mean, data=norm_att.astype(np.float32))
     if per_class is not None:
         group.create_array(keys.attention_classes, data=per_class.astype(np.float32))
     pred.attrs.update(result)
-    st.complete_stage(group, stage, {"tiles": len(bag), "decision": result["decision"]})
-    log.info("%s: %s -> %s", path, model.name, result["decision"])
+    st.complete_stage(group, keys.stage, {"tiles": len(raw_att), "decision": result["decision"]})
+    log.info("%s: %s -> %s", item.path, model.name, result["decision"])
+
+
+def predict_patient(
+    stores: Sequence[str | os.PathLike[str]], model: TrainedModel, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Score one patient's slides as one bag (a model trained with ``level: patient``).
+
+    The tiles of all ``stores`` form one bag, in the order given; every fold head scores
+    it, and the patient's result is written into each store's ``predictions/<model>``
+    with ``patient_slides`` (the slide ids, in bag order) and ``attention_share`` (the
+    slide's share of the patient's attention). Each store's ``attention_mean`` is its
+    part of the patient's attention renormalised to sum to 1 over its own tiles, so each
+    slide's heatmap shows where in that slide the evidence is.
+
+    Returns the patient's result (what every store holds, without ``attention_share``).
+    Raises StoreError as ``predict_store`` does, naming the store.
+    """
+    from contextlib import ExitStack
+
+    paths = [Path(s) for s in stores]
+    if not paths:
+        raise ConfigError("predict_patient: no stores given.")
+    for path in paths:
+        st.open_store(path, mode="r")  # not a store: say so before taking locks
+    with ExitStack() as locks:
+        for path in sorted(set(paths), key=str):  # one order: two patients never deadlock
+            locks.enter_context(st.store_lock(path))
+        items = [_read_input(p, model) for p in paths]
+        identity = [[p.name, i.features_hash, i.sha] for p, i in zip(paths, items, strict=True)]
+        phash = params_hash({"model_id": model.card["model_id"], "patient": identity})
+        kept = [_current(i, model, phash, overwrite) for i in items]
+        if all(k is not None for k in kept):
+            result = dict(kept[0])
+            result.pop("attention_share", None)
+            return result
+        feats = np.concatenate([i.feats for i in items])
+        result, raw_att, norm_att, per_class = _score(model, feats, items[0].sha)
+        result["patient_slides"] = [p.name.removesuffix(".zarr") for p in paths]
+        start = 0
+        for item in items:
+            end = start + len(item.feats)
+            share = float(norm_att[start:end].sum())
+            part = norm_att[start:end] / share if share > 0 else norm_att[start:end]
+            classes = None if per_class is None else per_class[start:end]
+            _write(item, model, phash, {**result, "attention_share": share},
+                   raw_att[start:end], part, classes)  # fmt: skip
+            start = end
     return result
 
 

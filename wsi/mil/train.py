@@ -52,6 +52,9 @@ __all__ = ["TrainConfig", "train_model", "FoldModel"]
 
 log = logging.getLogger(__name__)
 
+#: what a bag is: the tiles of one slide, or of all the slides of one patient
+LEVELS = ("slide", "patient")
+
 INTENDED_USE = (
     "Research software that assists a pathologist; it never replaces one. A negative call "
     "does not rule out disease: the operating point favours sensitivity."
@@ -104,6 +107,9 @@ class TrainConfig:
       calibration; None: the quartiles of the training event times.
     - ``survival_bins``: survival: time bins of the discrete-time hazard (event-time
       quantiles of the training patients).
+    - ``level``: ``"slide"`` (default): one bag per slide, metrics per slide; ``"patient"``:
+      one bag per patient (the tiles of all its slides, attention across them), for labels
+      given per patient; metrics per patient.
 
     Raises ``ConfigError`` when ``target_sensitivity`` is outside (0, 1] or ``epochs`` or
     ``patience`` is below 1; ``train_model`` refuses an unknown ``model``.
@@ -133,8 +139,11 @@ class TrainConfig:
     time_unit: str | None = None  #: survival: unit of the time column
     horizons: tuple[float, ...] | None = None  #: survival: times of time-dependent metrics
     survival_bins: int = 4  #: survival: time bins of the discrete-time hazard
+    level: str = "slide"  #: "slide": a bag per slide; "patient": a bag per patient
 
     def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ConfigError(f"level = {self.level!r}: use one of {', '.join(LEVELS)}")
         if self.task is not None and self.task not in KINDS:
             raise ConfigError(f"task = {self.task!r}: use one of {', '.join(KINDS)}")
         if not 2 <= self.survival_bins <= 20:
@@ -165,7 +174,59 @@ def _torch_bag(bag: np.ndarray, limit: int | None, rng: np.random.Generator) -> 
     return torch.from_numpy(bag)
 
 
-def _logits(module: Any, bags: BagSource, ids: list[str]) -> np.ndarray:
+class _PatientBags:
+    """Patient-level bags: the tiles of all the slides of a patient, one after another."""
+
+    def __init__(self, bags: BagSource, slides_of: dict[str, list[str]]) -> None:
+        self.bags = bags
+        self.slides_of = slides_of
+
+    def __getitem__(self, patient_id: str) -> np.ndarray:
+        return np.concatenate([self.bags[s] for s in self.slides_of[patient_id]])
+
+
+@dataclass(frozen=True)
+class _Units:
+    """What the model is trained and evaluated on: slides, or patients (``level``).
+
+    ``rows[unit]`` is the unit's label row (a patient's: its first slide's, with
+    ``slide_id`` set to the patient id); ``of(slide ids)`` the units of those slides in
+    order of first appearance."""
+
+    level: str
+    rows: dict[str, SlideLabel]
+    unit_of: dict[str, str]  #: slide id -> unit id
+
+    @classmethod
+    def of(cls, table: LabelTable, level: str) -> _Units:
+        if level == "slide":
+            return cls(level, {r.slide_id: r for r in table.rows},
+                       {r.slide_id: r.slide_id for r in table.rows})  # fmt: skip
+        rows: dict[str, SlideLabel] = {}
+        for r in table.rows:
+            first = rows.setdefault(r.patient_id, dataclasses.replace(r, slide_id=r.patient_id))
+            if r.target != first.target:
+                raise ConfigError(
+                    f"{table.path}: level: patient, but patient {r.patient_id}'s slides have "
+                    f"different targets ({first.target} and {r.target}). A patient-level "
+                    "model needs one target per patient: give every slide of a patient the "
+                    "same one, or train with level: slide."
+                )
+        return cls(level, rows, {r.slide_id: r.patient_id for r in table.rows})
+
+    def ids(self, slide_ids: list[str]) -> list[str]:
+        return list(dict.fromkeys(self.unit_of[s] for s in slide_ids))
+
+    def bags(self, bags: BagSource) -> Any:
+        if self.level == "slide":
+            return bags
+        slides_of: dict[str, list[str]] = {}
+        for sid, pid in self.unit_of.items():
+            slides_of.setdefault(pid, []).append(sid)
+        return _PatientBags(bags, slides_of)
+
+
+def _logits(module: Any, bags: Any, ids: list[str]) -> np.ndarray:
     import torch
 
     module.eval()
@@ -179,7 +240,7 @@ def _train_fold(
     val_ids: list[str],
     rows: dict[str, SlideLabel],
     task: Task,
-    bags: BagSource,
+    bags: Any,
     in_dim: int,
     config: TrainConfig,
     folder: Path,
@@ -453,6 +514,7 @@ def train_model(
         horizons=config.horizons,
     )
     log.info("task: %s", table.task.describe())
+    _Units.of(table, config.level)  # level: patient needs one outcome per patient
     weights_sha, features_id = check_stores(table, stores_dir, encoder)
     final = Path(out_dir)
     # one training per model folder: a second is refused naming the first (or waits)
@@ -567,9 +629,10 @@ def _train_into(
 ) -> None:
     """The training itself, into the work folder ``out`` (see ``_work_folder``)."""
     parts = _splits(table, out, config, splits)
-    bags = BagSource(stores_dir, encoder)
-    in_dim = int(bags[table.rows[0].slide_id].shape[1])
-    rows = {r.slide_id: r for r in table.rows}
+    slide_bags = BagSource(stores_dir, encoder)
+    in_dim = int(slide_bags[table.rows[0].slide_id].shape[1])
+    units = _Units.of(table, config.level)
+    rows, bags = units.rows, units.bags(slide_bags)
     # survival time bins, regression target scale: from the patients outside the test part
     task = table.task.fitted(
         [r for r in table.rows if parts.part[r.slide_id] != "test"], config.survival_bins
@@ -592,12 +655,13 @@ def _train_into(
             "no held-out test part: the validation figures are those the operating point "
             "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
         )
-    run = _TrainingRun(out, table, task, parts, config, encoder, weights_sha, final.name)
+    run = _TrainingRun(out, table, task, units, parts, config, encoder, weights_sha, final.name)
     scores = _FoldScores()
-    test_ids = parts.test
+    test_ids = units.ids(parts.test)
     t_start = time.perf_counter()
     for k in range(parts.folds):
-        train_ids, val_ids = parts.fold(k)
+        train_slides, val_slides = parts.fold(k)
+        train_ids, val_ids = units.ids(train_slides), units.ids(val_slides)
         folder = out / f"fold_{k}"
         card_path = folder / "card.json"
         card = _kept_card(card_path, chash)
@@ -626,8 +690,8 @@ def _train_into(
                 "in_dim": in_dim,
                 "n_outputs": task.n_outputs,
                 "temperature": fold.temperature,
-                "train": _counts(table, train_ids),
-                "val": _counts(table, val_ids),
+                "train": _counts(table, train_slides),
+                "val": _counts(table, val_slides),
                 **_fold_record(task, fold, [rows[s] for s in val_ids], config),
                 "train_seconds": round(time.perf_counter() - t0, 1),
             }
@@ -638,9 +702,9 @@ def _train_into(
         if test_ids:
             scores.test_logits.append(_logits(fold.module, bags, test_ids))
     # what "seen in training" means for the report's out-of-distribution flag
-    held_out = set(test_ids)
+    held_out = set(parts.test)
     reference = build_reference(
-        {r.slide_id: bags[r.slide_id] for r in table.rows if r.slide_id not in held_out},
+        {r.slide_id: slide_bags[r.slide_id] for r in table.rows if r.slide_id not in held_out},
         seed=config.seed,
     )
     save_reference(reference, out)
@@ -674,6 +738,7 @@ class _TrainingRun:
     out: Path  #: the model folder
     table: LabelTable
     task: Task  #: the table's task, fitted on the patients outside the test part
+    units: _Units  #: slides or patients (``config.level``)
     parts: Splits
     config: TrainConfig
     encoder: str
@@ -696,8 +761,8 @@ class _FoldScores:
 def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]:
     """Binary: pooled validation, the operating point, test metrics and plots (each fold's
     own temperature); the metrics and the model card's task-specific fields."""
-    out, table, config = run.out, run.table, run.config
-    folds, oof_ids, test_ids = scores.folds, scores.oof_ids, run.parts.test
+    out, config = run.out, run.config
+    folds, oof_ids, test_ids = scores.folds, scores.oof_ids, run.units.ids(run.parts.test)
     temps = [c["temperature"] for c in folds]
     oof_logits = np.concatenate(scores.oof_logits)
     pairs = zip(scores.oof_logits, temps, strict=True)
@@ -706,8 +771,8 @@ def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]
     test_cal = [log_odds(z, t) for z, t in zip(scores.test_logits, temps, strict=False)]
     test_raw = [log_odds(z) for z in scores.test_logits]
 
-    y = {r.slide_id: r.y for r in table.rows}
-    group = {r.slide_id: r.group for r in table.rows}
+    y = {u: r.y for u, r in run.units.rows.items()}
+    group = {u: r.group for u, r in run.units.rows.items()}
     oof_y = np.array([y[s] for s in oof_ids])
     threshold = m.threshold_for_sensitivity(oof_y, oof_cal, config.target_sensitivity)
     youden = m.youden_threshold(oof_y, oof_cal)
@@ -778,14 +843,14 @@ def _finish(
     from wsi.store import package_versions
 
     out, table, config, task = run.out, run.table, run.config, run.task
-    folds, test_ids = scores.folds, run.parts.test
+    folds, test_ids = scores.folds, run.units.ids(run.parts.test)
     if task.kind == "binary":
         metrics, fields = _binary_summary(run, scores)
     else:
         metrics, fields = summarise(
             task,
             config.target_sensitivity,
-            {r.slide_id: r for r in table.rows},
+            run.units.rows,
             scores.oof_ids,
             np.concatenate(scores.oof_logits),
             test_ids,
@@ -824,8 +889,9 @@ def _finish(
         "data": {
             "labels": table.path.name,
             "all": _counts(table, all_ids),
-            "test": _counts(table, test_ids) if test_ids else None,
+            "test": _counts(table, run.parts.test) if test_ids else None,
             "split": "by patient; splits.csv",
+            "level": config.level,
         },
         "folds": [
             {
