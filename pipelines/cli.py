@@ -260,6 +260,51 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from wsi.mil.external import evaluate_model
+    from wsi.mil.outcomes import summary_line
+    from wsi.mil.tasks import Task
+
+    out = evaluate_model(
+        args.stores,
+        args.labels,
+        args.model,
+        args.out,
+        time_unit=args.time_unit,
+        overwrite=args.overwrite,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    task = Task.from_card(metrics["task"])
+    part = metrics["external"]
+
+    def f(v: object) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    if part is None:
+        print(f"metrics not computed: {metrics['not_computed']}")
+    elif task.kind == "binary":
+        op, at = metrics["operating_point"], part["at_threshold"]
+        lo, hi = part["auroc_ci95"]
+        print(
+            f"external: AUROC {f(part['auroc'])} (95% CI {f(lo)}-{f(hi)}), sensitivity "
+            f"{f(at['sensitivity'])}, specificity {f(at['specificity'])} at the model's "
+            f"probability {f(op['threshold'])} (target sensitivity "
+            f"{op['target_sensitivity']}), ECE {f(part['ece_calibrated'])}"
+        )
+    else:
+        print(f"external: {summary_line(task, part)}")
+    print(
+        f"{metrics['n']} slide(s) of {metrics['n_patients']} patient(s) evaluated (per "
+        f"slide), {len(metrics['failed'])} failed, {len(metrics['missing'])} missing"
+    )
+    for row in metrics["failed"]:
+        print(f"  FAILED  {row['slide_id']}: {row['error']}")
+    for sid in metrics["missing"]:
+        print(f"  MISSING {sid}: labelled, but no store of it was given")
+    print(f"metrics, predictions and plots: {out}")
+    return 1 if metrics["failed"] or part is None else 0
+
+
 def _prediction_text(pred: dict[str, Any]) -> str:
     """One line of what a prediction says, per task."""
     if "probability" in pred:  # binary, or classes screened against a benign class
@@ -286,7 +331,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     result = report(args.stores, args.model, args.out, options)
     for r in result.slides:
         flags = f" [{', '.join(r.row['flags'])}]" if r.row["flags"] else ""
-        print(f"  {r.row['decision']:<8} {r.slide_id}: p = {r.row['probability']:.3f}{flags}")
+        p = f": p = {r.row['probability']:.3f}" if r.row.get("probability") is not None else ""
+        print(f"  {r.row['decision']:<8} {r.slide_id}{p}{flags}")
         print(f"           {r.html}" + (f" + {r.pdf.name}" if r.pdf else ""))
     for f in result.failed:
         print(f"  FAILED  {f['slide_id']}: {f['error']}")
@@ -438,6 +484,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_wait_option(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate", help="a model's metrics on new labelled slides (nothing refitted)"
+    )
+    p.add_argument("stores", nargs="+", help="embedded slide stores of the labelled slides")
+    p.add_argument("--labels", required=True, help="labels.csv in the columns of the model's task")
+    p.add_argument("--model", required=True, help="model folder written by `wsi train`")
+    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, plots")
+    p.add_argument("--time-unit", help="survival: unit of the time column (must be the model's)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a prediction of another model of this name",
+    )
+    add_wait_option(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("heatmap", help="heatmaps of predicted stores: PNG, QuPath GeoJSON, TIFF")
     p.add_argument("stores", nargs="+", help="predicted slide stores")

@@ -141,11 +141,7 @@ def cohort_report(
                 }
             )
     return report_cohort(
-        rows,
-        out / "reports",
-        model=model.name,
-        positive=model.card["task"]["positive"],
-        failed=failed,
+        rows, out / "reports", model=model.name, task=model.card["task"], failed=failed
     )
 
 
@@ -173,7 +169,9 @@ def print_summary(result: RunResult) -> None:
     print(f"{'slide':<28} {'status':<8} {'stage':<8} detail")
     for s in result.slides:
         if s["status"] == "ok":
-            detail = f"{s.get('decision')} p={float(s.get('probability', 0)):.3f}"
+            detail = str(s.get("decision"))
+            if s.get("probability") is not None:  # a screening call (not risk or value)
+                detail += f" p={float(s['probability']):.3f}"
             if s.get("skipped"):
                 detail += " (done earlier)"
             print(f"{s['slide_id'][:28]:<28} {'ok':<8} {'':<8} {detail}")

@@ -348,7 +348,7 @@ def finish_task(store: str, finish: Finish) -> dict[str, Any]:
         "seconds": stages,
         "worker": worker_name(),
         "decision": pred["decision"],
-        "probability": pred["probability"],
+        "probability": pred.get("probability"),  # None: no screening (risk, value)
         "files": {**maps["files"], "report": str(rep.html), "pdf": str(rep.pdf or "")},
     }
 

@@ -10,6 +10,7 @@ The stages are functions and the results objects that show themselves in Jupyter
     folder = wsi.train_model("stores", "labels.csv", "models/abmil")
     model = wsi.load_model(folder)
     wsi.predict_store(store, model)
+    wsi.evaluate_model(stores, "site_b.csv", model, "eval")  # an external cohort
     wsi.open_store(store)                              # thumbnail, stages, predictions
     wsi.Heatmap(store, model)                          # the overlay and top regions
     wsi.report([store], model, "reports")              # HTML and PDF reports
@@ -44,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "load_model",
     "predict_store",
+    "evaluate_model",
     # what a person sees
     "open_store",
     "SlideStore",
@@ -71,6 +73,7 @@ _LAZY = {
     "TrainConfig": "wsi.mil.train",
     "load_model": "wsi.mil.predict",
     "predict_store": "wsi.mil.predict",
+    "evaluate_model": "wsi.mil.external",
     "open_store": "wsi.notebook",
     "SlideStore": "wsi.notebook",
     "Heatmap": "wsi.notebook",
@@ -89,6 +92,7 @@ if TYPE_CHECKING:
     from wsi.encoders import load_encoder
     from wsi.errors import WsiError
     from wsi.heatmap import HeatmapOptions, make_heatmap
+    from wsi.mil.external import evaluate_model
     from wsi.mil.predict import load_model, predict_store
     from wsi.mil.train import TrainConfig, train_model
     from wsi.notebook import Heatmap, SlideStore, open_store

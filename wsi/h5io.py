@@ -366,6 +366,9 @@ def _create_coords_store(path: Path, h5: H5Features) -> Any:
     attrs.update(h5.geometry)
     if "patch_size_level0" in h5.geometry:
         attrs["footprint_l0"] = float(h5.geometry["patch_size_level0"])
+    elif h5.geometry.get("patch_level") == 0 and "patch_size" in h5.geometry:
+        # CLAM's h5: a patch read at level 0 covers patch_size level-0 pixels
+        attrs["footprint_l0"] = float(h5.geometry["patch_size"])
     coords.attrs.update(attrs)
     params = {"h5": h5.path.name, "fingerprint": h5.fingerprint, "tiles": n}
     st.begin_stage(group, COORDS_STAGE, params, params_hash(params))

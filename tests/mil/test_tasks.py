@@ -27,8 +27,14 @@ from wsi.store import open_store, prediction_keys, store_path
 
 D = 16
 CLASSES = ("normal", "type_a", "type_b", "type_c")
-FAST = {"folds": 3, "test_fraction": 0.25, "epochs": 12, "patience": 12, "lr": 2e-3,
-        "hparams": {"hidden": 32, "attn_dim": 16}}  # fmt: skip
+FAST = {
+    "folds": 3,
+    "test_fraction": 0.25,
+    "epochs": 12,
+    "patience": 12,
+    "lr": 2e-3,
+    "hparams": {"hidden": 32, "attn_dim": 16},
+}
 
 
 def _stores(root: Path, slides: list[tuple[str, str, int, float]], seed: int) -> Path:
@@ -67,8 +73,11 @@ def class_cohort(tmp_path_factory) -> Path:
         for s in range(1 + (p % 3 == 0)):  # some patients have two slides
             slides.append((f"P{p:02d}_S{s}", f"P{p:02d}", cls, float(rng.uniform(0.2, 0.4))))
     _stores(root, slides, seed=1)
-    _write_csv(root / "labels.csv", ["slide_id", "patient_id", "label"],
-               [(s, p, CLASSES[c]) for s, p, c, _ in slides])  # fmt: skip
+    _write_csv(
+        root / "labels.csv",
+        ["slide_id", "patient_id", "label"],
+        [(s, p, CLASSES[c]) for s, p, c, _ in slides],
+    )
     grades = [(s, p, f"grade_{c}") for s, p, c, _ in slides]
     _write_csv(root / "grades.csv", ["slide_id", "patient_id", "label"], grades)
     return root
@@ -85,16 +94,23 @@ def _test_predictions(model_dir: Path, stores: Path, labels: Path) -> dict[str, 
 
 def _task_of(model_dir: Path) -> dict:
     task = json.loads((model_dir / "model.json").read_text())["task"]
-    return {"kind": task["kind"], "classes": task["classes"] or None,
-            "time_unit": task["time_unit"]}  # fmt: skip
+    return {
+        "kind": task["kind"],
+        "classes": task["classes"] or None,
+        "time_unit": task["time_unit"],
+    }
 
 
 def test_multiclass_clam_mb_end_to_end(class_cohort):
     from sklearn.metrics import roc_auc_score
 
-    model_dir = train_model(class_cohort / "stores", class_cohort / "labels.csv",
-                            class_cohort / "mc", TrainConfig(model="clam_mb", **FAST),
-                            encoder=ENC)  # fmt: skip
+    model_dir = train_model(
+        class_cohort / "stores",
+        class_cohort / "labels.csv",
+        class_cohort / "mc",
+        TrainConfig(model="clam_mb", **FAST),
+        encoder=ENC,
+    )
     card = json.loads((model_dir / "model.json").read_text())
     assert card["task"]["kind"] == "multiclass" and card["task"]["classes"] == list(CLASSES)
     assert card["task"]["negative"] == "normal" and card["n_outputs"] == 4
@@ -128,8 +144,13 @@ def test_multiclass_clam_mb_end_to_end(class_cohort):
 
 def test_ordinal_grades_report_kappa(class_cohort):
     config = TrainConfig(model="abmil", ordinal=True, **{**FAST, "epochs": 4})
-    model_dir = train_model(class_cohort / "stores", class_cohort / "grades.csv",
-                            class_cohort / "ord", config, encoder=ENC)  # fmt: skip
+    model_dir = train_model(
+        class_cohort / "stores",
+        class_cohort / "grades.csv",
+        class_cohort / "ord",
+        config,
+        encoder=ENC,
+    )
     card = json.loads((model_dir / "model.json").read_text())
     assert card["task"]["kind"] == "ordinal"  # classes ordered by their trailing number
     assert card["task"]["classes"] == [f"grade_{k}" for k in range(4)]
@@ -167,8 +188,13 @@ def test_survival_end_to_end(survival_cohort):
     from sksurv.metrics import concordance_index_censored
 
     config = TrainConfig(time_unit="months", **FAST)
-    model_dir = train_model(survival_cohort / "stores", survival_cohort / "labels.csv",
-                            survival_cohort / "surv", config, encoder=ENC)  # fmt: skip
+    model_dir = train_model(
+        survival_cohort / "stores",
+        survival_cohort / "labels.csv",
+        survival_cohort / "surv",
+        config,
+        encoder=ENC,
+    )
     card = json.loads((model_dir / "model.json").read_text())
     assert card["task"]["kind"] == "survival" and card["task"]["time_unit"] == "months"
     assert card["n_outputs"] == len(card["task"]["bins"]) + 1
@@ -179,33 +205,27 @@ def test_survival_end_to_end(survival_cohort):
     assert test["c_index_harrell"] >= 0.6, test
 
     preds = _test_predictions(model_dir, survival_cohort / "stores", survival_cohort / "labels.csv")
-    rows = {r.slide_id: r for r in read_labels(survival_cohort / "labels.csv",
-                                               time_unit="months").rows}  # fmt: skip
+    rows = {
+        r.slide_id: r for r in read_labels(survival_cohort / "labels.csv", time_unit="months").rows
+    }
     ids = sorted(preds)
     risk = np.array([preds[s]["risk"] for s in ids])
-    c = concordance_index_censored(np.array([bool(rows[s].event) for s in ids]),
-                                   np.array([rows[s].time for s in ids]), risk)[0]  # fmt: skip
+    c = concordance_index_censored(
+        np.array([bool(rows[s].event) for s in ids]), np.array([rows[s].time for s in ids]), risk
+    )[0]
     assert c == pytest.approx(test["c_index_harrell"], abs=1e-5)
     # the oracle: the true hazards ranked on the same test patients
     hazard = json.loads((survival_cohort / "hazard.json").read_text())
-    oracle = concordance_index_censored(np.array([bool(rows[s].event) for s in ids]),
-                                        np.array([rows[s].time for s in ids]),
-                                        np.array([hazard[rows[s].patient_id] for s in ids]))[0]  # fmt: skip
+    oracle = concordance_index_censored(
+        np.array([bool(rows[s].event) for s in ids]),
+        np.array([rows[s].time for s in ids]),
+        np.array([hazard[rows[s].patient_id] for s in ids]),
+    )[0]
     assert oracle >= 0.6
     for s in ids:
         curve = np.array(preds[s]["survival"])
         assert np.all(np.diff(curve) <= 1e-9) and 0 <= curve.min() <= curve.max() <= 1
         assert preds[s]["risk_group"] in ("low", "intermediate", "high")
-
-
-def test_survival_model_reports_are_refused_naming_what_to_use(survival_cohort, tmp_path):
-    from wsi.reports import report
-
-    model_dir = survival_cohort / "surv"
-    if not (model_dir / "model.json").exists():
-        pytest.skip("needs the survival model of test_survival_end_to_end")
-    with pytest.raises(ConfigError, match="wsi predict"):
-        report([next((survival_cohort / "stores").glob("*.zarr"))], model_dir, tmp_path)
 
 
 def test_regression_through_the_cli(tmp_path, capsys):
@@ -216,12 +236,34 @@ def test_regression_through_the_cli(tmp_path, capsys):
     rng = np.random.default_rng(3)
     slides = [(f"P{p:02d}_S0", f"P{p:02d}", 1, float(rng.uniform(0.05, 0.6))) for p in range(36)]
     stores = _stores(tmp_path, slides, seed=3)
-    labels = _write_csv(tmp_path / "labels.csv", ["slide_id", "patient_id", "target"],
-                        [(s, p, f"{f + rng.normal(0, 0.01):.4f}") for s, p, _, f in slides])  # fmt: skip
+    labels = _write_csv(
+        tmp_path / "labels.csv",
+        ["slide_id", "patient_id", "target"],
+        [(s, p, f"{f + rng.normal(0, 0.01):.4f}") for s, p, _, f in slides],
+    )
     out = tmp_path / "reg"
-    rc = main(["-q", "train", "--stores", str(stores), "--labels", str(labels), "--encoder", ENC,
-               "--out", str(out), "--folds", "3", "--test-fraction", "0.25", "--epochs", "12",
-               "--lr", "0.002"])  # fmt: skip
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--stores",
+            str(stores),
+            "--labels",
+            str(labels),
+            "--encoder",
+            ENC,
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--test-fraction",
+            "0.25",
+            "--epochs",
+            "12",
+            "--lr",
+            "0.002",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "test: Pearson r" in printed
@@ -246,31 +288,60 @@ SURV = ["slide_id", "patient_id", "time", "event"]
 @pytest.mark.parametrize(
     ("header", "rows", "task", "match"),
     [
-        (SURV, [("a", "p1", "-3", "1"), ("b", "p2", "5", "0")], {"time_unit": "months"},
-         r"not above 0 on line\(s\): 2"),
-        (SURV, [("a", "p1", "", "1"), ("b", "p2", "5", "0")], {"time_unit": "months"},
-         r"time missing.*line\(s\): 2"),
-        (SURV, [("a", "p1", "3", "2"), ("b", "p2", "5", "0")], {"time_unit": "months"},
-         r"event not 0 or 1 on line\(s\): 2"),
-        (SURV, [("a", "p1", "3", "0"), ("b", "p2", "5", "0")], {"time_unit": "months"},
-         "no event"),
+        (
+            SURV,
+            [("a", "p1", "-3", "1"), ("b", "p2", "5", "0")],
+            {"time_unit": "months"},
+            r"not above 0 on line\(s\): 2",
+        ),
+        (
+            SURV,
+            [("a", "p1", "", "1"), ("b", "p2", "5", "0")],
+            {"time_unit": "months"},
+            r"time missing.*line\(s\): 2",
+        ),
+        (
+            SURV,
+            [("a", "p1", "3", "2"), ("b", "p2", "5", "0")],
+            {"time_unit": "months"},
+            r"event not 0 or 1 on line\(s\): 2",
+        ),
+        (SURV, [("a", "p1", "3", "0"), ("b", "p2", "5", "0")], {"time_unit": "months"}, "no event"),
         (SURV, [("a", "p1", "3", "1"), ("b", "p2", "5", "0")], {}, "time_unit"),
-        (SURV, [("a", "p1", "3", "1"), ("b", "p1", "5", "1")], {"time_unit": "months"},
-         "disagree on the time/event: p1"),
-        (["slide_id", "patient_id", "target"], [("a", "p1", "0.1"), ("b", "p2", "nan")], {},
-         r"not a finite number on line\(s\): 3"),
-        (["slide_id", "patient_id", "label", "target"], [("a", "p1", "x", "0.1")], {},
-         "--task"),
-        (["slide_id", "patient_id", "label"], [("a", "p1", "x"), ("b", "p2", "y")],
-         {"kind": "multiclass", "classes": ("x", "y", "z")}, r"\['z'\] of `classes:`"),
-        (["slide_id", "patient_id", "label"], [("a", "p1", "x"), ("b", "p2", "w")],
-         {"kind": "multiclass", "classes": ("x", "y")}, r"not in `classes:`: w"),
-        (["slide_id", "patient_id", "label"], [("a", "p1", "low"), ("b", "p2", "high"),
-                                               ("c", "p3", "mid")], {"ordinal": True},
-         "list them in order with `classes:`"),
+        (
+            SURV,
+            [("a", "p1", "3", "1"), ("b", "p1", "5", "1")],
+            {"time_unit": "months"},
+            "disagree on the time/event: p1",
+        ),
+        (
+            ["slide_id", "patient_id", "target"],
+            [("a", "p1", "0.1"), ("b", "p2", "nan")],
+            {},
+            r"not a finite number on line\(s\): 3",
+        ),
+        (["slide_id", "patient_id", "label", "target"], [("a", "p1", "x", "0.1")], {}, "--task"),
+        (
+            ["slide_id", "patient_id", "label"],
+            [("a", "p1", "x"), ("b", "p2", "y")],
+            {"kind": "multiclass", "classes": ("x", "y", "z")},
+            r"\['z'\] of `classes:`",
+        ),
+        (
+            ["slide_id", "patient_id", "label"],
+            [("a", "p1", "x"), ("b", "p2", "w")],
+            {"kind": "multiclass", "classes": ("x", "y")},
+            r"not in `classes:`: w",
+        ),
+        (
+            ["slide_id", "patient_id", "label"],
+            [("a", "p1", "low"), ("b", "p2", "high"), ("c", "p3", "mid")],
+            {"ordinal": True},
+            "list them in order with `classes:`",
+        ),
         (["slide_id", "patient_id"], [("a", "p1")], {}, "no task column"),
     ],
-)  # fmt: skip
+)
 def test_bad_label_files_name_the_file_the_line_and_the_fix(tmp_path, header, rows, task, match):
     labels = _write_csv(tmp_path / "labels.csv", header, rows)
     with pytest.raises(ConfigError, match=match) as err:
@@ -283,8 +354,13 @@ def test_a_class_with_fewer_patients_than_folds_is_named_before_training(class_c
     keep = [r for r in rows if r[2] != "type_c"] + [r for r in rows if r[2] == "type_c"][:2]
     labels = _write_csv(tmp_path / "labels.csv", ["slide_id", "patient_id", "label"], keep)
     with pytest.raises(ConfigError, match="labelled 'type_c'.*fewer than 3 folds"):
-        train_model(class_cohort / "stores", labels, tmp_path / "m",
-                    TrainConfig(folds=3, epochs=1), encoder=ENC)  # fmt: skip
+        train_model(
+            class_cohort / "stores",
+            labels,
+            tmp_path / "m",
+            TrainConfig(folds=3, epochs=1),
+            encoder=ENC,
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -297,8 +373,9 @@ def test_survival_splits_keep_patients_whole_and_spread_events(survival_cohort):
     for r in table.rows:
         by_patient.setdefault(r.patient_id, set()).add(splits.part[r.slide_id])
     assert all(len(parts) == 1 for parts in by_patient.values())
-    events = {k: sum(r.event for r in table.rows if splits.part[r.slide_id] == str(k))
-              for k in range(4)}  # fmt: skip
+    events = {
+        k: sum(r.event for r in table.rows if splits.part[r.slide_id] == str(k)) for k in range(4)
+    }
     assert min(events.values()) >= max(events.values()) - 2, events
 
 
@@ -310,7 +387,6 @@ def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path
     per patient; metrics per patient; each slide's heatmap keeps its own attention."""
     from wsi.mil.predict import predict_patient
 
-    rng = np.random.default_rng(4)
     slides, lesion_slide = [], {}
     for p in range(24):
         pid, tumour = f"P{p:02d}", p % 2 == 1
@@ -321,11 +397,14 @@ def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path
             if has:
                 lesion_slide[pid] = f"{pid}_S{s}"
     stores = _stores(tmp_path, slides, seed=4)
-    labels = _write_csv(tmp_path / "labels.csv", ["slide_id", "patient_id", "label"],
-                        [(s, p, "tumor" if p in lesion_slide else "normal")
-                         for s, p, _, _ in slides])  # fmt: skip
-    model_dir = train_model(stores, labels, tmp_path / "patients",
-                            TrainConfig(level="patient", **FAST), encoder=ENC)  # fmt: skip
+    labels = _write_csv(
+        tmp_path / "labels.csv",
+        ["slide_id", "patient_id", "label"],
+        [(s, p, "tumor" if p in lesion_slide else "normal") for s, p, _, _ in slides],
+    )
+    model_dir = train_model(
+        stores, labels, tmp_path / "patients", TrainConfig(level="patient", **FAST), encoder=ENC
+    )
     card = json.loads((model_dir / "model.json").read_text())
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert card["data"]["level"] == "patient"
@@ -364,5 +443,6 @@ def test_patient_level_needs_one_target_per_patient(tmp_path):
     slides = [(s, p, 1, 0.2) for s, p, _ in rows]
     stores = _stores(tmp_path, slides, seed=5)
     with pytest.raises(ConfigError, match="patient p1's slides have different targets"):
-        train_model(stores, labels, tmp_path / "m", TrainConfig(level="patient", folds=2),
-                    encoder=ENC)  # fmt: skip
+        train_model(
+            stores, labels, tmp_path / "m", TrainConfig(level="patient", folds=2), encoder=ENC
+        )

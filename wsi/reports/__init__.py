@@ -5,8 +5,11 @@
 table), then ``cohort.html`` and ``cohort.csv`` sorted by risk. A report says where
 (heatmap), what (the call), why (the most attended tiles) and how sure (calibrated
 probability, spread across fold models, flags), and that the diagnosis is the
-pathologist's. It never shows the slide's label or macro image, its path, or any slide
-property outside an allow-list (see ``wsi.reports.facts``), and every string is escaped.
+pathologist's. What the call is depends on the model's task (``wsi.reports.calls``): a
+screening decision at the operating point (binary, and classes with a benign one), class
+probabilities, a survival risk group against the training cohort, or a value. It never
+shows the slide's label or macro image, its path, or any slide property outside an
+allow-list (see ``wsi.reports.facts``), and every string is escaped.
 
 Example::
 
@@ -29,8 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi.errors import ConfigError, WsiError
+from wsi.errors import WsiError
 from wsi.outputs import FOLDER_ERRNOS, output_error, write_output
+from wsi.reports import calls
+from wsi.reports.charts import class_bars, km_chart
 from wsi.reports.facts import Finding, SlideFacts, TileImage, flags, gather
 from wsi.reports.options import ReportOptions
 from wsi.reports.render import (
@@ -54,19 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-COHORT_COLUMNS = (
-    "rank",
-    "slide_id",
-    "decision",
-    "probability",
-    "probability_std",
-    "positive",
-    "flags",
-    "tiles",
-    "tissue_mm2",
-    "report",
-)
 
 
 @dataclass(frozen=True)
@@ -92,32 +84,24 @@ class Reports:
 def _load(model: Any) -> Any:
     from wsi.mil.predict import load_model
 
-    loaded = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    check_reportable(loaded)
-    return loaded
+    return load_model(model) if isinstance(model, (str, os.PathLike)) else model
 
 
-def check_reportable(model: Any) -> None:
-    """Reports state a screening finding (a probability against an operating point):
-    binary models, and multiclass or ordinal ones with a benign class. Survival and
-    regression models (and classes without a benign one) are refused naming what to use.
-    """
-    task = model.task
-    if not task.screens:
-        raise ConfigError(
-            f"{model.folder}: a {task.describe()} model: reports of this version show a "
-            "screening finding (binary, or classes with a negative_class), not yet a risk "
-            "group, a value or classes without a benign one. Use `wsi predict` (it writes "
-            "the model's risk, value or class probabilities into each store) and "
-            "`wsi evaluate`-style metrics from `wsi train`'s metrics.json."
-        )
+def _at_threshold(part: dict[str, Any]) -> dict[str, Any]:
+    """Validation or test figures at the operating point (classes keep them under
+    ``screening``)."""
+    return part.get("at_threshold") or (part.get("screening") or {}).get("at_threshold") or {}
 
 
 def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
-    """What the operating point means, in the words of the validation (and test) figures."""
-    pos, neg = finding.positive_class, finding.negative_class
+    """What the call means: for a screening call, the operating point in the words of the
+    validation (and test) figures; otherwise what the numbers are relative to."""
+    screening = finding.screening
+    if screening is None:
+        return _meaning_without_screening(card, finding), None
+    pos, neg = screening.positive_class, screening.negative_class
     val = (card.get("metrics") or {}).get("validation_pooled") or {}
-    at = val.get("at_threshold") or {}
+    at = _at_threshold(val)
     if at.get("sensitivity") is None:
         text = "The model card holds no validation figures for this operating point."
     else:
@@ -130,7 +114,7 @@ def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
             "threshold, so the figures are optimistic."
         )
     test = (card.get("metrics") or {}).get("test") or {}
-    t_at = test.get("at_threshold") or {}
+    t_at = _at_threshold(test)
     test_text = None
     if t_at.get("sensitivity") is not None:
         test_text = (
@@ -138,33 +122,132 @@ def _meaning(card: dict[str, Any], finding: Finding) -> tuple[str, str | None]:
             f"it found {pct(t_at['sensitivity'])} of {pos} slides ({t_at['tp']} of "
             f"{t_at['tp'] + t_at['fn']}) with specificity {pct(t_at['specificity'])}."
         )
-    if not finding.positive:
+    if not screening.positive:
         text += f" A {neg} call does not rule out {pos}."
     return text, test_text
+
+
+def _meaning_without_screening(card: dict[str, Any], finding: Finding) -> str:
+    if finding.classes is not None:
+        return (
+            "The class probabilities are calibrated (one temperature fitted on the pooled "
+            "out-of-fold validation slides) and averaged over the fold models. The model has "
+            "no benign class, so it makes no screening decision: the most probable class is "
+            "an opinion to weigh against the slide, not a call at a validated operating point."
+        )
+    if finding.risk is not None:
+        cuts = finding.risk.cuts
+        bounds = (
+            f" (low below {cuts[0]:.3g}, high at {cuts[1]:.3g} or above)" if len(cuts) == 2 else ""
+        )
+        return (
+            "The risk is relative to the training cohort: the risk groups are the tertiles of "
+            f"the training cohort's out-of-fold risk scores{bounds}, and the curves below "
+            "are that cohort's observed (Kaplan-Meier) survival per group. The risk score is "
+            "minus the expected number of time bins survived (higher: worse); it is neither a "
+            "probability nor a survival time, and it says nothing about patients unlike the "
+            "training cohort."
+        )
+    return (
+        "The value is the mean of the fold models' values; their spread is shown as the "
+        "standard deviation and the range. It is fitted directly to the training targets, "
+        "with no calibration."
+    )
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _with_ci(part: dict[str, Any], key: str, name: str) -> str:
+    lo, hi = part.get(f"{key}_ci95") or (None, None)
+    ci = "" if lo is None or hi is None else f" (95% CI {lo:.3f}-{hi:.3f})"
+    return f"{name} {_num(part.get(key))}{ci}"
+
+
+def _at_point(at: dict[str, Any]) -> str:
+    n = at.get("tp", 0) + at.get("fn", 0) + at.get("tn", 0) + at.get("fp", 0)
+    return (
+        f"sensitivity {pct(at.get('sensitivity'))}, specificity {pct(at.get('specificity'))} "
+        f"(n = {n})"
+    )
+
+
+def _binary_metrics(part: dict[str, Any], task: dict[str, Any]) -> str:
+    return f"{_with_ci(part, 'auroc', 'AUROC')}; at the operating point " + _at_point(
+        part.get("at_threshold") or {}
+    )
+
+
+def _class_metrics(part: dict[str, Any], task: dict[str, Any]) -> str:
+    text = (
+        f"{_with_ci(part, 'macro_auroc', 'macro AUROC (one vs rest)')}, balanced accuracy "
+        f"{_num(part.get('balanced_accuracy'))}"
+    )
+    if part.get("kappa_quadratic") is not None:
+        text += f", quadratic kappa {_num(part['kappa_quadratic'])}"
+    screening = part.get("screening") or {}
+    if screening.get("at_threshold"):
+        text += (
+            f"; screening non-{task.get('negative')}: AUROC {_num(screening.get('auroc'))}, at "
+            "the operating point " + _at_point(screening["at_threshold"])
+        )
+    return text
+
+
+def _survival_metrics(part: dict[str, Any], task: dict[str, Any]) -> str:
+    return (
+        f"{_with_ci(part, 'c_index_harrell', 'C-index (Harrell)')}, Uno's C-index "
+        f"{_num(part.get('c_index_uno'))}, integrated Brier score {_num(part.get('ibs'))}"
+    )
+
+
+def _regression_metrics(part: dict[str, Any], task: dict[str, Any]) -> str:
+    return (
+        f"{_with_ci(part, 'pearson_r', 'Pearson r')}, mean absolute error "
+        f"{_num(part.get('mae'), 4)}, root mean squared error {_num(part.get('rmse'), 4)}"
+    )
+
+
+_METRICS = {
+    "binary": _binary_metrics,
+    "multiclass": _class_metrics,
+    "ordinal": _class_metrics,
+    "survival": _survival_metrics,
+    "regression": _regression_metrics,
+}
 
 
 def _metric_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     metrics = card.get("metrics") or {}
+    task = card["task"]
+    text = _METRICS[str(task.get("kind") or "binary")]
     for key, name in (("validation_pooled", "Validation (out of fold)"), ("test", "Test")):
         part = metrics.get(key)
-        if not part:
-            continue
-        ci = part.get("auroc_ci95") or [None, None]
-        at = part.get("at_threshold") or {}
-        auroc = "n/a" if part.get("auroc") is None else f"{part['auroc']:.3f}"
-        ci_text = "" if ci[0] is None else f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
-        rows.append(
-            (
-                name,
-                f"AUROC {auroc}{ci_text}; at the operating point sensitivity "
-                f"{pct(at.get('sensitivity'))}, specificity {pct(at.get('specificity'))} "
-                f"(n = {at.get('tp', 0) + at.get('fn', 0) + at.get('tn', 0) + at.get('fp', 0)})",
-            )
-        )
+        if part:
+            rows.append((name, text(part, task)))
     if not metrics.get("test"):
         rows.append(("Test", "no held-out test part: only the (optimistic) validation figures"))
     return rows
+
+
+def _task_rows(model: Any) -> list[tuple[str, str]]:
+    """The model card's task and training cohort, in words."""
+    card, task = model.card, model.card["task"]
+    data = (card.get("data") or {}).get("all") or {}
+    cohort = f"{data.get('slides', '?')} slides"
+    kind = str(task.get("kind") or "binary")
+    if kind == "binary":
+        what = f"{task['positive']} vs {task['negative']}"
+        cohort += f" ({data.get('positive_slides', '?')} {task['positive']})"
+    else:
+        what = model.task.describe()
+        per_class = data.get("slides_per_class")
+        if per_class:
+            cohort += " (" + ", ".join(f"{n} {c}" for c, n in per_class.items()) + ")"
+    cohort += f" of {data.get('patients', '?')} patients; split {card['data'].get('split')}"
+    return [("Task", what), ("Training cohort", cohort)]
 
 
 def _mpp_words(source: str | None) -> str:
@@ -246,7 +329,7 @@ def _tile_rows(tiles: list[TileImage], link: str | None) -> list[dict[str, Any]]
     return [
         {
             "index": t.index,
-            "src": data_uri(t.pixels, quality=90),
+            "src": None if t.pixels is None else data_uri(t.pixels, quality=90),
             "box": t.box_l0,
             "percentile": t.percentile,
             "link": f"{link}#box={','.join(str(v) for v in t.box_l0)}" if link else None,
@@ -289,9 +372,13 @@ def report_slide(
     -------
     A ``SlideReport``: ``slide_id``, ``html`` (``<out_dir>/<slide_id>.html``), ``pdf``
     (``<out_dir>/<slide_id>.pdf``, or None when ``options.pdf`` is False) and ``row``, the
-    dict also written to ``<slide_id>.json``: ``slide_id``, ``decision``, ``positive``,
-    ``probability``, ``probability_std``, ``log_odds``, ``flags`` (titles), ``tiles``,
-    ``tissue_mm2``, ``report`` and ``pdf`` (file names), ``model``, ``model_id``.
+    dict also written to ``<slide_id>.json``: ``slide_id``, ``decision``, the task's
+    numbers (a screening call: ``positive``, ``probability``, ``probability_std``,
+    ``log_odds``; classes: ``predicted_class``, ``class_probabilities``,
+    ``class_probability_std``; survival: ``risk``, ``risk_std``, ``risk_group``;
+    regression: ``value``, ``value_std``, ``value_min``, ``value_max``), ``task`` (its
+    kind), ``flags`` (titles), ``tiles``, ``tissue_mm2``, ``report`` and ``pdf`` (file
+    names), ``model``, ``model_id``.
 
     Raises
     ------
@@ -336,7 +423,12 @@ def report_slide(
         flags=found,
         meaning=meaning,
         test_meaning=test_meaning,
-        fold_list=", ".join(prob(p) for p in finding.fold_probabilities),
+        fold_list=_fold_list(finding),
+        bars=None if finding.classes is None else class_bars(finding.classes, _negative(trained)),
+        km=None if finding.risk is None else km_chart(finding.risk),
+        calm=_calm(finding),
+        call_class=_call_class(finding),
+        task_rows=_task_rows(trained),
         mpp_source=_mpp_words(facts.mpp_source),
         images={"thumbnail": data_uri(thumb), "overlay": data_uri(overlay)},
         top=_tile_rows(top, link),
@@ -356,10 +448,8 @@ def report_slide(
     row = {
         "slide_id": sid,
         "decision": finding.decision,
-        "positive": finding.positive,
-        "probability": finding.probability,
-        "probability_std": finding.probability_std,
-        "log_odds": finding.log_odds,
+        **finding.parts.row(),
+        "task": finding.kind,
         "flags": [f.title for f in found],
         "tiles": facts.tiles,
         "tissue_mm2": facts.tissue_mm2,
@@ -370,6 +460,41 @@ def report_slide(
     }
     write_output(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
     return SlideReport(sid, html_path, pdf_path, row)
+
+
+def _negative(model: Any) -> str | None:
+    return model.card["task"].get("negative")
+
+
+def _fold_list(finding: Finding) -> str:
+    """Each fold model's number: probability (screening), risk or value."""
+    if finding.screening is not None:
+        return ", ".join(prob(p) for p in finding.screening.fold_probabilities)
+    if finding.risk is not None:
+        return ", ".join(f"{r:.3g}" for r in finding.risk.fold_risks)
+    if finding.value is not None:
+        return ", ".join(f"{v:.4g}" for v in finding.value.fold_values)
+    return ""
+
+
+def _call_class(finding: Finding) -> str:
+    """How the call is drawn: red (positive, high risk), green (negative), else neutral."""
+    if finding.positive is not None:
+        return "positive" if finding.positive else "negative"
+    if finding.risk is not None and finding.risk.group == finding.risk.names[-1]:
+        return "positive"
+    return "neutral"
+
+
+def _calm(finding: Finding) -> str:
+    """What "no flags" means for this task."""
+    if finding.screening is not None:
+        return "the fold models agree, the case is not near the threshold"
+    if finding.classes is not None:
+        return "the fold models agree, the most probable class stands clear of the next"
+    if finding.risk is not None:
+        return "the fold models agree on the risk group, the risk is not near a group boundary"
+    return "the fold models' values agree"
 
 
 _ABS_PATH = re.compile(r"(?<![\w.])(?:~|[A-Za-z]:)?[/\\][^\s:;,'\"()<>]+")
@@ -409,39 +534,53 @@ def report_cohort(
     out_dir: str | os.PathLike[str],
     *,
     model: str,
-    positive: str,
+    positive: str | None = None,
+    task: dict[str, Any] | None = None,
     failed: list[dict[str, str]] | None = None,
 ) -> tuple[Path, Path]:
-    """The triage table: every slide sorted by risk (calibrated log-odds, highest first),
-    with decision, probability, spread and flags, linking to each slide's report; slides
-    that failed are listed with their stage and error (pass errors through
+    """The triage table: every slide sorted by risk, linking to each slide's report;
+    slides that failed are listed with their stage and error (pass errors through
     ``redact_paths``: this table goes to the pathologist). Writes ``cohort.html`` and
-    ``cohort.csv``; returns both paths."""
+    ``cohort.csv``; returns both paths.
+
+    ``task`` is the model card's task (``model.json``'s ``task``; None: a binary task
+    with ``positive`` the positive class). Risk is, per task: the calibrated log-odds of
+    the screening call (binary, and classes with a benign class), highest first; the
+    predicted class (ordinal: the highest grade first), then its probability; the
+    survival risk score; the predicted value. ``cohort.csv`` has the columns ``rank,
+    slide_id, decision``, the task's (``wsi.reports.calls.cohort_columns``: binary
+    ``probability, probability_std, positive``), then ``flags, tiles, tissue_mm2,
+    report, error``."""
     from wsi._version import __version__
 
+    task = task or {"kind": "binary", "positive": positive}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(rows, key=lambda r: (-float(r["log_odds"]), str(r["slide_id"])))
+    key, order_text = calls.cohort_order(task)
+    ordered = sorted(rows, key=key)
+    columns = calls.cohort_display(task)
     html = render(
         "cohort.html.j2",
-        rows=ordered,
+        rows=[(r, [show(r) for _, show in columns]) for r in ordered],
+        headers=[name for name, _ in columns],
         failed=failed or [],
         model=model,
-        positive=positive,
+        order_text=order_text,
         disclaimer=DISCLAIMER,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         version=__version__,
     )
     html_path = write_output(out / "cohort.html", html)
+    values = calls.cohort_columns(task)
+    head, tail = ["rank", "slide_id", "decision"], ["flags", "tiles", "tissue_mm2", "report"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*COHORT_COLUMNS, "error"], lineterminator="\n")
-    writer.writeheader()
+    writer = csv.DictWriter(buf, fieldnames=[*head, *values, *tail, "error"], lineterminator="\n")
+    writer.writerow({k: _csv_cell(k) for k in writer.fieldnames})  # class names are text
     for rank, r in enumerate(ordered, 1):
         row = {
-            **{k: r.get(k) for k in COHORT_COLUMNS if k != "rank"},
+            **{k: r.get(k) for k in (*head, *tail) if k != "rank"},
+            **calls.cohort_cells(r, values),
             "rank": rank,
-            "probability": f"{r['probability']:.6f}",
-            "probability_std": f"{r['probability_std']:.6f}",
             "flags": "; ".join(r["flags"]),
             "error": "",
         }
@@ -468,7 +607,8 @@ def report(
     Each slide gets ``<slide_id>.html``, ``.pdf`` (when ``options.pdf``) and ``.json`` (see
     ``report_slide``: level-0 pixel coordinates, tissue areas in mm²); then
     ``cohort.html`` and ``cohort.csv`` list every slide by risk (calibrated log-odds,
-    highest first) and the failed stores with their errors.
+    highest first; per task: see ``report_cohort``) and the failed stores with their
+    errors.
 
     Args:
         stores: slide store folders with a prediction of ``model`` (``wsi.predict_store``).
@@ -520,7 +660,7 @@ def report(
             [r.row for r in done],
             out_dir,
             model=trained.name,
-            positive=trained.card["task"]["positive"],
+            task=trained.card["task"],
             failed=failed,
         )
     except OSError as err:

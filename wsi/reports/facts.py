@@ -4,7 +4,10 @@ Only allow-listed facts leave the store: the slide id, scanner vendor, level-0 s
 mpp (and where it came from), objective power, tissue area and tile counts. The slide's
 path, its label and macro images and every other property stay out. Images are the main
 image's thumbnail (or, where the slide file is gone, a mosaic of the stored tiles) and
-tiles from ``tiles/pixels``.
+tiles from ``tiles/pixels``; a features-only store (``wsi import-h5``) has no pixels, so
+its picture is the tiles' places and its evidence tiles are positions only.
+
+What the model says is read per task by ``wsi.reports.calls``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.errors import StoreError
+from wsi.reports.calls import ClassCall, Parts, RiskCall, Screening, ValueCall, read_parts
 from wsi.reports.options import ReportOptions
 
 __all__ = ["SlideFacts", "Finding", "TileImage", "Flag", "gather", "thumbnail_of", "tissue_mm2"]
@@ -43,7 +47,7 @@ class TileImage:
     """One tile shown as evidence: its pixels, level-0 box and attention."""
 
     index: int
-    pixels: np.ndarray  #: (S, S, 3) uint8 at the tiling resolution
+    pixels: np.ndarray | None  #: (S, S, 3) uint8 at the tiling resolution; None: not stored
     box_l0: tuple[int, int, int, int]  #: x0, y0, x1, y1, level-0 px
     attention: float  #: normalised mean attention (rank within the slide: see heatmap)
     percentile: float  #: share of the slide's tiles with lower attention, 0..100
@@ -64,7 +68,9 @@ class SlideFacts:
     tile_size: int
     tile_mpp: float | None
     thumbnail: np.ndarray  #: RGB, longer side <= 1024 px
-    thumbnail_source: str  #: "slide" or "tiles"
+    #: "slide", "tiles" (a mosaic of the stored tiles) or "coords" (a features-only store:
+    #: the tiles' places, grey; ``size_l0`` is then the extent of its tiles)
+    thumbnail_source: str
     tissue_mask: np.ndarray | None
     qc: dict[str, float] = field(default_factory=dict)  #: fraction of tiles blurred / inked
     #: the tile reader ("openslide", "pyvips") and whether it detects corrupt tile data
@@ -74,24 +80,39 @@ class SlideFacts:
 
 @dataclass(frozen=True)
 class Finding:
-    """The model's call on a slide and how sure it is."""
+    """The model's call on a slide and how sure it is: the parts its task has
+    (``wsi.reports.calls``) and the out-of-distribution check."""
 
     model: str
-    positive_class: str
-    negative_class: str
+    kind: str  #: the model's task kind (binary, multiclass, ordinal, survival, regression)
     decision: str
-    positive: bool
-    probability: float
-    probability_std: float
-    fold_probabilities: list[float]
-    log_odds: float
-    threshold: float
-    threshold_log_odds: float
-    target_sensitivity: float
+    parts: Parts
     far_fraction: float | None  #: share of tiles far from the training tiles; None: no reference
     far_expected: float | None  #: the share expected by chance (1 - reference quantile)
     ood_note: str | None = None  #: why the out-of-distribution check was not made
     seen_fraction: float | None = None  #: share of tiles that are training-sample tiles
+    attention_of: str | None = None  #: the class whose attention branch is shown, if one
+
+    @property
+    def screening(self) -> Screening | None:
+        return self.parts.screening
+
+    @property
+    def classes(self) -> ClassCall | None:
+        return self.parts.classes
+
+    @property
+    def risk(self) -> RiskCall | None:
+        return self.parts.risk
+
+    @property
+    def value(self) -> ValueCall | None:
+        return self.parts.value
+
+    @property
+    def positive(self) -> bool | None:
+        """The screening call (None: the task has no screening)."""
+        return None if self.screening is None else self.screening.positive
 
 
 def tissue_mm2(group: Any) -> float | None:
@@ -128,13 +149,17 @@ def _verifies_data(pixels_attrs: dict[str, Any]) -> bool | None:
     return None if reader is None else reader == "openslide"
 
 
+def _scale(size_l0: tuple[int, int], max_px: int) -> tuple[float, int, int]:
+    ds = max(size_l0) / max_px
+    return ds, max(1, round(size_l0[0] / ds)), max(1, round(size_l0[1] / ds))
+
+
 def _mosaic(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
     """The stored tiles pasted at their places: a thumbnail without the slide file."""
     coords = np.asarray(group[st.TILES_COORDS][:])
     pixels = group[st.TILES_PIXELS]
     foot = float(group[st.TILES_COORDS].attrs.get("footprint_l0") or pixels.shape[1])
-    ds = max(size_l0) / max_px
-    w, h = max(1, round(size_l0[0] / ds)), max(1, round(size_l0[1] / ds))
+    ds, w, h = _scale(size_l0, max_px)
     canvas = np.full((h, w, 3), 255, np.uint8)
     side = max(1, round(foot / ds))
     from wsi.slide.base import resize_rgb
@@ -149,13 +174,42 @@ def _mosaic(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
     return canvas
 
 
+def _places(group: Any, size_l0: tuple[int, int], max_px: int) -> np.ndarray:
+    """A features-only store's picture: its tiles' places in grey on white."""
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    ds, w, h = _scale(size_l0, max_px)
+    canvas = np.full((h, w, 3), 255, np.uint8)
+    side = max(1, round(_footprint(group) / ds))
+    for x, y in coords:
+        cx, cy = int(x / ds), int(y / ds)
+        canvas[cy : cy + side, cx : cx + side] = 215
+    return canvas
+
+
+def _footprint(group: Any) -> float:
+    """A tile's side in level-0 px."""
+    attrs = group[st.TILES_COORDS].attrs
+    if attrs.get("footprint_l0"):
+        return float(attrs["footprint_l0"])
+    return float(group[st.TILES_PIXELS].shape[1]) if st.TILES_PIXELS in group else 1.0
+
+
+def _extent(group: Any) -> tuple[int, int]:
+    """Level-0 extent of a store's tiles (a features-only store has no slide size)."""
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    if not len(coords):
+        return 1, 1
+    foot = _footprint(group)
+    return int(coords[:, 0].max() + foot), int(coords[:, 1].max() + foot)
+
+
 def thumbnail_of(
     group: Any, meta: dict[str, Any], size_l0: tuple[int, int], max_px: int = 1024
 ) -> tuple[Any, str]:
     """RGB thumbnail of a store's slide (longer side ``max_px``) and where it came from:
     "slide" (the main image, when the file at its recorded path is the file it was tiled
-    from: same fingerprint) or "tiles" (a mosaic of the stored tiles). Never a label or
-    macro image."""
+    from: same fingerprint), "tiles" (a mosaic of the stored tiles) or "coords" (a
+    features-only store: the tiles' places). Never a label or macro image."""
     from wsi.errors import WsiError
     from wsi.slide import open_slide
 
@@ -171,13 +225,15 @@ def thumbnail_of(
                 log.warning("%s: not the size the store was tiled from; using tiles", path)
         except WsiError as err:
             log.warning("thumbnail from the stored tiles: %s", err)
+    if st.TILES_PIXELS not in group:
+        return _places(group, size_l0, max_px), "coords"
     return _mosaic(group, size_l0, max_px), "tiles"
 
 
 def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileImage]:
     coords = np.asarray(group[st.TILES_COORDS][:])
     foot = int(round(float(group[st.TILES_COORDS].attrs.get("footprint_l0") or 0)))
-    pixels = group[st.TILES_PIXELS]
+    pixels = group[st.TILES_PIXELS] if st.TILES_PIXELS in group else None
     ranks = np.argsort(np.argsort(att, kind="stable"), kind="stable")
     out = []
     for i in order[:k]:
@@ -185,7 +241,7 @@ def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileI
         out.append(
             TileImage(
                 int(i),
-                np.asarray(pixels[int(i)]),
+                None if pixels is None else np.asarray(pixels[int(i)]),
                 (x, y, x + foot, y + foot),
                 float(att[i]),
                 100.0 * float(ranks[i]) / max(1, len(att) - 1),
@@ -224,8 +280,8 @@ def gather(
             "Run `wsi predict --overwrite` with this model."
         )
     slide = meta.get("slide", {})
-    dims = slide.get("level_dimensions") or [[0, 0]]
-    size_l0 = (int(dims[0][0]), int(dims[0][1]))
+    dims = slide.get("level_dimensions")
+    size_l0 = (int(dims[0][0]), int(dims[0][1])) if dims else _extent(group)
     mpp = slide.get("mpp") or {}
     pixels_attrs = dict(group[st.TILES_PIXELS].attrs) if st.TILES_PIXELS in group else {}
     thumb, thumb_source = thumbnail_of(group, meta, size_l0)
@@ -264,25 +320,21 @@ def gather(
         far, dist = far_fraction(features_of(path, model.card["encoder"]["name"]), reference)
         # a tile at (almost) zero distance is one of the reference's own training tiles
         seen = float((dist < SEEN_DISTANCE).mean()) if len(dist) else 0.0
+    keys = st.prediction_keys(model.name)
+    parts = read_parts(pred, model.card)
     finding = Finding(
         model=model.name,
-        positive_class=model.card["task"]["positive"],
-        negative_class=model.card["task"]["negative"],
+        kind=parts.kind,
         decision=str(pred["decision"]),
-        positive=bool(pred["positive"]),
-        probability=float(pred["probability"]),
-        probability_std=float(pred["probability_std"]),
-        fold_probabilities=[float(p) for p in pred["fold_probabilities"]],
-        log_odds=float(pred["log_odds"]),
-        threshold=float(pred["threshold"]),
-        threshold_log_odds=float(pred["threshold_log_odds"]),
-        target_sensitivity=float(pred["target_sensitivity"]),
+        parts=parts,
         far_fraction=far,
         far_expected=None if far is None or reference is None else 1.0 - reference.quantile,
         ood_note=note,
         seen_fraction=seen,
+        # predict shows the called class's branch of a head with one per class (clam_mb)
+        attention_of=str(pred["decision"]) if keys.attention_classes in group else None,
     )
-    att = np.asarray(group[st.prediction_keys(model.name).attention_mean][:], np.float64)
+    att = np.asarray(group[keys.attention_mean][:], np.float64)
     order = np.argsort(-att, kind="stable")
     top = _tiles(group, order, att, options.top_k)
     shown = {t.index for t in top}
@@ -294,17 +346,10 @@ def gather(
 def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[Flag]:
     """The plain warnings of a report, most important first."""
     out: list[Flag] = []
-    fold_calls = {p >= finding.threshold for p in finding.fold_probabilities}
-    near = abs(finding.log_odds - finding.threshold_log_odds) < options.uncertain_margin
-    if finding.probability_std > options.uncertain_std or len(fold_calls) > 1 or near:
-        why = []
-        if len(fold_calls) > 1:
-            why.append("the fold models disagree about the call")
-        if finding.probability_std > options.uncertain_std:
-            why.append(f"their probabilities spread widely (std {finding.probability_std:.2f})")
-        if near:
-            why.append("the score lies close to the operating threshold")
-        out.append(Flag("uncertain", "Uncertain case", "; ".join(why).capitalize() + "."))
+    why = finding.parts.uncertain(options)
+    if why:
+        detail = "; ".join(why)
+        out.append(Flag("uncertain", "Uncertain case", detail[:1].upper() + detail[1:] + "."))
     if finding.far_fraction is not None and finding.far_fraction > options.ood_fraction:
         out.append(
             Flag(
