@@ -248,7 +248,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pipelines.tasks import predict_stores
 
-    results = predict_stores(args.stores, args.model, overwrite=args.overwrite)
+    patients = None
+    if args.patients:
+        from wsi.mil.data import read_patients
+
+        patients = read_patients(args.patients)
+    results = predict_stores(args.stores, args.model, overwrite=args.overwrite, patients=patients)
     failed = 0
     for res in results:
         pred = res.value
@@ -481,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a prediction of another model of this name",
+    )
+    p.add_argument(
+        "--patients",
+        help="CSV with slide_id, patient_id (a labels.csv will do): a patient-level model "
+        "predicts each patient's stores as one bag",
     )
     add_wait_option(p)
     p.set_defaults(func=_cmd_predict)

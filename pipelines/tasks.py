@@ -14,12 +14,13 @@ as that item's failure (and logs it), and the others go on. What would fail ever
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -411,14 +412,42 @@ def embed_stores(
 
 
 def predict_stores(
-    stores: Sequence[str | Path], model_dir: str | Path, *, overwrite: bool = False
+    stores: Sequence[str | Path],
+    model_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    patients: Mapping[str, str] | None = None,
 ) -> list[ItemResult]:
     """Each store's prediction (``value``, a dict) or its error; the model is loaded once
-    (a missing or damaged model stops the batch)."""
-    model_id = cached_model(model_dir).card["model_id"]
-    return run_items(
-        stores, lambda s: predict_task(s, model_dir, model_id=model_id, overwrite=overwrite)
-    )
+    (a missing or damaged model stops the batch).
+
+    With a patient-level model (``level: patient``) and ``patients`` (slide id -> patient
+    id), the stores of one patient are predicted together as one bag
+    (``wsi.predict_patient``): each gets the patient's result, and a failure fails every
+    store of that patient. Without ``patients`` each store is a patient of one slide.
+    """
+    model = cached_model(model_dir)
+    model_id = model.card["model_id"]
+    level = model.card.get("data", {}).get("level", "slide")
+    if level != "patient" or not patients:
+        return run_items(
+            stores, lambda s: predict_task(s, model_dir, model_id=model_id, overwrite=overwrite)
+        )
+    from wsi.mil.predict import predict_patient
+
+    groups: dict[str, list[Path]] = {}
+    for s in stores:
+        sid = Path(s).name.removesuffix(".zarr")
+        groups.setdefault(patients.get(sid, sid), []).append(Path(s))
+
+    def patient(group: list[Path]) -> Callable[[str | Path], Any]:
+        return lambda _: predict_patient(group, model, overwrite=overwrite)
+
+    results = []
+    for group in groups.values():
+        res = run_item(group[0], patient(group))
+        results += [dataclasses.replace(res, item=str(s)) for s in group]
+    return results
 
 
 def heatmap_stores(

@@ -382,7 +382,7 @@ def test_survival_splits_keep_patients_whole_and_spread_events(survival_cohort):
 # ---------------------------------------------------------------------- patient level
 
 
-def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path):
+def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path, capsys):
     """Labels per patient, lesion in one of a tumour patient's two or three slides: one bag
     per patient; metrics per patient; each slide's heatmap keeps its own attention."""
     from wsi.mil.predict import predict_patient
@@ -435,6 +435,17 @@ def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path
     assert max(shares, key=shares.__getitem__) == lesion_slide[pid]
     again = predict_patient([store_path(stores, s) for s in own], model)  # kept, not redone
     assert again == result
+    # the CLI groups the stores by patient given a slide -> patient file
+    from pipelines.cli import main
+
+    other = next(p for p in test_patients if p not in lesion_slide)
+    given = [str(store_path(stores, s)) for s in test_slides if s.split("_")[0] == other]
+    rc = main(["-q", "predict", *given, "--model", str(model_dir), "--patients", str(labels)])
+    assert rc == 0
+    probs = {
+        dict(open_store(g)[prediction_keys(model.name).stage].attrs)["probability"] for g in given
+    }
+    assert len(given) >= 2 and len(probs) == 1  # one bag, one result for every slide
 
 
 def test_patient_level_needs_one_target_per_patient(tmp_path):

@@ -29,6 +29,7 @@ __all__ = [
     "check_stores",
     "BagSource",
     "POSITIVE_NAMES",
+    "read_patients",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,25 @@ def read_labels(
         for r, t in zip(raw, targets, strict=True)
     )
     return LabelTable(p, rows, the_task, has_group=has_group, has_split=has_split)
+
+
+def read_patients(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Slide id -> patient id from a CSV with the columns ``slide_id`` and ``patient_id``
+    (a labels.csv will do; other columns are ignored)."""
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: patients file not found.") from err
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{p}: not a readable CSV file ({err}).") from err
+    if not rows or not {"slide_id", "patient_id"} <= set(rows[0]):
+        raise ConfigError(f"{p}: needs the columns slide_id and patient_id.")
+    empty = [str(i + 2) for i, r in enumerate(rows) if not r["slide_id"] or not r["patient_id"]]
+    if empty:
+        raise _problems(p, "empty slide_id or patient_id on line(s)", empty, "Fill them in.")
+    return {r["slide_id"].strip(): r["patient_id"].strip() for r in rows}
 
 
 def _one_outcome_per_patient(path: Path, task: Task, raw: list[dict[str, str]],
