@@ -331,7 +331,7 @@ SURV = ["slide_id", "patient_id", "time", "event"]
             ["slide_id", "patient_id", "label"],
             [("a", "p1", "x"), ("b", "p2", "w")],
             {"kind": "multiclass", "classes": ("x", "y")},
-            r"not in `classes:`: w",
+            r"not in `classes:`: 'w' \(line 3\)",
         ),
         (
             ["slide_id", "patient_id", "label"],

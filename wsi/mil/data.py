@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "BagSource",
     "POSITIVE_NAMES",
     "read_patients",
+    "read_csv_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,22 +157,32 @@ def read_labels(
     return LabelTable(p, rows, the_task, has_group=has_group, has_split=has_split)
 
 
-def read_patients(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Slide id -> patient id from a CSV with the columns ``slide_id`` and ``patient_id``
-    (a labels.csv will do; other columns are ignored)."""
+def read_csv_rows(path: str | os.PathLike[str], what: str, needed: Sequence[str],
+                  fix: str = "") -> list[dict[str, str]]:  # fmt: skip
+    """The rows of a small CSV file (``what`` it is, e.g. "splits") that must have the
+    columns ``needed``; a missing or unreadable file or a missing column is a ConfigError
+    naming the file."""
     p = Path(path)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError as err:
-        raise ConfigError(f"{p}: patients file not found.") from err
+        raise ConfigError(f"{p}: {what} file not found.") from err
     except (UnicodeDecodeError, csv.Error) as err:
         raise ConfigError(f"{p}: not a readable CSV file ({err}).") from err
-    if not rows or not {"slide_id", "patient_id"} <= set(rows[0]):
-        raise ConfigError(f"{p}: needs the columns slide_id and patient_id.")
+    if not rows or not set(needed) <= set(rows[0]):
+        raise ConfigError(f"{p}: needs the columns {' and '.join(needed)}{fix}.")
+    return rows
+
+
+def read_patients(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Slide id -> patient id from a CSV with the columns ``slide_id`` and ``patient_id``
+    (a labels.csv will do; other columns are ignored)."""
+    rows = read_csv_rows(path, "patients", ("slide_id", "patient_id"))
     empty = [str(i + 2) for i, r in enumerate(rows) if not r["slide_id"] or not r["patient_id"]]
     if empty:
-        raise _problems(p, "empty slide_id or patient_id on line(s)", empty, "Fill them in.")
+        raise _problems(Path(path), "empty slide_id or patient_id on line(s)", empty,
+                        "Fill them in.")  # fmt: skip
     return {r["slide_id"].strip(): r["patient_id"].strip() for r in rows}
 
 

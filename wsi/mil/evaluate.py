@@ -106,15 +106,23 @@ def plot_roc(
     return out
 
 
-def plot_reliability(y: ArrayLike, p_raw: ArrayLike, p_cal: ArrayLike, path: str | Path) -> Path:
-    """Reliability diagram before and after temperature scaling, as a PNG."""
+def plot_reliability(
+    y: ArrayLike, p_raw: ArrayLike | None, p_cal: ArrayLike, path: str | Path
+) -> Path:
+    """Reliability diagram before (``p_raw``; None: not known) and after temperature
+    scaling, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    for name, p in (("uncalibrated", p_raw), ("calibrated", p_cal)):
+    shown = (
+        (("uncalibrated", p_raw), ("calibrated", p_cal))
+        if p_raw is not None
+        else (("calibrated", p_cal),)
+    )
+    for name, p in shown:
         mean_p, rate, count = m.reliability(y, p)
         used = count > 0
         ax.plot(mean_p[used], rate[used], "o-", label=f"{name} (ECE {m.ece(y, p):.3f})")

@@ -38,7 +38,7 @@ from wsi.errors import ConfigError, WsiError
 from wsi.mil import task_metrics as tm
 from wsi.mil.calibration import expit
 from wsi.mil.data import LabelTable, SlideLabel, read_labels
-from wsi.mil.evaluate import _clean, evaluate, plot_roc
+from wsi.mil.evaluate import _clean, evaluate, plot_reliability, plot_roc
 from wsi.mil.predict import TrainedModel, load_model, predict_store
 from wsi.mil.tasks import Task
 from wsi.outputs import check_output, output_error, output_path, write_output
@@ -239,41 +239,9 @@ def _read_labels(path: Path, model: TrainedModel, time_unit: str | None) -> Labe
                            horizons=task.horizons)  # fmt: skip
     if not task.has_classes:
         return read_labels(path, kind=task.kind)
-    present = _known_labels(path, model)
-    if len(present) < 2:
-        raise ConfigError(
-            f"{path}: every slide is labelled {present[0]!r}; evaluating the model needs "
-            f"slides of at least two of its classes ({', '.join(task.classes)})."
-        )
-    # the classes present, in the model's order (an external cohort may lack one)
-    negative = task.negative if task.negative in present else None
-    return read_labels(path, positive=task.positive, kind=task.kind, classes=present,
-                       negative_class=None if task.kind == "binary" else negative)  # fmt: skip
-
-
-def _known_labels(path: Path, model: TrainedModel) -> list[str]:
-    """The model's classes that label a slide of ``path``; a label the model does not know
-    is a ConfigError naming its line(s)."""
-    classes = model.task.classes
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            raw = [
-                {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-                for row in csv.DictReader(f)
-            ]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return list(classes)  # read_labels says what is wrong with the file
-    found = [(str(i + 2), r.get("label", "")) for i, r in enumerate(raw)]
-    unknown = [(line, v) for line, v in found if v and v not in classes]
-    if unknown:
-        shown = ", ".join(f"{v!r} (line {line})" for line, v in unknown[:_SHOWN])
-        more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
-        raise ConfigError(
-            f"{path}: label(s) the model {model.name!r} does not know: {shown}{more}. Its "
-            f"classes are {', '.join(classes)}: map the labels to them, or drop those slides."
-        )
-    seen = {v for _, v in found}
-    return [c for c in classes if c in seen]
+    negative = None if task.kind == "binary" else task.negative
+    return read_labels(path, positive=task.positive, kind=task.kind, classes=task.classes,
+                       negative_class=negative, known=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- metrics
@@ -323,7 +291,7 @@ def _score_binary(
     )
     return part, {
         "roc.png": lambda f: plot_roc({"external cohort": (y, score)}, f, threshold),
-        "reliability.png": lambda f: _plot_reliability(y, expit(score), f),
+        "reliability.png": lambda f: plot_reliability(y, None, expit(score), f),
     }
 
 
@@ -361,7 +329,7 @@ def _score_survival(
     p: list[dict[str, Any]],
     result: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Callable[[Path], Any]]]:
-    from wsi.mil.outcomes import _step_at
+    from wsi.mil.outcomes import survival_calibration
 
     t = np.array([r.time for r in rows], dtype=np.float64)
     e = np.array([r.event for r in rows], dtype=np.int64)
@@ -386,20 +354,7 @@ def _score_survival(
     groups_card = model.card["risk_groups"]
     names = list(groups_card["names"])
     group = np.array([names.index(q["risk_group"]) for q in p])
-    calibration: dict[str, Any] = {}
-    for h in task.horizons:
-        predicted = _step_at(times, surv, h) if len(times) else np.ones(len(t))
-        per_group = {}
-        for g, name in enumerate(names):
-            sel = group == g
-            if sel.any():
-                per_group[name] = {
-                    "n": int(sel.sum()),
-                    "predicted": float(predicted[sel].mean()),
-                    "observed_km": _km_at(t[sel], e[sel], h),
-                }
-        calibration[str(h)] = per_group
-    part["calibration_at_horizons"] = calibration
+    part["calibration_at_horizons"] = survival_calibration(task, t, e, group, surv)
     part["risk_groups"] = {name: int((group == g).sum()) for g, name in enumerate(names)}
     result["risk_groups"] = {
         "names": names,
@@ -416,32 +371,6 @@ def _score_survival(
 
     result["logrank_p"] = None  # set when km.png is drawn (one log-rank test)
     return part, {"km.png": km}
-
-
-def _km_at(t: np.ndarray, e: np.ndarray, h: float) -> float:
-    """The Kaplan-Meier survival of ``(t, e)`` at time ``h`` (1 without an event)."""
-    if not e.any():
-        return 1.0
-    kt, ks = tm.km_curve(t, e)
-    k = int(np.searchsorted(kt, h, side="right"))
-    return 1.0 if k == 0 else float(ks[k - 1])
-
-
-def _plot_reliability(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
-    """Reliability diagram of the model's calibrated probabilities, as a PNG."""
-    from wsi.mil import metrics as m
-
-    plt = tm._pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    mean_p, rate, count = m.reliability(y, p)
-    used = count > 0
-    ax.plot(mean_p[used], rate[used], "o-", label=f"calibrated (ECE {m.ece(y, p):.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="predicted probability of the positive class", ylabel="observed fraction")
-    ax.set(xlim=(0, 1), ylim=(0, 1))
-    ax.set_title("Reliability (the model's calibration)")
-    ax.legend(loc="upper left", fontsize=8)
-    return tm._save(fig, path)
 
 
 # ---------------------------------------------------------------------- predictions.csv

@@ -61,6 +61,15 @@ def progress_metric(task: Task, rows: Sequence[Any], logits: np.ndarray) -> floa
     return float(np.corrcoef(t, pred)[0, 1])
 
 
+def _headline(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The model card's headline figures: ``keys`` of each metrics part."""
+    return {
+        part: {k: metrics[part].get(k) for k in keys}
+        for part in ("validation_pooled", "test")
+        if part in metrics
+    }
+
+
 def _step_at(times: np.ndarray, surv: np.ndarray, h: float) -> np.ndarray:
     """Survival at time ``h`` of curves ``surv`` (n, T) known after each of ``times``."""
     k = int(np.searchsorted(times, h, side="right"))
@@ -159,20 +168,16 @@ def _summarise_classes(
             ],
             "ece_classwise_validation_calibrated": metrics["validation_pooled"]["ece_classwise"],
         },
-        "metrics": {
-            part: {
-                k: metrics[part].get(k)
-                for k in (
-                    "macro_auroc",
-                    "macro_auroc_ci95",
-                    "balanced_accuracy",
-                    "kappa_quadratic",
-                    "screening",
-                )
-            }
-            for part in ("validation_pooled", "test")
-            if part in metrics
-        },
+        "metrics": _headline(
+            metrics,
+            (
+                "macro_auroc",
+                "macro_auroc_ci95",
+                "balanced_accuracy",
+                "kappa_quadratic",
+                "screening",
+            ),
+        ),
     }
     return _clean(metrics), _clean(card)
 
@@ -205,7 +210,8 @@ def _summarise_survival(
             surv=surv[:, : len(times)] if len(times) else None,
             surv_times=times if len(times) else None,
         )
-        res["calibration_at_horizons"] = _survival_calibration(task, t, e, risk_oof, risk, surv)
+        groups = tm.risk_groups(risk_oof, risk)
+        res["calibration_at_horizons"] = survival_calibration(task, t, e, groups, surv)
         return res
 
     metrics: dict[str, Any] = {
@@ -251,53 +257,40 @@ def _summarise_survival(
             "method": "none: predicted against observed survival per risk group "
             "at the horizons is reported in metrics.json"
         },
-        "metrics": {
-            part: {
-                k: metrics[part].get(k)
-                for k in (
-                    "c_index_harrell",
-                    "c_index_harrell_ci95",
-                    "c_index_uno",
-                    "c_index_uno_ci95",
-                    "time_auc",
-                    "ibs",
-                )
-            }
-            for part in ("validation_pooled", "test")
-            if part in metrics
-        },
+        "metrics": _headline(
+            metrics,
+            (
+                "c_index_harrell",
+                "c_index_harrell_ci95",
+                "c_index_uno",
+                "c_index_uno_ci95",
+                "time_auc",
+                "ibs",
+            ),
+        ),
     }
     return _clean(metrics), _clean(card)
 
 
-def _survival_calibration(
-    task: Task,
-    t: np.ndarray,
-    e: np.ndarray,
-    train_risk: np.ndarray,
-    risk: np.ndarray,
-    surv: np.ndarray,
+def survival_calibration(
+    task: Task, t: np.ndarray, e: np.ndarray, groups: np.ndarray, surv: np.ndarray
 ) -> dict[str, Any]:
-    """Per risk group and horizon: the mean predicted survival and the Kaplan-Meier
-    estimate of the group's slides (what a survival calibration plot shows)."""
+    """Per horizon and risk group (``groups``: 0 low .. 2 high): the mean predicted
+    survival and the Kaplan-Meier estimate of the group's slides (what a survival
+    calibration plot shows). ``surv`` (n, >= len(bins)): survival at the bin edges."""
     times = np.asarray(task.bins, dtype=np.float64)
-    groups = tm.risk_groups(train_risk, risk)
     out: dict[str, Any] = {}
     for h in task.horizons:
-        pred = _step_at(times, surv[:, : len(times)], h)
+        pred = _step_at(times, surv[:, : len(times)], h) if len(times) else np.ones(len(t))
         per_group = {}
         for g, name in enumerate(RISK_GROUPS):
             sel = groups == g
             if not sel.any():
                 continue
-            kt, ks = tm.km_curve(t[sel], e[sel]) if e[sel].any() else (np.array([]), np.array([]))
-            k = int(np.searchsorted(kt, h, side="right"))
-            observed = 1.0 if k == 0 else float(ks[k - 1])
-            per_group[name] = {
-                "n": int(sel.sum()),
-                "predicted": float(pred[sel].mean()),
-                "observed_km": observed,
-            }
+            kt, ks = tm.km_curve(t[sel], e[sel]) if e[sel].any() else (np.zeros(0), np.zeros(0))
+            observed = _step_at(kt, ks[None], h)[0] if len(kt) else 1.0
+            per_group[name] = {"n": int(sel.sum()), "predicted": float(pred[sel].mean()),
+                               "observed_km": float(observed)}  # fmt: skip
         out[str(h)] = per_group
     return out
 
@@ -330,11 +323,7 @@ def _summarise_regression(
         "operating_point": None,
         "temperature": 1.0,
         "calibration": {"method": "none (the value is fitted directly)"},
-        "metrics": {
-            part: {k: metrics[part].get(k) for k in ("mae", "rmse", "pearson_r", "pearson_r_ci95")}
-            for part in ("validation_pooled", "test")
-            if part in metrics
-        },
+        "metrics": _headline(metrics, ("mae", "rmse", "pearson_r", "pearson_r_ci95")),
     }
     return _clean(metrics), _clean(card)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from wsi._files import atomic_path
 from wsi.errors import ConfigError
-from wsi.mil.data import LabelTable
+from wsi.mil.data import LabelTable, read_csv_rows
 
 __all__ = ["Splits", "make_splits", "write_splits", "read_splits"]
 
@@ -139,13 +139,7 @@ def write_splits(splits: Splits, table: LabelTable, path: str | os.PathLike[str]
 def read_splits(path: str | os.PathLike[str], table: LabelTable) -> Splits:
     """Splits from an earlier ``splits.csv``; its slides must be those of labels.csv."""
     p = Path(path)
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError as err:
-        raise ConfigError(f"{p}: splits file not found.") from err
-    if not rows or not {"slide_id", "part"} <= set(rows[0]):
-        raise ConfigError(f"{p}: needs the columns slide_id and part (as `wsi train` writes).")
+    rows = read_csv_rows(p, "splits", ("slide_id", "part"), " (as `wsi train` writes)")
     bad = sorted({r["part"] for r in rows if not (r["part"] or "").isdigit()} - {TEST, "train"})
     if bad:
         raise ConfigError(f"{p}: unknown part value(s) {bad}; use fold numbers, train or test.")

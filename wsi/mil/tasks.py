@@ -358,6 +358,7 @@ def _class_task(
     declared: Sequence[str] | None,
     positive: str | None,
     negative_class: str | None,
+    allow_absent: bool = False,
 ) -> Task:
     present = sorted(set(labels))
     if declared:
@@ -365,16 +366,8 @@ def _class_task(
         dupes = sorted({c for c in classes if classes.count(c) > 1})
         if dupes:
             raise ConfigError(f"classes: {dupes} listed twice; list each class once.")
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise _problems(
-                path,
-                "label(s) not in `classes:`",
-                unknown,
-                f"Add them to classes ({classes}) or fix the labels.",
-            )
         absent = [c for c in classes if c not in present]
-        if absent:
+        if absent and not allow_absent:
             raise ConfigError(
                 f"{path}: class(es) {absent} of `classes:` label no slide; every class needs "
                 "patients to train and validate on. Drop them from classes or add slides."
@@ -389,10 +382,10 @@ def _class_task(
         classes = graded
     else:
         classes = present
-    if len(classes) < 2:
+    if len(set(classes) & set(present)) < 2:
         raise ConfigError(
-            f"{path}: every slide has the label {classes[0]!r}; training needs "
-            "at least two classes."
+            f"{path}: every slide has the label {present[0]!r}; training and evaluating "
+            "need at least two classes."
         )
     if kind == "binary":
         if len(classes) > 2:
@@ -435,13 +428,18 @@ def parse_rows(
     kind: str | None = None,
     classes: Sequence[str] | None = None,
     ordinal: bool = False,
+    known: bool = False,
     positive: str | None = None,
     negative_class: str | None = None,
     time_unit: str | None = None,
     horizons: Sequence[float] | None = None,
 ) -> tuple[Task, list[Target]]:
     """The task of a labels file and what each of its ``raw`` rows says, checked: a bad
-    value is a ``ConfigError`` naming the file, its line(s) and the fix."""
+    value is a ``ConfigError`` naming the file, its line(s) and the fix.
+
+    ``known``: ``classes`` are a trained model's (evaluating it on new slides): a class
+    may label no slide, and a label not among them is named with its line and the
+    model's classes."""
     labels = [r.get("label", "") for r in raw]
     kind = guess_kind(path, columns, [x for x in labels if x], kind, ordinal)
     line = {id(r): str(i + 2) for i, r in enumerate(raw)}  # line 1 is the header
@@ -449,7 +447,18 @@ def parse_rows(
         empty = [line[id(r)] for r in raw if not r.get("label")]
         if empty:
             raise _problems(path, "empty label on line(s)", empty, "Fill them in.")
-        task = _class_task(path, kind, labels, classes, positive, negative_class)
+        if classes:
+            unknown = [f"{r['label']!r} (line {line[id(r)]})" for r in raw
+                       if r["label"] not in classes]  # fmt: skip
+            if unknown:
+                fix = (
+                    f"The model's classes are {', '.join(classes)}: map the labels to them, "
+                    "or drop those slides."
+                    if known
+                    else f"Add them to classes ({list(classes)}) or fix the labels."
+                )
+                raise _problems(path, "label(s) not in `classes:`", unknown, fix)
+        task = _class_task(path, kind, labels, classes, positive, negative_class, known)
         index = {c: i for i, c in enumerate(task.classes)}
         return task, [Target(r["label"], index[r["label"]]) for r in raw]
     if kind == "survival":
