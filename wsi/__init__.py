@@ -45,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "load_model",
     "predict_store",
+    "predict_patient",
     "evaluate_model",
     # what a person sees
     "open_store",
@@ -73,6 +74,7 @@ _LAZY = {
     "TrainConfig": "wsi.mil.train",
     "load_model": "wsi.mil.predict",
     "predict_store": "wsi.mil.predict",
+    "predict_patient": "wsi.mil.predict",
     "evaluate_model": "wsi.mil.external",
     "open_store": "wsi.notebook",
     "SlideStore": "wsi.notebook",
