@@ -15,7 +15,11 @@ Layout (see DESIGN.md)::
       predictions/<model>/attention_mean  float32 (N,) fold-mean normalised attention;
                                           group attrs: decision, probability, ...
       heatmaps/<model>/grid   float32 (rows, cols) heat grid; attrs: origin_l0, cell_l0,
-                              label; group attrs: options, regions, files
+                              label; group attrs: options, regions, files (and, when
+                              per-class layers exist, classes, class_files; caption)
+      heatmaps/<model>/grid_classes  float32 (C, rows, cols): one heat grid per class, in
+                              the order of the group attrs' classes (only for predictions
+                              with attention_classes); attrs: classes, labels
 
 A stage is complete only when ``attrs["wsi"]["stages"][name]`` exists; it is written
 last. ``pending`` holds the params hash of a stage in progress, so a killed run resumes.
@@ -144,16 +148,18 @@ def prediction_keys(model: str) -> PredictionKeys:
 
 
 class HeatmapKeys(NamedTuple):
-    """Keys of ``heatmaps/<model>``: the stage (and group) and the heat grid."""
+    """Keys of ``heatmaps/<model>``: the stage (and group), the heat grid (rows, cols) and,
+    for predictions with per-class attention, one grid per class (C, rows, cols)."""
 
     stage: str
     grid: str
+    classes: str
 
 
 def heatmap_keys(model: str) -> HeatmapKeys:
     """The keys of the heatmap of the model named ``model``."""
     group = f"{HEATMAPS}/{_member('model', model)}"
-    return HeatmapKeys(group, f"{group}/grid")
+    return HeatmapKeys(group, f"{group}/grid", f"{group}/grid_classes")
 
 
 def models_with(group: Any, kind: str = PREDICTIONS) -> list[str]:

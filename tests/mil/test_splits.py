@@ -78,7 +78,7 @@ def test_split_column_is_used_and_checked(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "match"),
     [
-        ([("a", "p1", "tumor"), ("b", "p2", "tumor")], "training needs at least two classes"),
+        ([("a", "p1", "tumor"), ("b", "p2", "tumor")], "at least two classes"),
         ([("a", "p1", "tumor"), ("b", "p1", "normal")], r"disagree on the labels: p1"),
         ([("a", "p1", "tumor"), ("a", "p2", "normal")], r"listed twice: a"),
         ([("a", "p1", "tumor"), ("b", "", "normal")], "empty slide_id or patient_id"),

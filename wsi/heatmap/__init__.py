@@ -10,12 +10,15 @@ Modules (each imports only those above it; the writers read options through the
 against the registry of writers):
 
 - ``grid``: ``TileScores``, ``HeatGrid``, ``tile_scores``, ``heat_grid``, ``colorize``;
+- ``classes``: ``ClassLayers``, ``class_layers`` (one layer per class, for heads with
+  per-class attention) and ``caption`` (what the attention means for the task);
 - ``regions``: ``Region``, ``top_regions`` (connected hottest cells);
 - ``draw``: ``compose_overlay`` (the picture of the PNG, the report and the notebook);
 - ``viewer``: the offline deep-zoom viewer (HTML, CSS and JS in ``assets/``) and ``serve``;
 - ``exports``: ``EXPORTS``, the registry of export writers, and ``DEFAULT_EXPORTS``;
 - ``options``: ``HeatmapOptions``;
-- ``stored``: ``heatmaps/<model>/`` written and read back (``stored_grid``);
+- ``stored``: ``heatmaps/<model>/`` written and read back (``stored_grid``,
+  ``stored_layers``);
 - ``stage``: ``make_heatmap`` (the stage) and ``write_viewer``.
 
 Example::
@@ -28,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+from wsi.heatmap.classes import ClassLayers, caption, class_layers
 from wsi.heatmap.draw import compose_overlay, outline
 from wsi.heatmap.exports import DEFAULT_EXPORTS, EXPORTS, ExportJob
 from wsi.heatmap.grid import (
@@ -43,7 +47,7 @@ from wsi.heatmap.grid import (
 from wsi.heatmap.options import HeatmapOptions
 from wsi.heatmap.regions import Region, top_regions
 from wsi.heatmap.stage import make_heatmap, write_viewer
-from wsi.heatmap.stored import stored_grid, stored_options
+from wsi.heatmap.stored import stored_grid, stored_layers, stored_options
 from wsi.heatmap.viewer import serve
 
 __all__ = [
@@ -58,6 +62,10 @@ __all__ = [
     "NORMALISE",
     "Region",
     "top_regions",
+    # per-class layers and captions
+    "ClassLayers",
+    "class_layers",
+    "caption",
     # options and exports
     "HeatmapOptions",
     "EXPORTS",
@@ -69,6 +77,7 @@ __all__ = [
     "make_heatmap",
     "stored_grid",
     "stored_options",
+    "stored_layers",
     "write_viewer",
     "serve",
 ]

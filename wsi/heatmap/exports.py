@@ -9,6 +9,11 @@ this registry; :data:`DEFAULT_EXPORTS` is the one default.
 Only the slide's main image is read (for the PNG and the viewer); label and macro images
 never appear in an export. Files are named ``<slide_id>_<model>.<ext>`` (the viewer:
 ``<slide_id>_<model>_viewer/``) so that models never overwrite each other's exports.
+
+With per-class layers (``ExportJob.layers``, see ``wsi.heatmap.classes``) the GeoJSON
+gives each tile one measurement per class (``attention <class>``) besides ``score``, the
+PNG export also writes ``<slide_id>_<model>_<class>.png`` per class (:func:`class_files`
+names them), and the viewer gets a class picker. The TIFF stays one layer (the main).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +31,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.errors import ConfigError
+from wsi.heatmap.classes import NO_CLASSES, ClassLayers, class_caption, class_slugs
 from wsi.heatmap.draw import HeatStyle, compose_overlay
 from wsi.heatmap.grid import HeatGrid, TileScores, colorize
 from wsi.heatmap.regions import Region
@@ -40,6 +46,7 @@ __all__ = [
     "overlay_png",
     "qupath_geojson",
     "pyramid_tiff",
+    "class_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,9 @@ class ExportJob:
 
     ``meta`` is the store's ``wsi`` attrs (source slide, slide metadata); ``tissue`` the
     store's tissue mask (bool, covering the slide at any resolution) or None.
-    Coordinates in ``scores``, ``grid`` and ``regions`` are level-0 pixels.
+    Coordinates in ``scores``, ``grid`` and ``regions`` are level-0 pixels. ``layers``
+    holds one layer per class (with its tile scores) when the prediction has per-class
+    attention; ``caption`` says what the main layer shows for the task ("" for binary).
     """
 
     store: Path
@@ -80,10 +89,19 @@ class ExportJob:
     options: ExportStyle  #: the stage's ``HeatmapOptions``
     out_dir: Path
     tissue: np.ndarray | None = None
+    layers: ClassLayers = NO_CLASSES
+    caption: str = ""
 
     def path(self, suffix: str) -> Path:
         """``<out_dir>/<slide_id>_<model><suffix>``."""
         return self.out_dir / f"{self.slide_id}_{self.model}{suffix}"
+
+    def class_paths(self, suffix: str) -> dict[str, Path]:
+        """Class -> ``<out_dir>/<slide_id>_<model>_<class><suffix>`` (the class name made
+        safe for a file name) for each per-class layer."""
+        slugs = class_slugs(self.layers.classes)
+        pairs = zip(self.layers.classes, slugs, strict=True)
+        return {c: self.path(f"_{slug}{suffix}") for c, slug in pairs}
 
     @property
     def slide_path(self) -> str:
@@ -91,17 +109,27 @@ class ExportJob:
         return str(self.meta.get("source", {}).get("path") or "(no slide file recorded)")
 
 
-def qupath_geojson(scores: TileScores, regions: list[Region], path: Path) -> Path:
+def qupath_geojson(
+    scores: TileScores, regions: list[Region], path: Path, layers: ClassLayers = NO_CLASSES
+) -> Path:
     """A FeatureCollection QuPath imports: a detection per tile (its score a measurement,
-    so QuPath can colour by it) and an annotation per top region; level-0 pixels."""
+    so QuPath can colour by it; with per-class ``layers`` also ``attention <class>``, the
+    class's tile score on the same scale) and an annotation per top region; level-0
+    pixels."""
     from shapely.geometry import mapping
 
     f = scores.footprint_l0
+    per_class = [
+        (f"attention {c}", s.scores.tolist())
+        for c, s in zip(layers.classes, layers.scores, strict=True)
+    ]
     features = []
     for i, ((x, y), s) in enumerate(
         zip(scores.coords_l0.tolist(), scores.scores.tolist(), strict=True)
     ):
         ring = [[x, y], [x + f, y], [x + f, y + f], [x, y + f], [x, y]]
+        measurements = {"score": float(s)}
+        measurements.update({name: float(values[i]) for name, values in per_class})
         features.append(
             {
                 "type": "Feature",
@@ -110,7 +138,7 @@ def qupath_geojson(scores: TileScores, regions: list[Region], path: Path) -> Pat
                     "objectType": "detection",
                     "name": f"tile {i}",
                     "classification": {"name": "Tile", "color": [128, 128, 128]},
-                    "measurements": {"score": float(s)},
+                    "measurements": measurements,
                 },
             }
         )
@@ -148,6 +176,15 @@ def overlay_png(
     ``tissue/mask``). Only the slide's main image is read: no label or macro image.
     Memory: the thumbnail and a few arrays of its size.
     """
+    thumb = _thumbnail(slide_path, options, source)
+    return _save_overlay(thumb, grid, options, path, title, tissue)
+
+
+def _thumbnail(
+    slide_path: str | os.PathLike[str], options: ExportStyle, source: dict[str, Any] | None
+) -> np.ndarray:
+    """The slide's thumbnail for the PNG overlay, after checking the file is there and
+    (with ``source``) is the one the store was tiled from."""
     from wsi.slide import open_slide
 
     if not Path(slide_path).exists():
@@ -161,7 +198,17 @@ def overlay_png(
             "differs). Put the original slide back, or leave png out of --exports."
         )
     with open_slide(slide_path) as slide:
-        thumb = slide.thumbnail(options.thumbnail_px)
+        return np.asarray(slide.thumbnail(options.thumbnail_px))
+
+
+def _save_overlay(
+    thumb: np.ndarray,
+    grid: HeatGrid,
+    options: ExportStyle,
+    path: Path,
+    title: str,
+    tissue: np.ndarray | None,
+) -> Path:
     canvas = compose_overlay(thumb, grid, options, title, tissue)
     with output_path(path) as tmp:
         canvas.save(tmp, format="PNG")
@@ -215,16 +262,27 @@ def pyramid_tiff(grid: HeatGrid, options: ExportStyle, mpp: float | None, path: 
 
 
 def _png(job: ExportJob) -> Path:
-    """PNG overlay on the slide thumbnail (needs the slide file)."""
+    """PNG overlay on the slide thumbnail (needs the slide file); one per class too."""
     title = f"{job.slide_id}: {job.model}"
-    return overlay_png(
-        job.slide_path, job.grid, job.options, job.path(".png"), title, job.tissue, job.meta
+    thumb = _thumbnail(job.slide_path, job.options, job.meta)
+    main = _save_overlay(
+        thumb,
+        job.grid,
+        job.options,
+        job.path(".png"),
+        f"{title} | {job.caption}" if job.caption else title,
+        job.tissue,
     )
+    for grid, (name, path) in zip(job.layers.grids, job.class_paths(".png").items(), strict=True):
+        _save_overlay(
+            thumb, grid, job.options, path, f"{title} | {class_caption(name)}", job.tissue
+        )
+    return main
 
 
 def _geojson(job: ExportJob) -> Path:
     """QuPath GeoJSON: a detection per tile, an annotation per top region."""
-    return qupath_geojson(job.scores, job.regions, job.path(".geojson"))
+    return qupath_geojson(job.scores, job.regions, job.path(".geojson"), job.layers)
 
 
 def _tiff(job: ExportJob) -> Path:
@@ -243,11 +301,22 @@ def _viewer(job: ExportJob) -> Path:
         meta=job.meta,
         model=job.model,
         out_dir=job.out_dir,
+        layers=job.layers,
+        caption=job.caption,
     )
     return folder / "index.html"
 
 
 Writer = Callable[[ExportJob], Path]
+
+
+def class_files(job: ExportJob, written: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The per-class files of the exports in ``written``: export -> {class: path} (only
+    ``"png"`` writes them, and only with per-class layers)."""
+    if not job.layers or "png" not in written:
+        return {}
+    return {"png": {c: str(p) for c, p in job.class_paths(".png").items()}}
+
 
 #: every heatmap export: name -> the function writing it (the first docstring line says what)
 EXPORTS: Mapping[str, Writer] = MappingProxyType(

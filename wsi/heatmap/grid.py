@@ -28,6 +28,7 @@ __all__ = [
     "heat_grid",
     "colorize",
     "hottest_cells",
+    "rank_scores",
     "SOURCES",
     "NORMALISE",
 ]
@@ -51,7 +52,7 @@ class TileScores:
     label: str  #: what the scores are, for legends
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
+def rank_scores(x: np.ndarray) -> np.ndarray:
     """Percentile ranks in [0, 1] (ties share their mean rank)."""
     from scipy.stats import rankdata
 
@@ -71,7 +72,8 @@ def tile_scores(
 
     ``source``: "attention" (each fold's attention normalised over tiles, averaged: the
     default) or "attention_raw" (the fold heads' raw scores, averaged). For heads with
-    per-class scores the positive class's scores were stored at prediction time.
+    per-class scores the decided class's (binary: the positive class's) were stored at
+    prediction time; ``wsi.heatmap.classes`` reads the layer of every class.
     ``normalise``: "rank" (percentiles 0..1, comparable across slides) or "raw".
     """
     if source not in SOURCES:
@@ -98,7 +100,7 @@ def tile_scores(
         size = (int(dims[0][0]), int(dims[0][1]))
     else:  # a features-only store: the extent of its tiles
         size = (int(coords[:, 0].max() + footprint), int(coords[:, 1].max() + footprint))
-    scores = _rank(raw) if normalise == "rank" else raw
+    scores = rank_scores(raw) if normalise == "rank" else raw
     label = f"{model} {source} ({'percentile' if normalise == 'rank' else 'raw'})"
     return TileScores(coords, footprint, scores.astype(np.float32), size, label)
 

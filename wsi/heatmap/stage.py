@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.heatmap.exports import EXPORTS, ExportJob
+from wsi.heatmap.classes import caption, class_layers
+from wsi.heatmap.exports import EXPORTS, ExportJob, class_files
 from wsi.heatmap.options import HeatmapOptions
 from wsi.heatmap.regions import MAX_REGIONS, region_rows, top_regions
-from wsi.heatmap.stored import compute, prediction_hash, stored_grid, write_grid
+from wsi.heatmap.stored import compute, prediction_hash, stored_grid, stored_layers, write_grid
 from wsi.heatmap.viewer import viewer_folder
 
 __all__ = ["make_heatmap", "write_viewer"]
@@ -44,6 +45,13 @@ def make_heatmap(
     (nothing is skipped), replacing the store's ``heatmaps/<model>`` and files of the
     same names.
 
+    The main grid is the decided class's attention (binary: the positive class's). When
+    the prediction has per-class attention (CLAM-MB) the stage also stores one grid per
+    class (``heatmaps/<model>/grid_classes``, the class names in the group's attrs;
+    ``wsi.heatmap.stored_layers`` reads them back), and the exports carry them (see
+    ``wsi.heatmap.exports``). For tasks other than binary the PNG title and the viewer
+    say what the attention means (``wsi.heatmap.classes.caption``).
+
     Args:
         store: a slide store with a complete ``predictions/<model>`` (``wsi.predict_store``).
         model: the model's name (``TrainedModel.name``, the ``predictions/<model>`` group),
@@ -58,6 +66,8 @@ def make_heatmap(
         a dict of ``rank`` (1 = hottest), ``mean_score``, ``bbox_l0`` ``[x0, y0, x1, y1]``
         and ``centroid_l0`` ``[x, y]`` in level-0 pixels; ``files`` maps each written
         export (``"png"``, ``"geojson"``, ``"tiff"``, ``"viewer"``) to its path as a str.
+        With per-class layers also ``"classes"`` (the class names) and ``"class_files"``
+        (export -> {class: path}: the PNG per class).
 
     Raises:
         StoreError: ``store`` is not a slide store, has no complete
@@ -86,6 +96,7 @@ def _heatmap_locked(
     path: Path, model: str, out_dir: str | os.PathLike[str], options: HeatmapOptions
 ) -> dict[str, Any]:
     scores, grid = compute(path, model, options)
+    layers = class_layers(path, model, source=options.source, normalise=options.normalise)
     regions = top_regions(grid, options.top_fraction, MAX_REGIONS)
     group = st.open_store(path, mode="r+")
     meta = st.read_meta(group)
@@ -112,16 +123,36 @@ def _heatmap_locked(
         options=options,
         out_dir=out,
         tissue=tissue,
+        layers=layers,
+        caption=caption(path, model),
     )
     files: dict[str, str] = {}
     for name, write in EXPORTS.items():  # in the registry's order
         if name in options.exports:
             files[name] = str(write(job))
-    write_grid(group, model, grid, options, regions, files)
+    per_class = class_files(job, files)
+    write_grid(
+        group,
+        model,
+        grid,
+        options,
+        regions,
+        files,
+        layers=layers,
+        class_files=per_class,
+        caption=job.caption,
+    )
     st.complete_stage(
         group, stage, {"cells": int(np.isfinite(grid.values).sum()), "regions": len(regions)}
     )
-    return {"grid": list(grid.values.shape), "regions": region_rows(regions), "files": files}
+    result: dict[str, Any] = {
+        "grid": list(grid.values.shape),
+        "regions": region_rows(regions),
+        "files": files,
+    }
+    if layers:
+        result.update({"classes": list(layers.classes), "class_files": per_class})
+    return result
 
 
 def write_viewer(
@@ -138,7 +169,8 @@ def write_viewer(
     The grid is the stored one when it is current (``wsi.heatmap.stored_grid``): with
     ``options`` None it is drawn with the options the heatmap stage ran with (or
     ``HeatmapOptions()`` when there is no stored heatmap). The viewer lists at most
-    ``max_regions`` top regions. Raises StoreError without a complete
+    ``max_regions`` top regions; with per-class layers (``wsi.heatmap.stored_layers``)
+    it has a class picker. Raises StoreError without a complete
     ``predictions/<model>``, ConfigError when the slide file is missing or not the one
     the store was tiled from.
 
@@ -148,5 +180,16 @@ def write_viewer(
     """
     path = Path(store)
     grid, used, regions = stored_grid(path, model, options, max_regions=max_regions)
+    layers = stored_layers(path, model, used)
     meta = st.read_meta(st.open_store(path))
-    return viewer_folder(grid, regions, used, store=path, meta=meta, model=model, out_dir=out_dir)
+    return viewer_folder(
+        grid,
+        regions,
+        used,
+        store=path,
+        meta=meta,
+        model=model,
+        out_dir=out_dir,
+        layers=layers,
+        caption=caption(path, model),
+    )

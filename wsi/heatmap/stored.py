@@ -4,14 +4,20 @@ back by the viewer, reports and notebooks.
 ``heatmaps/<model>/grid`` is the float32 heat grid (attrs: ``origin_l0``, ``cell_l0``,
 ``slide_size_l0``, ``label``; level-0 px, NaN where no tile lies); the group's attrs
 hold the ``options`` it was made with (``HeatmapOptions.to_attrs``), the top
-``regions`` and the exported ``files``. The stage's record holds the params hash of the
+``regions`` and the exported ``files``. For predictions with per-class attention,
+``heatmaps/<model>/grid_classes`` (C, rows, cols) holds one grid per class, on the same
+cells (attrs ``classes``, ``labels``), and the group's attrs hold the ``classes`` and the
+per-class files (``class_files``: export -> {class: path}). A ``caption`` (what the
+attention means for the task; see ``wsi.heatmap.classes``) is in the group's attrs when
+there is one. The stage's record holds the params hash of the
 prediction it was made from (``params["prediction"]``), so a stored heatmap of a
 prediction made since is never read.
 
 :func:`stored_grid` is the one way to get a slide's heat grid: the stored one when it is
 complete, made from the current prediction and (when options are given) with the same
 ``source`` and ``normalise``; otherwise it is computed by :func:`compute`, the function
-the stage runs, and nothing is written.
+the stage runs, and nothing is written. :func:`stored_layers` is the same for the
+per-class grids.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.errors import ConfigError
+from wsi.heatmap.classes import NO_CLASSES, ClassLayers, class_layers
 from wsi.heatmap.grid import HeatGrid, TileScores, heat_grid, tile_scores
 from wsi.heatmap.options import HeatmapOptions
 from wsi.heatmap.regions import MAX_REGIONS, Region, region_rows, top_regions
@@ -36,6 +43,7 @@ __all__ = [
     "write_grid",
     "stored_options",
     "stored_grid",
+    "stored_layers",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,11 +72,16 @@ def write_grid(
     options: HeatmapOptions,
     regions: Sequence[Region],
     files: dict[str, str],
+    *,
+    layers: ClassLayers = NO_CLASSES,
+    class_files: dict[str, dict[str, str]] | None = None,
+    caption: str = "",
 ) -> None:
     """Write ``heatmaps/<model>/`` (replacing it) into a store opened for writing: the
     grid, the options and the regions, with ``files`` the exports written (export ->
-    path). The stage's record is the caller's (``begin_stage`` before, ``complete_stage``
-    after)."""
+    path); with per-class ``layers`` also their grids (``grid_classes``), the class names
+    and ``class_files`` (export -> {class: path}); the ``caption`` when there is one. The
+    stage's record is the caller's (``begin_stage`` before, ``complete_stage`` after)."""
     keys = st.heatmap_keys(model)
     st.remove_member(group, keys.stage)
     arr = group.create_array(keys.grid, data=grid.values)
@@ -81,9 +94,26 @@ def write_grid(
             "frame": "level-0 px; NaN: no tile",
         }
     )
-    group[keys.stage].attrs.update(
-        {"options": options.to_attrs(), "regions": region_rows(regions), "files": files}
-    )
+    attrs: dict[str, Any] = {
+        "options": options.to_attrs(),
+        "regions": region_rows(regions),
+        "files": files,
+    }
+    if layers:
+        stack = np.stack([g.values for g in layers.grids]).astype(np.float32)
+        per_class = group.create_array(keys.classes, data=stack)
+        per_class.attrs.update(
+            {
+                "classes": list(layers.classes),
+                "labels": [g.label for g in layers.grids],
+                "shown": layers.shown,
+                "frame": "(class, row, col) on the cells of grid; NaN: no tile",
+            }
+        )
+        attrs.update({"classes": list(layers.classes), "class_files": class_files or {}})
+    if caption:
+        attrs["caption"] = caption
+    group[keys.stage].attrs.update(attrs)
 
 
 def _current(group: Any, model: str) -> tuple[HeatGrid, HeatmapOptions] | None:
@@ -164,3 +194,54 @@ def stored_grid(
         used = options or HeatmapOptions()
         grid = compute(path, model, used)[1]
     return grid, used, top_regions(grid, used.top_fraction, max_regions)
+
+
+def _stored_layers(group: Any, model: str, grid: HeatGrid) -> ClassLayers | None:
+    """The stored per-class grids on the cells of ``grid`` (the current stored one);
+    None when the store holds none (a heatmap without classes, or written before)."""
+    keys = st.heatmap_keys(model)
+    if keys.classes not in group:
+        return None
+    arr = group[keys.classes]
+    a = dict(arr.attrs)
+    values = np.asarray(arr[:], dtype=np.float32)
+    names = tuple(str(c) for c in a.get("classes") or ())
+    labels = [str(x) for x in a.get("labels") or names]
+    if (
+        values.ndim != 3
+        or values.shape[1:] != grid.values.shape
+        or not len(names) == len(labels) == len(values)
+    ):
+        return None
+    grids = tuple(
+        HeatGrid(v, grid.origin_l0, grid.cell_l0, grid.slide_size_l0, label)
+        for v, label in zip(values, labels, strict=True)
+    )
+    return ClassLayers(names, (), grids, str(a.get("shown") or ""))
+
+
+def stored_layers(
+    store: str | os.PathLike[str], model: str, options: HeatmapOptions | None = None
+) -> ClassLayers:
+    """The per-class heat grids of ``model``'s prediction in a store, as
+    :func:`stored_grid` gets the main one: the stored ``grid_classes`` when the stored
+    heatmap is current (and, with ``options``, of the same ``source`` and
+    ``normalise``), else computed (``wsi.heatmap.classes.class_layers``). Stored ones
+    come without tile scores (``scores`` empty). ``NO_CLASSES`` when the prediction has
+    no per-class attention (or the source is not "attention"). Read-only; StoreError
+    without a complete prediction.
+
+    Example::
+
+        layers = stored_layers("stores/s1.zarr", "clam_mb")
+        dict(zip(layers.classes, layers.grids))   # class -> HeatGrid
+    """
+    path = Path(store)
+    group = st.open_store(path)
+    found = _current(group, model)
+    if found is not None and (options is None or options.same_grid(found[1])):
+        stored = _stored_layers(group, model, found[0])
+        if stored is not None:
+            return stored
+    used = options or (found[1] if found is not None else HeatmapOptions())
+    return class_layers(path, model, source=used.source, normalise=used.normalise)

@@ -7,6 +7,8 @@
     slide.dzi, slide_files/      Deep Zoom pyramid of the slide's main image (JPEG tiles)
     heatmap.dzi, heatmap_files/  the coloured heat grid at the slide's level-0 size (PNG
                                  tiles with alpha), pixel-for-pixel aligned with the slide
+    heatmap_<k>.dzi, heatmap_<k>_files/  the same for class k (only with per-class
+                                 layers: the page then has a class picker)
     regions.json                 the most attended regions (level-0 px)
     index.html, viewer.js        a small canvas viewer in plain JavaScript
 
@@ -42,6 +44,7 @@ import numpy as np
 
 from wsi import store as st
 from wsi.errors import ConfigError
+from wsi.heatmap.classes import NO_CLASSES, ClassLayers, class_caption
 from wsi.heatmap.draw import HeatStyle
 from wsi.heatmap.grid import HeatGrid, colorize
 from wsi.heatmap.regions import Region, region_rows
@@ -159,6 +162,15 @@ def _legend(cmap: str, lo: float, hi: float) -> dict[str, Any]:
     return {"stops": stops, "min": lo, "max": hi}
 
 
+def _grid_legend(grid: HeatGrid, options: HeatStyle) -> dict[str, Any]:
+    """The legend of a heat layer: 0..1 for "rank", else the grid's range."""
+    rank = options.normalise == "rank"
+    finite = np.isfinite(grid.values)
+    lo = 0.0 if rank or not finite.any() else float(np.nanmin(grid.values))
+    hi = 1.0 if rank or not finite.any() else float(np.nanmax(grid.values))
+    return _legend(options.cmap, lo, hi)
+
+
 def viewer_folder(
     grid: HeatGrid,
     regions: Sequence[Region],
@@ -168,6 +180,8 @@ def viewer_folder(
     meta: dict[str, Any],
     model: str,
     out_dir: str | os.PathLike[str],
+    layers: ClassLayers = NO_CLASSES,
+    caption: str = "",
 ) -> Path:
     """Write ``<out_dir>/<slide_id>_<model>_viewer/`` (see the module doc) of ``grid`` and
     ``regions`` over the slide a store was tiled from; returns that folder (named by model
@@ -178,6 +192,10 @@ def viewer_folder(
     ``HeatStyle``) gives ``normalise`` (the colour
     scale: 0..1 for "rank", else the grid's range), ``cmap``, ``alpha`` (the initial
     opacity) and ``smooth`` (only labelled: the viewer shows cells, never smoothed).
+    ``caption`` (what the main layer shows for the task) is shown under the label. With
+    per-class ``layers`` each class gets its own heat pyramid and the page a class
+    picker (a ``<select>``: the main layer, then each class) that switches the heat layer,
+    its label, caption and legend; the regions listed stay those of the main layer.
 
     The folder is built beside its final place and swapped in, so a viewer is either
     complete or absent. Memory: libvips streams both pyramids; the heat grid is small.
@@ -212,20 +230,35 @@ def viewer_folder(
         _dzsave(heat, tmp / "heatmap", ".png", skip_blanks=0, background=[0, 0, 0, 0])
         rows = region_rows(regions)
         (tmp / "regions.json").write_text(json.dumps(rows, indent=1) + "\n")
-        rank = options.normalise == "rank"
-        finite = np.isfinite(grid.values)
-        lo = 0.0 if rank or not finite.any() else float(np.nanmin(grid.values))
-        hi = 1.0 if rank or not finite.any() else float(np.nanmax(grid.values))
-        config = {
+        smoothed = " (smoothed for display)" if options.smooth else ""
+        config: dict[str, Any] = {
             "slideId": slide_id,
             "model": model,
-            "label": grid.label + (" (smoothed for display)" if options.smooth else ""),
+            "label": grid.label + smoothed,
             "slide": _dzi_meta(w0, h0, "jpeg") | {"url": "slide_files/"},
             "heat": _dzi_meta(w0, h0, "png") | {"url": "heatmap_files/"},
             "opacity": options.alpha,
-            "legend": _legend(options.cmap, lo, hi),
+            "legend": _grid_legend(grid, options),
             "regions": rows,
         }
+        if caption:
+            config["caption"] = caption
+        if layers:
+            config["shown"] = layers.shown
+            config["classes"] = []
+            for k, (name, layer) in enumerate(zip(layers.classes, layers.grids, strict=True)):
+                base = f"heatmap_{k}"
+                image = _heat_image(layer, options, (w0, h0))
+                _dzsave(image, tmp / base, ".png", skip_blanks=0, background=[0, 0, 0, 0])
+                config["classes"].append(
+                    {
+                        "name": name,
+                        "label": layer.label + smoothed,
+                        "caption": class_caption(name),
+                        "heat": _dzi_meta(w0, h0, "png") | {"url": f"{base}_files/"},
+                        "legend": _grid_legend(layer, options),
+                    }
+                )
         (tmp / "index.html").write_text(_index_html(config))
         (tmp / "viewer.js").write_text(asset("viewer.js"))
         if final.exists():
@@ -256,6 +289,7 @@ def _index_html(config: dict[str, Any]) -> str:
     return Template(asset("viewer.html")).substitute(
         title=html.escape(f"{config['slideId']}: {config['model']}"),
         label=html.escape(config["label"]),
+        caption=html.escape(config.get("caption", "")),
         config=data,
         opacity=config["opacity"],
         style=asset("viewer.css"),

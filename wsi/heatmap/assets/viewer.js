@@ -11,10 +11,13 @@
   var heatCtx = heatCanvas.getContext("2d");
   var opacityInput = document.getElementById("opacity");
   var heatToggle = document.getElementById("heat-toggle");
+  // heat layers: 0 the main one, then one per class when the model has them
+  var layers = [{ heat: cfg.heat, legend: cfg.legend, label: cfg.label,
+                  caption: cfg.caption || "" }].concat(cfg.classes || []);
   var W = cfg.slide.width, H = cfg.slide.height;
   var MAX_ZOOM = 4;
   var state = { x: W / 2, y: H / 2, zoom: 1, opacity: Number(opacityInput.value),
-                heatVisible: heatToggle.checked };
+                heatVisible: heatToggle.checked, layer: 0 };
   var tiles = {};      // url -> {img, done, ok}
   var pending = 0;
   var framePending = false;
@@ -22,7 +25,8 @@
 
   function publish() {
     window.viewerState = { x: state.x, y: state.y, zoom: state.zoom,
-                           opacity: state.opacity, heatVisible: state.heatVisible };
+                           opacity: state.opacity, heatVisible: state.heatVisible,
+                           layer: state.layer, layerName: layerName(state.layer) };
     window.viewerPending = pending;
   }
 
@@ -103,7 +107,7 @@
       heatCtx.setTransform(1, 0, 0, 1, 0, 0);
       heatCtx.clearRect(0, 0, heatCanvas.width, heatCanvas.height);
       heatCtx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      complete = drawLayer(heatCtx, cfg.heat, false, false) && complete;
+      complete = drawLayer(heatCtx, layers[state.layer].heat, false, false) && complete;
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.globalAlpha = state.opacity;
       ctx.drawImage(heatCanvas, 0, 0);
@@ -189,11 +193,37 @@
     state.heatVisible = heatToggle.checked; publish(); schedule();
   });
   window.addEventListener("resize", schedule);
-  // legend and regions
-  document.getElementById("legend").style.background =
-    "linear-gradient(to right, " + cfg.legend.stops.join(", ") + ")";
-  document.getElementById("legend-min").textContent = cfg.legend.min.toPrecision(2);
-  document.getElementById("legend-max").textContent = cfg.legend.max.toPrecision(2);
+  // legend, label and caption of the heat layer shown
+  function showLegend(layer) {
+    document.getElementById("legend").style.background =
+      "linear-gradient(to right, " + layer.legend.stops.join(", ") + ")";
+    document.getElementById("legend-min").textContent = layer.legend.min.toPrecision(2);
+    document.getElementById("legend-max").textContent = layer.legend.max.toPrecision(2);
+  }
+  showLegend(layers[0]);
+  // the class picker: only when there are per-class layers (names set as text, never HTML)
+  function layerName(i) { return i === 0 ? (cfg.shown || "") : layers[i].name; }
+  var picker = document.getElementById("class-picker");
+  if (layers.length > 1) {
+    layers.forEach(function (layer, i) {
+      var option = document.createElement("option");
+      option.value = String(i);
+      option.textContent = i === 0 ? "predicted class (" + (cfg.shown || "?") + ")"
+                                   : "class " + layer.name;
+      picker.appendChild(option);
+    });
+    document.getElementById("class-row").hidden = false;
+    picker.addEventListener("change", function () {
+      var i = Number(picker.value);
+      if (!(i >= 0 && i < layers.length)) return;
+      state.layer = i;
+      document.getElementById("heat-label").textContent = layers[i].label;
+      document.getElementById("heat-caption").textContent = layers[i].caption || "";
+      showLegend(layers[i]);
+      publish(); schedule();
+    });
+  }
+  // regions
   var list = document.getElementById("regions");
   cfg.regions.forEach(function (region) {
     var li = document.createElement("li");
