@@ -435,6 +435,12 @@ def test_patient_level_bags_train_predict_and_split_attention_per_slide(tmp_path
     assert max(shares, key=shares.__getitem__) == lesion_slide[pid]
     again = predict_patient([store_path(stores, s) for s in own], model)  # kept, not redone
     assert again == result
+    from wsi.reports import ReportOptions, report
+
+    shown = report([store_path(stores, own[0])], model, tmp_path / "reports",
+                   ReportOptions(pdf=False))  # fmt: skip
+    html = shown.slides[0].html.read_text()
+    assert "A patient-level call" in html and all(s in html for s in own)
     # the CLI groups the stores by patient given a slide -> patient file
     from pipelines.cli import main
 

@@ -92,6 +92,8 @@ class Finding:
     ood_note: str | None = None  #: why the out-of-distribution check was not made
     seen_fraction: float | None = None  #: share of tiles that are training-sample tiles
     attention_of: str | None = None  #: the class whose attention branch is shown, if one
+    patient_slides: tuple[str, ...] = ()  #: a patient-level call: the patient's slides
+    attention_share: float | None = None  #: this slide's share of the patient's attention
 
     @property
     def screening(self) -> Screening | None:
@@ -333,6 +335,8 @@ def gather(
         seen_fraction=seen,
         # predict shows the called class's branch of a head with one per class (clam_mb)
         attention_of=str(pred["decision"]) if keys.attention_classes in group else None,
+        patient_slides=tuple(pred.get("patient_slides") or ()),
+        attention_share=pred.get("attention_share"),
     )
     att = np.asarray(group[keys.attention_mean][:], np.float64)
     order = np.argsort(-att, kind="stable")
