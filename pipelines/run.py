@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,14 @@ class RunPlan:
     embed: EmbedConfig
     finish: tasks.Finish  #: the model (folder, id) and the heatmap and report options
     parts: dict[str, Any]  #: the settings a slide's inputs key covers
+    #: a patient-level model: the slides of a patient (manifest ``patient_id``) are
+    #: predicted together, as one bag, once all of them are embedded
+    patient_level: bool = False
+
+
+def _patient(job: SlideJob) -> str:
+    """The patient of a slide: the manifest's ``patient_id``, else the slide itself."""
+    return job.patient_id or job.slide_id
 
 
 def run_job(
@@ -127,6 +136,7 @@ def run_job(
             "heatmap": dataclasses.asdict(heatmap),
             "report": dataclasses.asdict(report),
         },
+        patient_level=model.card.get("data", {}).get("level") == "patient",
     )
     try:
         # one run per output folder: a second `wsi run --out` here is refused (or waits)
@@ -203,6 +213,7 @@ def _plan_slides(
     """The slides to (re)do, with their inputs keys; the others are recorded now: a
     refused id, an unreadable file, done earlier, or failed earlier (not retried)."""
     todo = []
+    kept: list[tuple[SlideJob, str, dict[str, Any]]] = []  # done or failed earlier
     model_id = plan.finish.model_id
     for job, clash in claimed:
         if clash is not None:
@@ -221,14 +232,21 @@ def _plan_slides(
             bar.update()
             continue
         if is_complete(old, key, plan.out, model_id):
-            records.keep(job, {**(old or {}), "skipped": True})
-            log.info("%s: done in an earlier run, skipped", job.slide_id)
-            bar.update()
+            kept.append((job, key, {**(old or {}), "skipped": True}))
         elif old and old.get("status") == "failed" and old.get("key") == key and not retry_failed:
-            records.keep(job, {**old, "skipped": True})
-            bar.update()
+            kept.append((job, key, {**old, "skipped": True}))
         else:
             todo.append((job, key))
+    # a patient-level call reads all of a patient's slides: one redone redoes them all
+    redo = {_patient(job) for job, _ in todo} if plan.patient_level else set()
+    for job, key, rec in kept:
+        if _patient(job) in redo:
+            todo.append((job, key))
+            continue
+        records.keep(job, rec)
+        if rec.get("status") != "failed":
+            log.info("%s: done in an earlier run, skipped", job.slide_id)
+        bar.update()
     return todo
 
 
@@ -338,39 +356,77 @@ def _run_on(
     if gpus:
         log.info("embedding on the %d worker(s) with resource %s", len(gpus), resource)
     token = uuid.uuid4().hex[:8]  # task keys of two runs on one scheduler never collide
-    meta: dict[Any, tuple[str, SlideJob, str, dict[str, Any]]] = {}
+    meta: dict[Any, tuple[Any, ...]] = {}
+    # patient-level models: embedded slides wait for the rest of their patient
+    expected = Counter(_patient(job) for job, _ in todo)
+    waiting: dict[str, list[tuple[SlideJob, str, dict[str, Any]]]] = {}
+    lost: Counter[str] = Counter()  # slides of a patient that failed before predict
 
-    def fail(job: SlideJob, rec: dict[str, Any], stage: str, error: str) -> None:
+    def patient_ready(pid: str) -> Any:
+        """The patient's finish task once none of its slides is still on its way."""
+        group = waiting.get(pid, [])
+        if not group or len(group) + lost[pid] < expected[pid]:
+            return None
+        del waiting[pid]
+        bar.stage(f"predict/map/report patient {pid}")
+        nxt = client.submit(tasks.finish_patient_task, [s for _, s, _ in group], plan.finish,
+                            pure=False, key=f"finish-{group[0][0].slide_id}-{token}")  # fmt: skip
+        meta[nxt.key] = ("patient", group)
+        return nxt
+
+    def fail(job: SlideJob, rec: dict[str, Any], stage: str, error: str) -> Any:
+        """Record the slide's failure; returns its patient's finish task if this failure
+        was the last slide it waited for (patient-level models), else None."""
         records.finish(job, {**failed_record(job, stage, error, rec["key"]),
                              "stages": rec["stages"]})  # fmt: skip
+        bar.update()
+        if plan.patient_level and stage in ("tile", "embed"):
+            lost[_patient(job)] += 1
+            return patient_ready(_patient(job))
+        return None
+
+    def finished(job: SlideJob, rec: dict[str, Any], value: dict[str, Any]) -> None:
+        rec["stages"].update({k: round(v, 2) for k, v in value["seconds"].items()})
+        if not value["ok"]:
+            fail(job, rec, value["stage"], value["error"])
+            return
+        rec.update(status="ok", decision=value["decision"], probability=value["probability"],
+                   files=value["files"])  # fmt: skip
+        records.finish(job, rec)
         bar.update()
 
     def handle(fut: Any) -> Any:
         """Take a finished embed or finish task; returns the next task, if any."""
-        stage, job, store, rec = meta.pop(fut.key)
+        stage, *info = meta.pop(fut.key)
         try:
             value = fut.result()
-        except (WsiError, OSError) as err:
-            return fail(job, rec, stage, _message(job, err))
-        except Exception as err:  # noqa: BLE001 - a worker that died fails this slide only
-            return fail(job, rec, stage, f"internal error: {type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - a worker that died fails these slides only
+            group = info[0] if stage == "patient" else [tuple(info)]
+            nxt = None
+            for job, _, rec in group:
+                msg = (_message(job, err) if isinstance(err, (WsiError, OSError))
+                       else f"internal error: {type(err).__name__}: {err}")  # fmt: skip
+                nxt = fail(job, rec, "predict" if stage == "patient" else stage, msg) or nxt
+            return nxt
+        if stage == "patient":
+            for (job, _, rec), one in zip(info[0], value, strict=True):
+                finished(job, rec, one)
+            return None
+        job, store, rec = info
         if stage == "embed" and value.get("error") is not None:  # a WsiError, as data
             return fail(job, rec, stage, str(value["error"]))
         if stage == "embed":
             rec["stages"]["embed"] = round(value["seconds"], 2)
             rec["embed_worker"] = value["worker"]
+            if plan.patient_level:
+                waiting.setdefault(_patient(job), []).append((job, store, rec))
+                return patient_ready(_patient(job))
             bar.stage(f"predict/map/report {job.slide_id}")
             nxt = client.submit(tasks.finish_task, store, plan.finish, pure=False,
                                 key=f"finish-{job.slide_id}-{token}")  # fmt: skip
             meta[nxt.key] = ("predict", job, store, rec)
             return nxt
-        rec["stages"].update({k: round(v, 2) for k, v in value["seconds"].items()})
-        if not value["ok"]:
-            return fail(job, rec, value["stage"], value["error"])
-        rec.update(status="ok", decision=value["decision"], probability=value["probability"],
-                   files=value["files"])  # fmt: skip
-        records.finish(job, rec)
-        bar.update()
+        finished(job, rec, value)
         return None
 
     running: list[Any] = []
@@ -392,10 +448,12 @@ def _run_on(
             store_path = tasks.tile_task(job, plan.out / "stores", plan.tiling, client=client,
                                          overwrite=True, progress=False)  # fmt: skip
         except (WsiError, OSError) as err:
-            fail(job, rec, "tile", _message(job, err))
+            nxt = fail(job, rec, "tile", _message(job, err))
+            running += [nxt] if nxt is not None else []
             continue
         except Exception as err:  # noqa: BLE001 - e.g. a worker killed by a bad file
-            fail(job, rec, "tile", f"internal error: {type(err).__name__}: {err}")
+            nxt = fail(job, rec, "tile", f"internal error: {type(err).__name__}: {err}")
+            running += [nxt] if nxt is not None else []
             continue
         rec["stages"]["tile"] = round(time.perf_counter() - t0, 2)
         rec["store"] = str(store_path)

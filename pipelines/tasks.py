@@ -322,14 +322,46 @@ class Finish:
 def finish_task(store: str, finish: Finish) -> dict[str, Any]:
     """Predict, map and report one embedded store. Returns per-stage seconds, or the stage
     that failed with its error: the slide's problem, never the run's."""
+    t0 = time.perf_counter()
+    try:
+        pred = predict_task(store, finish.model_dir, model_id=finish.model_id, overwrite=True)
+    except Exception as err:  # noqa: BLE001 - a bug fails this slide, not the run
+        return _failed("predict", err, {})
+    return _map_and_report(store, finish, pred, {"predict": time.perf_counter() - t0})
+
+
+def finish_patient_task(stores: list[str], finish: Finish) -> list[dict[str, Any]]:
+    """A patient-level model's last stages for one patient: its embedded ``stores``
+    predicted as one bag (``wsi.predict_patient``), then each slide mapped and reported.
+    One result per store, in order, as ``finish_task`` gives them."""
+    from wsi.mil.predict import predict_patient
+
+    t0 = time.perf_counter()
+    try:
+        model = cached_model(finish.model_dir, finish.model_id)
+        pred = predict_patient(stores, model, overwrite=True)
+    except Exception as err:  # noqa: BLE001 - a bug fails this patient, not the run
+        return [_failed("predict", err, {}) for _ in stores]
+    seconds = {"predict": (time.perf_counter() - t0) / len(stores)}
+    return [_map_and_report(s, finish, pred, dict(seconds)) for s in stores]
+
+
+def _failed(stage: str, err: BaseException, stages: dict[str, float]) -> dict[str, Any]:
+    if isinstance(err, (WsiError, OSError)):
+        msg = str(err)
+    else:
+        msg = f"internal error: {type(err).__name__}: {err}"
+    return {"ok": False, "stage": stage, "error": msg, "seconds": stages}
+
+
+def _map_and_report(
+    store: str, finish: Finish, pred: dict[str, Any], stages: dict[str, float]
+) -> dict[str, Any]:
+    """The heatmap and the report of a predicted store (``pred``: its prediction)."""
     out = Path(finish.out)
-    stages: dict[str, float] = {}
-    stage = "predict"
+    stage = "heatmap"
     try:
         t0 = time.perf_counter()
-        pred = predict_task(store, finish.model_dir, model_id=finish.model_id, overwrite=True)
-        stages["predict"] = time.perf_counter() - t0
-        stage, t0 = "heatmap", time.perf_counter()
         name = cached_model(finish.model_dir, finish.model_id).name
         maps = heatmap_task(store, name, out / "heatmaps", finish.heatmap)
         stages["heatmap"] = time.perf_counter() - t0
@@ -339,11 +371,8 @@ def finish_task(store: str, finish: Finish) -> dict[str, Any]:
                           model_id=finish.model_id,
                           viewer=Path(viewer).parent if viewer else None)  # fmt: skip
         stages["report"] = time.perf_counter() - t0
-    except (WsiError, OSError) as err:
-        return {"ok": False, "stage": stage, "error": str(err), "seconds": stages}
     except Exception as err:  # noqa: BLE001 - a bug fails this slide, not the run
-        msg = f"internal error: {type(err).__name__}: {err}"
-        return {"ok": False, "stage": stage, "error": msg, "seconds": stages}
+        return _failed(stage, err, stages)
     return {
         "ok": True,
         "seconds": stages,

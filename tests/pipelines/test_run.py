@@ -457,3 +457,41 @@ def test_a_run_never_takes_its_own_outputs_for_slides(tmp_path):
     for entry in (str(folder), str(folder / "**" / "*.tiff")):
         run = RunConfig(out=str(folder / "run"), model="m", slides=(entry,))
         assert [j.path for j in resolve_slides(run)] == [folder / "s.tiff"]
+
+
+def test_a_patient_level_model_reads_each_patients_slides_as_one_bag(predicted, tmp_path):
+    """A model trained with level: patient: `wsi run` waits until all the slides of a
+    manifest patient are embedded, predicts them as one bag, and reports every slide."""
+    from wsi.mil.train import TrainConfig, train_model
+    from wsi.store import open_store, prediction_keys
+
+    root, cohort, _ = predicted
+    model_dir = train_model(root / "stores", cohort.labels_csv, tmp_path / "by_patient",
+                            TrainConfig(folds=2, epochs=3, level="patient"))  # fmt: skip
+    with open(cohort.labels_csv) as f:
+        labels = list(csv.DictReader(f))
+    by_patient: dict[str, list[str]] = {}
+    for r in labels:
+        by_patient.setdefault(r["patient_id"], []).append(r["slide_id"])
+    two = [p for p, ids in by_patient.items() if len(ids) == 2][:2]
+    paths = {p.stem: p for p in cohort.slides}
+    manifest = tmp_path / "manifest.csv"
+    lines = [f"{s},{paths[s]},,{p}" for p in two for s in by_patient[p]]
+    manifest.write_text("slide_id,path,mpp,patient_id\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(model_dir), manifest=str(manifest))
+    result = run_job(run, ClusterConfig(n_workers=2), report=NO_PDF, progress=False)
+    assert result.exit_code == 0, result.slides
+    for p in two:
+        preds = [
+            dict(
+                open_store(out / "stores" / f"{s}.zarr")[prediction_keys("by_patient").stage].attrs
+            )
+            for s in by_patient[p]
+        ]
+        assert preds[0]["patient_slides"] == preds[1]["patient_slides"] == by_patient[p]
+        assert preds[0]["probability"] == preds[1]["probability"]
+        assert sum(q["attention_share"] for q in preds) == pytest.approx(1, abs=1e-4)
+        for s in by_patient[p]:
+            html = (out / "reports" / f"{s}.html").read_text()
+            assert "A patient-level call" in html and p not in html  # slide ids only
