@@ -368,6 +368,7 @@ def _run_on(
         if not group or len(group) + lost[pid] < expected[pid]:
             return None
         del waiting[pid]
+        group.sort(key=lambda item: item[0].slide_id)  # one bag order, whatever came first
         bar.stage(f"predict/map/report patient {pid}")
         nxt = client.submit(tasks.finish_patient_task, [s for _, s, _ in group], plan.finish,
                             pure=False, key=f"finish-{group[0][0].slide_id}-{token}")  # fmt: skip
