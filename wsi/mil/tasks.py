@@ -33,11 +33,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from wsi.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI reads KINDS at start-up
+    import numpy as np
 
 __all__ = [
     "KINDS",
@@ -166,6 +167,8 @@ class Task:
         """The stratum of every patient for the folds: its class; for survival its event
         and whether its time is above the median of its event group; for regression the
         quartile of its (mean) target."""
+        import numpy as np
+
         per_patient: dict[str, list[Any]] = {}
         for r in rows:
             per_patient.setdefault(r.patient_id, []).append(r)
@@ -194,6 +197,8 @@ class Task:
     def fitted(self, rows: Sequence[Any], n_bins: int = 4) -> Task:
         """The task with its data-dependent parts fitted on the training ``rows``
         (survival: time bins and default horizons; regression: target mean and sd)."""
+        import numpy as np
+
         if self.kind == "survival":
             times = np.array([r.time for r in rows if r.event], dtype=np.float64)
             if len(times) == 0:
@@ -212,6 +217,8 @@ class Task:
     def class_weights(self, rows: Sequence[Any]) -> np.ndarray:
         """Inverse class frequencies of ``rows`` (mean 1 over the rows); survival and
         regression: ones."""
+        import numpy as np
+
         if not self.has_classes:
             return np.ones(1)
         counts = np.bincount([r.y for r in rows], minlength=len(self.classes))
@@ -226,6 +233,7 @@ class Task:
         outputs are the logits of the hazard in each time bin. Regression: Huber loss
         (delta 1) on the standardised target.
         """
+        import numpy as np
         import torch
         from torch.nn import functional as F
 
@@ -246,6 +254,7 @@ class Task:
     # ------------------------------------------------------------------ what logits mean
     def survival_curve(self, logits: np.ndarray) -> np.ndarray:
         """Survival: (n, C) hazard logits -> (n, C) probability of surviving each bin."""
+        import numpy as np
         from scipy.special import expit
 
         h = expit(np.asarray(logits, dtype=np.float64))
@@ -259,6 +268,8 @@ class Task:
         ``survival`` (n, C) per bin, ``risk`` (n,) = minus the expected number of bins
         survived (higher: worse). Regression: ``value`` (n,) in the target's units.
         """
+        import numpy as np
+
         z = np.asarray(logits, dtype=np.float64)
         if self.has_classes:
             from wsi.mil.calibration import softmax
