@@ -141,7 +141,12 @@ def cohort_report(
                 }
             )
     return report_cohort(
-        rows, out / "reports", model=model.name, task=model.card["task"], failed=failed
+        rows,
+        out / "reports",
+        model=model.name,
+        task=model.card["task"],
+        failed=failed,
+        shift=model.card.get("shift") or {},
     )
 
 

@@ -52,6 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--patients", type=int, help="default: one per two slides")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--textures", default="default", help="texture set of the (site A) cohort")
+    parser.add_argument(
+        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.10), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument(
+        "--external",
+        action="store_true",
+        help="train on site A, evaluate on a shifted site B (other textures, HED stain "
+        "shift) and on site A's held-out slides: calibration, conformal sets, shift flags",
+    )
+    parser.add_argument("--external-slides", type=int, default=24)
+    parser.add_argument(
+        "--stain-shift", type=float, nargs=3, default=(1.5, 0.5, 1.0), metavar=("H", "E", "D")
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("distributed", "pyvips"):
@@ -68,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     from wsi.store import TILES_COORDS, open_store, prediction_keys, store_path
     from wsi.synthetic import lesion_fraction_of_tiles, make_cohort
 
+    if args.external:
+        return _external(args)
     out = Path(args.out)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     cohort = make_cohort(out / "cohort", slides=args.slides, size=args.size, seed=args.seed,
-                         patients=args.patients, task=args.task)  # fmt: skip
+                         patients=args.patients, task=args.task, textures=args.textures,
+                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
     times["cohort"] = time.perf_counter() - t0
 
     stores = out / "stores"
@@ -238,6 +255,164 @@ def _final_line(args, model, test, table, test_ids, cohort) -> str:
             f"C-index {oracle:.2f}"
         )
     return f"{head} test Pearson r {ci('pearson_r')}, MAE {test['mae']:.3f}"
+
+
+def _tile_auroc(model, cohort, stores, ids) -> float:
+    """Attention tile AUROC against the lesion masks over the lesion slides ``ids``
+    (attention ranked within each slide, then pooled)."""
+    from wsi.mil import metrics as m
+    from wsi.store import TILES_COORDS, open_store, prediction_keys, store_path
+    from wsi.synthetic import lesion_fraction_of_tiles
+
+    ranks, lesion = [], []
+    for sid in ids:
+        group = open_store(store_path(stores, sid))
+        coords = np.asarray(group[TILES_COORDS][:])
+        footprint = float(group[TILES_COORDS].attrs["footprint_l0"])
+        mask = cohort.masks_dir / f"{sid}_lesion.png"
+        frac = lesion_fraction_of_tiles(mask, coords, footprint, cohort.mask_downsample)
+        if not (frac >= 0.5).any():
+            continue
+        att = np.asarray(group[prediction_keys(model.name).attention_mean][:])
+        ranks.append(np.argsort(np.argsort(att)) / max(len(att) - 1, 1))
+        lesion.append((frac >= 0.5).astype(int))
+    return m.auroc(np.concatenate(lesion), np.concatenate(ranks)) if lesion else float("nan")
+
+
+def _site_line(name: str, part: dict, trust: dict) -> str:
+    at = part["at_threshold"]
+    lo, hi = part.get("ece_calibrated_ci95") or (float("nan"), float("nan"))
+    return (
+        f"{name}: AUROC {part['auroc']:.2f}, sensitivity {at['sensitivity']:.2f} at the "
+        f"operating point (specificity {at['specificity']:.2f}), unflagged false negatives "
+        f"{trust['unflagged_false_negatives']} (of {trust['false_negatives']} false "
+        f"negatives), ECE {part['ece_calibrated']:.2f} (95% CI {lo:.2f}-{hi:.2f}, "
+        f"{part['n']} slides)"
+    )
+
+
+def _external(args) -> int:
+    """Train on site A; evaluate (``wsi.evaluate_model``) on site A's held-out slides and on
+    site B: other textures and a HED stain shift."""
+    from pipelines.cluster import dask_client
+    from pipelines.tasks import embed_stores, tile_slides
+    from wsi.config import EmbedConfig, TilingConfig
+    from wsi.mil.data import read_labels
+    from wsi.mil.external import evaluate_model
+    from wsi.mil.predict import load_model
+    from wsi.mil.splits import TEST, read_splits
+    from wsi.mil.train import TrainConfig, train_model
+    from wsi.store import store_path
+    from wsi.synthetic import make_cohort
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    site_a = make_cohort(out / "site_a", slides=args.slides, size=args.size, seed=args.seed,
+                         textures=args.textures,
+                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
+    site_b = make_cohort(out / "site_b", slides=args.external_slides, size=args.size,
+                         seed=args.seed + 1000, textures="site_b",
+                         stain_shift=tuple(args.stain_shift),
+                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
+    t_cohort = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stores = {"a": out / "stores_a", "b": out / "stores_b"}
+    with dask_client(None, args.workers) as client:
+        for key, cohort in (("a", site_a), ("b", site_b)):
+            tiled = tile_slides(cohort.slides, stores[key], TilingConfig(), client=client,
+                                progress=False)  # fmt: skip
+            bad = [r for r in tiled if r.status != "ok"]
+            if bad:
+                print(f"tiling failed for {len(bad)} slide(s): {bad[0].error}")
+                return 1
+            embed_stores([r.output for r in tiled if r.output], EmbedConfig(device="cpu"),
+                         progress=False)  # fmt: skip
+    t_prep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    config = TrainConfig(model=args.model, folds=args.folds, test_fraction=args.test_fraction,
+                         seed=args.seed, epochs=args.epochs)  # fmt: skip
+    model_dir = train_model(stores["a"], site_a.labels_csv, out / f"model_{args.model}", config)
+    t_train = time.perf_counter() - t0
+    model = load_model(model_dir)
+    table = read_labels(site_a.labels_csv)
+    test_ids = [s for s, p in read_splits(model_dir / "splits.csv", table).part.items()
+                if p == TEST]  # fmt: skip
+    in_dir = evaluate_model([store_path(stores["a"], s) for s in test_ids], site_a.labels_csv,
+                            model, out / "eval_site_a", overwrite=True)  # fmt: skip
+    ex_dir = evaluate_model(sorted(stores["b"].glob("*.zarr")), site_b.labels_csv, model,
+                            out / "eval_site_b", overwrite=True)  # fmt: skip
+    ins = json.loads((in_dir / "metrics.json").read_text())
+    ext = json.loads((ex_dir / "metrics.json").read_text())
+    card = model.card
+    cal = card["calibration"]
+    print(
+        f"site A: {args.slides} slides of {args.size} px ({args.textures} textures), "
+        f"{len(test_ids)} held out; site B: {args.external_slides} slides, textures site_b, "
+        f"HED x{args.stain_shift[0]:g}/x{args.stain_shift[1]:g}/x{args.stain_shift[2]:g}"
+    )
+    print(
+        f"wall time: cohorts {t_cohort:.0f} s, tiling and embedding {t_prep:.0f} s, training "
+        f"{t_train:.0f} s"
+    )
+    print(
+        f"calibration: T {cal['temperature']:.2f} (unconstrained fit "
+        f"{cal['temperature_unconstrained']:.2f}, "
+        f"{cal['validation_errors']} of {cal['n']} validation slides misclassified"
+        f"{'; limited by the data' if cal['limited_by_data'] else ''})"
+    )
+    for label, part in (("in-site", ins), ("external", ext)):
+        batch = part["trust"]["shift"]["batch"]
+        tests = ", ".join(
+            f"{k} p={v['p_value']:.2g}"
+            for k, v in batch.get("tests", {}).items()
+            if v.get("p_value") is not None
+        )
+        print(f"{label} batch shift test: {batch['status']} ({tests or batch.get('note')})")
+    measures = _measure_counts(stores, model, test_ids, site_b)
+    for name, (n_in, n_ex) in measures.items():
+        print(f"measure {name}: fails {n_ex[0]} of {n_ex[1]} external slides, {n_in[0]} of "
+              f"{n_in[1]} in-site")  # fmt: skip
+    tile_ext = _tile_auroc(model, site_b, stores["b"], [p.stem for p in site_b.slides])
+    tile_in = _tile_auroc(model, site_a, stores["a"], test_ids)
+    print(f"attention tile AUROC: in-site {tile_in:.3f}, external {tile_ext:.3f}")
+    print(_site_line("in-site test", ins["external"], ins["trust"]))
+    print(_site_line("external site", ext["external"], ext["trust"]))
+    print(
+        f"shift flags: {ext['trust']['shift']['flagged']} of {ext['trust']['shift']['n']} "
+        f"external slides, {ins['trust']['shift']['flagged']} of {ins['trust']['shift']['n']} "
+        "in-site slides"
+    )
+    cov = ins["trust"]["conformal"]
+    cov_ext = ext["trust"]["conformal"]
+    print(
+        f"conformal coverage {cov['coverage']:.2f} at nominal {cov['nominal']:.2f} (in-site "
+        f"test; {cov['uncertain']} uncertain, {cov['atypical']} atypical of {cov['n']}); "
+        f"external {cov_ext['coverage']:.2f} ({cov_ext['uncertain']} uncertain, "
+        f"{cov_ext['atypical']} atypical of {cov_ext['n']})"
+    )
+    return 0
+
+
+def _measure_counts(stores, model, test_ids, site_b) -> dict:
+    """How many slides each shift measure alone flags (in-site test, external)."""
+    from wsi.store import open_store, prediction_keys, store_path
+
+    counts: dict[str, list] = {}
+    groups = {
+        "in": [store_path(stores["a"], s) for s in test_ids],
+        "ex": sorted(stores["b"].glob("*.zarr")),
+    }
+    for side, paths in groups.items():
+        for path in paths:
+            attrs = dict(open_store(path)[prediction_keys(model.name).stage].attrs)
+            for name, m in (
+                ((attrs.get("trust") or {}).get("shift") or {}).get("measures", {}).items()
+            ):
+                c = counts.setdefault(name, [[0, 0], [0, 0]])
+                k = 0 if side == "in" else 1
+                c[k][1] += 1
+                c[k][0] += bool(m.get("failed"))
+    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Example (from the repository root)::
 
     python tools/make_cohort.py --out bench_out/cohort --slides 60 --size 4000 --seed 0
     python tools/make_cohort.py --out bench_out/surv --task survival --slides 120 --size 4000
+    python tools/make_cohort.py --out bench_out/site_b --textures site_b --stain-shift 1.5 0.5 1
 
 Writes ``slides/*.tiff`` (mpp 0.25), ``masks/<slide_id>_{lesion,tissue}.png``,
 ``labels.csv`` and ``cohort.json`` (and, for ``--task survival``, ``truth.csv``) under
@@ -24,11 +25,13 @@ try:
     from wsi.errors import WsiError
     from wsi.synthetic import make_cohort
     from wsi.synthetic.tasks import TASKS
+    from wsi.synthetic.texture_sets import TEXTURE_SETS
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from wsi.errors import WsiError
     from wsi.synthetic import make_cohort
     from wsi.synthetic.tasks import TASKS
+    from wsi.synthetic.texture_sets import TEXTURE_SETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of H&E images (default ../shared/data/tiles; procedural when missing)",
     )
     p.add_argument(
+        "--textures",
+        choices=tuple(TEXTURE_SETS),
+        default="default",
+        help="texture set: default, site_b (a second site's images) or subtle (lesions "
+        "closer to the background) (default: default)",
+    )
+    p.add_argument(
+        "--stain-shift",
+        type=float,
+        nargs=3,
+        default=(1.0, 1.0, 1.0),
+        metavar=("H", "E", "DAB"),
+        help="haematoxylin, eosin and DAB factors (> 0) applied in HED colour space to the "
+        "tissue and lesions, e.g. 1.5 0.5 1 (default 1 1 1: no shift)",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace a cohort made with other arguments"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress logging")
@@ -111,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             min_lesion_diameter_um=args.min_lesion_um,
             overwrite=args.overwrite,
             task=args.task,
+            stain_shift=tuple(args.stain_shift),
+            textures=args.textures,
         )
     except (WsiError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

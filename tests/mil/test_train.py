@@ -37,8 +37,11 @@ def _write_h5(path: Path, feats: np.ndarray, sha: str) -> None:
         f.attrs["weights_sha256"] = sha
 
 
-def make_cohort(root: Path, patients: int = 24, seed: int = 0, sha: str = "a" * 64) -> Path:
-    """Features-only stores + labels.csv; returns the labels path. Truth in truth.json."""
+def make_cohort(
+    root: Path, patients: int = 24, seed: int = 0, sha: str = "a" * 64, offset: float = 0.0
+) -> Path:
+    """Features-only stores + labels.csv; returns the labels path. Truth in truth.json.
+    ``offset`` moves every tile's features (a site whose embeddings all shifted)."""
     from wsi.h5io import import_h5
 
     rng = np.random.default_rng(seed)
@@ -51,7 +54,7 @@ def make_cohort(root: Path, patients: int = 24, seed: int = 0, sha: str = "a" * 
         for s in range(1 + p % 2):
             sid = f"P{p:02d}_S{s}"
             n = int(rng.integers(30, 80))
-            feats = rng.normal(size=(n, D))
+            feats = rng.normal(size=(n, D)) + offset
             lesion = np.zeros(n, dtype=bool)
             if label == "tumor":
                 lesion[rng.choice(n, int(rng.integers(3, 8)), replace=False)] = True

@@ -59,8 +59,9 @@ def evaluate(
         "auroc_ci95": [lo, hi],
         "balanced_accuracy": m.balanced_accuracy(y_arr, s, threshold),
         "at_threshold": at,
-        "ece_calibrated": m.ece(y_arr, expit(s)),
     }
+    ece, ece_lo, ece_hi = m.ece_ci(y_arr, expit(s), n_boot=min(n_boot, 1000))
+    out.update(ece_calibrated=ece, ece_calibrated_ci95=[ece_lo, ece_hi], ece_n=int(len(y_arr)))
     if youden is not None:
         out["at_youden"] = m.at_threshold(y_arr, s, youden).as_dict()
     if p_raw is not None:

@@ -160,6 +160,8 @@ def evaluate_model(
         result[_PART] = None
         result["not_computed"] = f"the {len(ok)} slide(s) evaluated give no metrics: {err}"
         log.error("%s", result["not_computed"])
+    if ok:
+        result["trust"] = _trust_summary(task, trained, ok, preds)
     result["plots"] = sorted(files)
     if "risk_groups" in result:  # the model card's cuts, verbatim
         card_values["risk_groups"] = result.pop("risk_groups")
@@ -176,6 +178,59 @@ def evaluate_model(
         raise output_error(out_dir, err) from err
     log.info("%s evaluated on %d slide(s) into %s", trained.name, len(ok), out_dir)
     return out_dir
+
+
+# ---------------------------------------------------------------------- trust
+
+
+def _trust_summary(
+    task: Task, model: TrainedModel, rows: list[SlideLabel], preds: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """How the model's trust checks did on this cohort: conformal coverage, the slides
+    flagged by the shift check, the batch test, and (screening tasks) the missed
+    positives a flag did not catch."""
+    from wsi.mil import conformal as cf
+    from wsi.mil.shift import check_batch
+
+    trusts = [preds[r.slide_id].get("trust") or {} for r in rows]
+    out: dict[str, Any] = {}
+    maybe = [(t.get("conformal") or {}).get("set") for t in trusts]
+    sets: list[list[str]] = [s for s in maybe if s is not None]
+    if task.has_classes and len(sets) == len(maybe):
+        statuses = [cf.set_status(s) for s in sets]
+        out["conformal"] = {
+            "coverage": cf.coverage(sets, [r.label for r in rows]),
+            "nominal": 1.0 - float(model.card["conformal"]["alpha"]),
+            "uncertain": statuses.count("uncertain"),
+            "atypical": statuses.count("atypical"),
+            "n": len(rows),
+        }
+    elif task.kind == "regression":
+        given = [(t.get("conformal") or {}).get("interval") for t in trusts]
+        intervals: list[list[float]] = [i for i in given if i is not None]
+        if len(intervals) == len(given):
+            truth = [float(r.target if r.target is not None else np.nan) for r in rows]
+            inside = [lo <= t <= hi for t, (lo, hi) in zip(truth, intervals, strict=True)]
+            out["conformal"] = {"coverage": float(np.mean(inside)), "n": len(rows)}
+    checks: list[dict[str, Any]] = [t["shift"] for t in trusts if t.get("shift")]
+    out["shift"] = {
+        "flagged": sum(c.get("status") == "failed" for c in checks),
+        "not_checked": sum(c.get("status") == "not checked" for c in checks),
+        "n": len(rows),
+        "batch": check_batch(model.card.get("shift"), checks),
+    }
+    negative = task.classes[0] if task.kind == "binary" else task.negative
+    if task.has_classes and negative is not None:
+        missed = [
+            (r, preds[r.slide_id])
+            for r in rows
+            if r.label != negative and preds[r.slide_id].get("positive") is False
+        ]
+        clean = [r.slide_id for r, p in missed if p.get("call", p["decision"]) != "uncertain"]
+        out["false_negatives"] = len(missed)
+        out["unflagged_false_negatives"] = len(clean)
+        out["unflagged_false_negative_slides"] = clean
+    return out
 
 
 # ---------------------------------------------------------------------- inputs
@@ -286,8 +341,7 @@ def _score_binary(
     part = evaluate(y, score, threshold, youden=op.get("youden_threshold_log_odds"),
                     groups=groups if any(groups) else None)  # fmt: skip
     result["calibration"] = (
-        "the model's per-fold temperatures (not refitted): the ECE is of its calibrated "
-        "probabilities"
+        "the model's temperature (not refitted): the ECE is of its calibrated probabilities"
     )
     return part, {
         "roc.png": lambda f: plot_roc({"external cohort": (y, score)}, f, threshold),
@@ -376,16 +430,39 @@ def _score_survival(
 # ---------------------------------------------------------------------- predictions.csv
 
 
+_TRUST_FIELDS = ["call", "conformal_set", "shift"]
+
+
 def _fields(task: Task) -> list[str]:
     """The prediction columns of ``predictions.csv`` per task."""
     if task.kind == "binary":
-        return ["probability", "probability_std", "log_odds", "threshold", "positive", "decision"]
+        return ["probability", "probability_std", "log_odds", "threshold", "positive",
+                "decision", *_TRUST_FIELDS]  # fmt: skip
     if task.has_classes:
         fields = ["predicted_class", "decision", *[f"p_{c}" for c in task.classes]]
-        return fields + (["probability", "log_odds", "positive"] if task.screens else [])
+        fields += ["probability", "log_odds", "positive"] if task.screens else []
+        return fields + _TRUST_FIELDS
     if task.kind == "survival":
-        return ["risk", "risk_std", "risk_group", "decision"]
-    return ["value", "value_std", "decision"]
+        return ["risk", "risk_std", "risk_group", "decision", "call", "shift"]
+    return ["value", "value_std", "decision", *_TRUST_FIELDS]
+
+
+def _trust_cell(pred: dict[str, Any], field: str) -> Any:
+    trust = pred.get("trust") or {}
+    if field == "conformal_set":
+        conformal = trust.get("conformal") or {}
+        if "set" in conformal:
+            return "{" + ", ".join(conformal["set"]) + "}"
+        return (
+            ""
+            if not conformal.get("interval")
+            else "{:.4g} to {:.4g}".format(*conformal["interval"])
+        )
+    if field == "shift":
+        shift = trust.get("shift") or {}
+        status = shift.get("status", "")
+        return f"failed: {', '.join(shift['failed'])}" if status == "failed" else status
+    return pred.get("call", pred.get("decision"))
 
 
 def _predictions_csv(
@@ -407,8 +484,12 @@ def _predictions_csv(
         values: list[Any] = [""] * len(fields)
         if pred:
             probs = pred.get("class_probabilities") or {}
-            values = [probs[f[2:]] if f.startswith("p_") and f[2:] in probs else pred.get(f)
-                      for f in fields]  # fmt: skip
+            values = [
+                _trust_cell(pred, f) if f in ("call", "conformal_set", "shift")
+                else probs[f[2:]] if f.startswith("p_") and f[2:] in probs
+                else pred.get(f)
+                for f in fields
+            ]  # fmt: skip
         writer.writerow([r.slide_id, r.patient_id, status, *known, *values,
                          failed.get(r.slide_id, "")])  # fmt: skip
     return buf.getvalue()

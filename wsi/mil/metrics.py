@@ -194,6 +194,21 @@ def reliability(y: Any, p: Any, n_bins: int = 10) -> tuple[np.ndarray, np.ndarra
         return sum_p / count, sum_y / count, count
 
 
+def ece_ci(
+    y: Any, p: Any, n_boot: int = 1000, seed: int = 0, n_bins: int = 10
+) -> tuple[float, float | None, float | None]:
+    """ECE and its 95% percentile-bootstrap interval (slides resampled); no interval
+    with fewer than 10 slides."""
+    y_arr, p_arr = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
+    value = ece(y_arr, p_arr, n_bins)
+    if len(y_arr) < 10 or n_boot <= 0:
+        return value, None, None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_arr), (n_boot, len(y_arr)))
+    boots = [ece(y_arr[i], p_arr[i], n_bins) for i in idx]
+    return value, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
 def ece(y: Any, p: Any, n_bins: int = 10) -> float:
     """Expected calibration error of the positive-class probability (equal-width bins)."""
     mean_p, rate, count = reliability(y, p, n_bins)

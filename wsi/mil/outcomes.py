@@ -1,9 +1,10 @@
 """What a trained model's folds mean, per task: the metrics, calibration, decision rule and
 plots of a training, and the fields a prediction writes.
 
-Binary models keep their own path (log-odds, per-fold temperatures, an operating point for
-a target sensitivity: :mod:`wsi.mil.train`, :mod:`wsi.mil.predict`); this module serves
-the other kinds of :mod:`wsi.mil.tasks`:
+Binary models keep their own path (log-odds, one pooled temperature, an operating point
+for a target sensitivity: :mod:`wsi.mil.train`, :mod:`wsi.mil.predict`); this module serves
+the other kinds of :mod:`wsi.mil.tasks`, and the conformal sets and the trust fields of
+every kind (:func:`fit_conformal`, :func:`trust_fields`):
 
 - multiclass and ordinal: one temperature fitted on the pooled out-of-fold logits; with a
   benign class, a screening operating point on the log-odds of "not benign" chosen for the
@@ -23,13 +24,22 @@ from typing import Any
 
 import numpy as np
 
+from wsi.mil import conformal as cf
 from wsi.mil import metrics as m
 from wsi.mil import task_metrics as tm
-from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, softmax
+from wsi.mil.calibration import expit, fit_calibration, softmax
 from wsi.mil.evaluate import _clean
 from wsi.mil.tasks import Task
 
-__all__ = ["progress_metric", "summarise", "prediction_fields", "RISK_GROUPS"]
+__all__ = [
+    "progress_metric",
+    "summarise",
+    "prediction_fields",
+    "fit_conformal",
+    "conformal_coverage",
+    "trust_fields",
+    "RISK_GROUPS",
+]
 
 RISK_GROUPS = ("low", "intermediate", "high")
 
@@ -112,7 +122,8 @@ def _summarise_classes(
     out: Path,
 ) -> tuple[dict, dict]:
     y = np.array([rows[s].y for s in oof_ids])
-    temperature = fit_temperature(oof_logits, y)
+    calibration = fit_calibration(oof_logits, y)
+    temperature = calibration["temperature"]
     probs_raw, probs = softmax(oof_logits), softmax(oof_logits, temperature)
     neg = task.negative_index
     op: dict[str, Any] | None = None
@@ -160,9 +171,11 @@ def _summarise_classes(
         "operating_point": op,
         "temperature": temperature,
         "calibration": {
-            "method": "one temperature fitted on the pooled out-of-fold validation logits",
-            "temperature": temperature,
-            "temperature_at_bound": any(abs(temperature - b) <= 1e-3 * b for b in T_BOUNDS),
+            **calibration,
+            "ece_classwise_validation_calibrated_ci95": metrics["validation_pooled"][
+                "ece_classwise_ci95"
+            ],
+            "ece_n": metrics["validation_pooled"]["ece_n"],
             "ece_classwise_validation_uncalibrated": metrics["validation_pooled"][
                 "ece_classwise_uncalibrated"
             ],
@@ -434,3 +447,122 @@ def summary_line(task: Task, part: dict[str, Any]) -> str:
         f"Pearson r {_ci(part, 'pearson_r')}, MAE {_f(part.get('mae'), 4)}, "
         f"Spearman {_f(part.get('spearman_rho'), 2)}"
     )
+
+
+def _class_probs(task: Task, logits: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.asarray(logits, np.float64), temperature)
+
+
+def fit_conformal(
+    task: Task,
+    rows: dict[str, Any],
+    oof_ids: list[str],
+    oof_logits: np.ndarray,
+    temperature: float,
+    alpha: float = cf.DEFAULT_ALPHA,
+) -> dict[str, Any] | None:
+    """The model card's conformal section from the pooled out-of-fold predictions: class
+    sets for class tasks (binary included), an interval for regression, None for
+    survival."""
+    if task.has_classes:
+        y = np.array([rows[s].y for s in oof_ids])
+        return cf.fit_classes(_class_probs(task, oof_logits, temperature), y, task.classes, alpha)
+    if task.kind == "regression":
+        y = np.array([rows[s].target for s in oof_ids], np.float64)
+        return cf.fit_interval(task.scores(oof_logits)["value"], y, alpha)
+    return None
+
+
+def conformal_coverage(
+    task: Task,
+    conformal: dict[str, Any] | None,
+    rows: dict[str, Any],
+    ids: list[str],
+    fold_logits: list[np.ndarray],
+    temperature: float,
+) -> dict[str, Any] | None:
+    """Coverage of the fold ensemble's sets (intervals) on slides ``ids`` (a test part),
+    with the share of uncertain and atypical sets."""
+    if conformal is None or not ids:
+        return None
+    if task.has_classes:
+        probs = np.mean([_class_probs(task, z, temperature) for z in fold_logits], axis=0)
+        sets = cf.class_sets(conformal, probs)
+        truth = [task.classes[rows[s].y] for s in ids]
+        status = [cf.set_status(x) for x in sets]
+        return {
+            "nominal": 1.0 - conformal["alpha"],
+            "coverage": cf.coverage(sets, truth),
+            "n": len(ids),
+            "uncertain": status.count("uncertain") / len(ids),
+            "atypical": status.count("atypical") / len(ids),
+        }
+    values = np.mean([task.scores(z)["value"] for z in fold_logits], axis=0)
+    y = np.array([rows[s].target for s in ids], np.float64)
+    half = conformal["half_width"]
+    return {
+        "nominal": 1.0 - conformal["alpha"],
+        "coverage": 1.0 if half is None else float(np.mean(np.abs(y - values) <= half)),
+        "n": len(ids),
+        "half_width": half,
+    }
+
+
+def trust_fields(
+    task: Task, card: dict[str, Any], result: dict[str, Any], shift: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The prediction's trust section and the call shown to a pathologist.
+
+    ``result`` holds the task's prediction fields (``prediction_fields`` or the binary
+    ones). Returns ``conformal`` (the set in class names, or the interval, with its status),
+    ``shift`` (the slide's site-shift check), ``flags`` (plain reasons to distrust the
+    call) and ``call``: the decision, except that a screening-negative (or, without a
+    benign class, any) call with a flag up is ``"uncertain"``: never a clean negative.
+    """
+    conformal = card.get("conformal")
+    trust: dict[str, Any] = {"conformal": None, "shift": shift, "flags": []}
+    flags: list[str] = trust["flags"]
+    if conformal and task.has_classes:
+        if task.kind == "binary":
+            p1 = float(result["probability"])
+            probs = np.array([[1.0 - p1, p1]])
+        else:
+            probs = np.array([[result["class_probabilities"][c] for c in task.classes]])
+        labels = cf.class_sets(conformal, probs)[0]
+        status = cf.set_status(labels)
+        trust["conformal"] = {
+            "set": labels,
+            "status": status,
+            "alpha": conformal["alpha"],
+            "p_values": {
+                c: float(v)
+                for c, v in zip(task.classes, cf.class_p_values(conformal, probs)[0], strict=True)
+            },
+        }
+        if status == "uncertain":
+            flags.append(
+                f"uncertain: at a {conformal['alpha']:.0%} error rate the model cannot rule "
+                f"out {' or '.join(labels)}"
+            )
+        elif status == "atypical":
+            flags.append(
+                f"atypical: at a {conformal['alpha']:.0%} error rate the slide conforms to "
+                "no class the model was trained on"
+            )
+    elif conformal and task.kind == "regression":
+        half = conformal["half_width"]
+        v = float(result["value"])
+        trust["conformal"] = {
+            "interval": None if half is None else [v - half, v + half],
+            "alpha": conformal["alpha"],
+            "status": "unbounded" if half is None else "interval",
+        }
+    if shift and shift.get("status") == "failed":
+        flags.append("site shift: " + ", ".join(shift["failed"]))
+    call = str(result["decision"])
+    if flags and task.has_classes:
+        screened = result.get("positive")  # None: no benign class, so no screening call
+        if screened is False or screened is None:
+            call = "uncertain"  # a flagged negative (or class) call is never shown clean
+    trust["call"] = call
+    return trust

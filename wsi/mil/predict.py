@@ -76,6 +76,39 @@ class TrainedModel:
         """The model's name (``card["name"]``), which names ``predictions/<name>``."""
         return str(self.card["name"])
 
+    @property
+    def reference(self) -> Any:
+        """The training tiles' reference (``wsi.mil.reference``), None where none was saved;
+        read once."""
+        if not hasattr(self, "_reference"):
+            from wsi.mil.reference import load_reference
+
+            self._reference = load_reference(self.folder)
+        return self._reference
+
+
+def slide_shift(model: TrainedModel, store: Path, feats: np.ndarray) -> dict[str, Any]:
+    """The site-shift check of one slide against the model's training slides."""
+    from wsi.mil.shift import check_slide, slide_measures, slide_stain
+
+    card = model.card.get("shift")
+    if not card:
+        return check_slide(None, {})
+    stain, why = slide_stain(store)
+    ref = model.reference
+    values = slide_measures(card, feats, stain, ref, None if ref is None else ref.centre)
+    return check_slide(card, values, why)
+
+
+def _merge_shift(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A patient's shift check: failed where any of its slides failed."""
+    failed = [c for c in checks if c["status"] == "failed"]
+    if failed:
+        names = sorted({n for c in failed for n in c["failed"]})
+        return {**failed[0], "failed": names, "slides_failed": len(failed)}
+    passed = [c for c in checks if c["status"] == "passed"]
+    return passed[0] if passed else checks[0]
+
 
 def load_model(folder: str | os.PathLike[str]) -> TrainedModel:
     """Load a model folder written by ``wsi.train_model`` (``wsi train``).
@@ -256,8 +289,18 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
     if kept is not None:
         return dict(kept)
     result, raw_att, norm_att, per_class = _score(model, item.feats, item.sha)
+    _add_trust(model, result, slide_shift(model, path, item.feats))
     _write(item, model, phash, result, raw_att, norm_att, per_class)
     return result
+
+
+def _add_trust(model: TrainedModel, result: dict[str, Any], shift: dict[str, Any]) -> None:
+    """The conformal set, the shift check, the flags and the call shown (``call``)."""
+    from wsi.mil.outcomes import trust_fields
+
+    trust = trust_fields(model.task, model.card, result, shift)
+    result["call"] = trust.pop("call")
+    result["trust"] = trust
 
 
 def _score(
@@ -361,6 +404,8 @@ def predict_patient(
             return result
         feats = np.concatenate([i.feats for i in items])
         result, raw_att, norm_att, per_class = _score(model, feats, items[0].sha)
+        checks = [slide_shift(model, i.path, i.feats) for i in items]
+        _add_trust(model, result, _merge_shift(checks))
         result["patient_slides"] = [p.name.removesuffix(".zarr") for p in paths]
         start = 0
         for item in items:

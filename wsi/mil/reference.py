@@ -40,6 +40,9 @@ class Reference:
     std: np.ndarray  #: (D,) float32, floored so near-constant features do not dominate
     far_distance: float  #: distance (in standard deviations) above which a tile is far
     quantile: float
+    #: (D,) the training slides' mean standardised embedding (site-shift check); None in
+    #: references saved before it existed
+    centre: np.ndarray | None = None
 
     @property
     def slides(self) -> int:
@@ -117,13 +120,16 @@ def save_reference(ref: Reference, folder: Path) -> Path:
 
     path = folder / REFERENCE_FILE
     with atomic_path(path) as tmp:
+        arrays = {
+            "vectors": ref.vectors.astype(np.float16),
+            "slide_index": ref.slide_index,
+            "mean": ref.mean,
+            "std": ref.std,
+        }
+        if ref.centre is not None:
+            arrays["centre"] = np.asarray(ref.centre, np.float32)
         save_file(
-            {
-                "vectors": ref.vectors.astype(np.float16),
-                "slide_index": ref.slide_index,
-                "mean": ref.mean,
-                "std": ref.std,
-            },
+            arrays,
             str(tmp),
             metadata={"far_distance": repr(ref.far_distance), "quantile": repr(ref.quantile)},
         )
@@ -148,6 +154,7 @@ def load_reference(folder: str | os.PathLike[str]) -> Reference | None:
             data["std"],
             float(json.loads(meta["far_distance"])),
             float(json.loads(meta["quantile"])),
+            data.get("centre"),
         )
     except (KeyError, ValueError, OSError, SafetensorError) as err:
         raise ConfigError(
@@ -156,13 +163,20 @@ def load_reference(folder: str | os.PathLike[str]) -> Reference | None:
         ) from err
 
 
-def far_fraction(features: np.ndarray, ref: Reference) -> tuple[float, np.ndarray]:
+def far_fraction(
+    features: np.ndarray, ref: Reference, exclude: int | None = None
+) -> tuple[float, np.ndarray]:
     """Share of a slide's tiles farther from every reference tile than ``ref.far_distance``,
     and the nearest-neighbour distances of the tiles compared (an even sample of at most
-    4096 tiles)."""
+    4096 tiles). ``exclude``: a training slide's index in the reference, whose own
+    reference tiles are then left out (what that slide would look like unseen)."""
     n = len(features)
     if n == 0:
         return 0.0, np.zeros(0, np.float32)
     take = np.unique(np.linspace(0, n - 1, min(n, _QUERY_TILES)).astype(np.int64))
-    d = _nearest(_standard(np.asarray(features)[take], ref.mean, ref.std), ref.vectors)
+    q = _standard(np.asarray(features)[take], ref.mean, ref.std)
+    if exclude is None:
+        d = _nearest(q, ref.vectors)
+    else:
+        d = _nearest(q, ref.vectors, ref.slide_index, np.full(len(q), exclude, np.int32))
     return float((d > ref.far_distance).mean()), d

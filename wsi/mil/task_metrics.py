@@ -210,6 +210,9 @@ def class_metrics(
             out["kappa_quadratic"] = _kappa_quadratic(yb, db, k) if two else None
         if screen is not None:
             out["screening.auroc"] = _auroc((yb != negative).astype(np.int64), screen[idx])
+        out["ece_classwise"] = float(
+            np.mean([m.ece((yb == c).astype(np.int64), pb[:, c]) for c in labels])
+        )
         return out
 
     point = one(np.arange(len(y_arr)))
@@ -253,6 +256,8 @@ def class_metrics(
         "accuracy": float(accuracy_score(y_arr, pred)),
         "confusion": cm.astype(int).tolist(),
         "ece_classwise": float(np.mean(eces)),
+        "ece_classwise_ci95": ci("ece_classwise"),
+        "ece_n": len(y_arr),
     }
     if ordinal:
         out["kappa_quadratic"] = point["kappa_quadratic"]

@@ -39,14 +39,15 @@ from wsi._files import atomic_path, sha256_file, write_json
 from wsi._lock import holding, lock_file
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
-from wsi.mil.calibration import T_BOUNDS, expit, fit_temperature, log_odds
+from wsi.mil.calibration import expit, fit_calibration, log_odds
 from wsi.mil.data import BagSource, LabelTable, SlideLabel, check_stores, read_labels
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
+from wsi.mil.shift import fit_shift, slide_stain
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
 from wsi.mil.tasks import KINDS, Task
 from wsi.progress import Progress
-from wsi.store import params_hash
+from wsi.store import params_hash, store_path
 
 __all__ = ["TrainConfig", "train_model", "FoldModel"]
 
@@ -156,8 +157,9 @@ class TrainConfig:
 
 @dataclass
 class FoldModel:
-    """A trained fold: its head, temperature (binary: its own; other tasks: 1, calibrated
-    on the pooled out-of-fold logits) and the logits it gave its validation slides."""
+    """A trained fold: its head, temperature (1 while training; every fold then gets the one
+    temperature calibrated on the pooled out-of-fold logits) and the logits it gave its
+    validation slides."""
 
     k: int
     module: Any
@@ -311,10 +313,8 @@ def _train_fold(
         writer.writeheader()
         writer.writerows(log_rows)
     val_logits = _logits(module, bags, val_ids)
-    temperature = 1.0  # other tasks: one temperature on the pooled out-of-fold logits
-    if task.kind == "binary":
-        temperature = fit_temperature(val_logits, [r.y for r in val_rows])
-    return FoldModel(k, module, temperature, val_ids, val_logits)
+    # every task: one temperature on the pooled out-of-fold logits, once all folds are done
+    return FoldModel(k, module, 1.0, val_ids, val_logits)
 
 
 #: the column of train_log.csv that follows a fold's validation (``progress_metric``)
@@ -444,9 +444,11 @@ def train_model(
     Every slide of labels.csv must have a store ``<stores_dir>/<slide_id>.zarr`` with
     complete, non-empty ``encoder`` features, all of one set of weights; this is checked
     before any training. Splits are by patient. Each fold's head is trained with a
-    class-weighted cross-entropy, stops early on its validation loss and is calibrated by
-    temperature scaling on its validation slides; the operating point is chosen on the
-    pooled out-of-fold validation slides for ``config.target_sensitivity``. Without a
+    class-weighted cross-entropy and stops early on its validation loss. One temperature,
+    fitted on the pooled out-of-fold validation slides (never below 1 without evidence:
+    ``wsi.mil.calibration.fit_calibration``), calibrates every fold; the operating point is
+    chosen on the same slides for ``config.target_sensitivity``, and the conformal sets and
+    the site-shift thresholds are set on them too. Without a
     test part the validation figures are optimistic (a warning is logged).
 
     The folder gets ``splits.csv``, ``model.json``, ``metrics.json``, ``roc.png``,
@@ -703,19 +705,30 @@ def _train_into(
             scores.test_logits.append(_logits(fold.module, bags, test_ids))
     # what "seen in training" means for the report's out-of-distribution flag
     held_out = set(parts.test)
-    reference = build_reference(
-        {r.slide_id: slide_bags[r.slide_id] for r in table.rows if r.slide_id not in held_out},
-        seed=config.seed,
-    )
+    seen = {r.slide_id: slide_bags[r.slide_id] for r in table.rows if r.slide_id not in held_out}
+    reference = build_reference(seen, seed=config.seed)
+    # the site-shift reference: the same slides' stain statistics and embeddings
+    stains, missing = {}, {}
+    for sid in seen:
+        stains[sid], why = slide_stain(store_path(stores_dir, sid))
+        if why:
+            missing[sid] = why
+    if missing:
+        first = next(iter(missing))
+        log.warning("%d training slide(s) give no stain statistics for the shift reference "
+                    "(%s: %s)", len(missing), first, missing[first])  # fmt: skip
+    shift, centre = fit_shift(list(seen), stains, seen, reference)
+    reference = dataclasses.replace(reference, centre=centre)
     save_reference(reference, out)
-    _finish(run, scores, reference.summary(), time.perf_counter() - t_start)
+    _finish(run, scores, {**reference.summary(), "shift": shift}, time.perf_counter() - t_start)
 
 
 def _fold_record(
     task: Task, fold: FoldModel, val_rows: list[SlideLabel], config: TrainConfig
 ) -> dict[str, Any]:
-    """What a fold's card says of its validation slides: binary models keep a threshold
-    per fold (their temperature is the fold's own); other tasks the progress metric."""
+    """What a fold's card says of its validation slides (uncalibrated: calibration is
+    fitted on all folds' pooled slides): binary models a threshold of their own, for the
+    record; other tasks the progress metric."""
     if task.kind != "binary":
         from wsi.mil.outcomes import progress_metric
 
@@ -724,7 +737,6 @@ def _fold_record(
     s_cal = log_odds(fold.val_logits, fold.temperature)
     threshold = m.threshold_for_sensitivity(val_y, s_cal, config.target_sensitivity)
     return {
-        "temperature_at_bound": any(abs(fold.temperature - b) <= 1e-3 * b for b in T_BOUNDS),
         "threshold_log_odds": threshold,
         "youden_threshold_log_odds": m.youden_threshold(val_y, s_cal),
         "val_metrics": evaluate(val_y, s_cal, threshold, p_raw=expit(log_odds(fold.val_logits))),
@@ -763,17 +775,17 @@ def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]
     own temperature); the metrics and the model card's task-specific fields."""
     out, config = run.out, run.config
     folds, oof_ids, test_ids = scores.folds, scores.oof_ids, run.units.ids(run.parts.test)
-    temps = [c["temperature"] for c in folds]
     oof_logits = np.concatenate(scores.oof_logits)
-    pairs = zip(scores.oof_logits, temps, strict=True)
-    oof_cal = np.concatenate([log_odds(z, t) for z, t in pairs])
-    # no test part: no test logits
-    test_cal = [log_odds(z, t) for z, t in zip(scores.test_logits, temps, strict=False)]
-    test_raw = [log_odds(z) for z in scores.test_logits]
-
     y = {u: r.y for u, r in run.units.rows.items()}
     group = {u: r.group for u, r in run.units.rows.items()}
     oof_y = np.array([y[s] for s in oof_ids])
+    calibration = fit_calibration(oof_logits, oof_y)
+    temp = calibration["temperature"]
+    oof_cal = log_odds(oof_logits, temp)
+    # no test part: no test logits
+    test_cal = [log_odds(z, temp) for z in scores.test_logits]
+    test_raw = [log_odds(z) for z in scores.test_logits]
+
     threshold = m.threshold_for_sensitivity(oof_y, oof_cal, config.target_sensitivity)
     youden = m.youden_threshold(oof_y, oof_cal)
     metrics: dict[str, Any] = {
@@ -784,7 +796,7 @@ def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]
             "chosen_on": "pooled out-of-fold validation slides (calibrated log-odds)",
             "youden_threshold_log_odds": youden,
         },
-        "validation_note": "in-sample for the operating point and the temperatures "
+        "validation_note": "in-sample for the operating point and the temperature "
         "(both fitted on these slides): optimistic; the test part is not",
         "validation_pooled": evaluate(
             oof_y,
@@ -820,10 +832,15 @@ def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]
     summary = ("auroc", "auroc_ci95", "at_threshold")
     card = {
         "operating_point": metrics["operating_point"],
+        "temperature": temp,
         "calibration": {
-            "method": "temperature scaling per fold, fitted on its validation slides",
+            **calibration,
             "ece_validation_uncalibrated": metrics["validation_pooled"].get("ece_uncalibrated"),
             "ece_validation_calibrated": metrics["validation_pooled"].get("ece_calibrated"),
+            "ece_validation_calibrated_ci95": metrics["validation_pooled"].get(
+                "ece_calibrated_ci95"
+            ),
+            "ece_n": metrics["validation_pooled"].get("ece_n"),
         },
         "metrics": {
             "validation_pooled": {k: metrics["validation_pooled"][k] for k in summary},
@@ -839,13 +856,15 @@ def _finish(
     """The task's metrics, calibration, operating point and plots; the model card."""
     import hashlib
 
-    from wsi.mil.outcomes import summarise
+    from wsi.mil.outcomes import conformal_coverage, fit_conformal, summarise
     from wsi.store import package_versions
 
     out, table, config, task = run.out, run.table, run.config, run.task
     folds, test_ids = scores.folds, run.units.ids(run.parts.test)
     if task.kind == "binary":
         metrics, fields = _binary_summary(run, scores)
+        for c in folds:  # one temperature for all folds, fitted on their pooled logits
+            c["temperature"] = fields["temperature"]
     else:
         metrics, fields = summarise(
             task,
@@ -861,6 +880,17 @@ def _finish(
         for c in folds:  # one temperature for all folds, fitted on their pooled logits
             c["temperature"] = fields["temperature"]
             c.setdefault("threshold_log_odds", None)
+    # conformal sets on the same pooled out-of-fold predictions, checked on the test part
+    temperature = float(fields.get("temperature", 1.0))
+    conformal = fit_conformal(
+        task, run.units.rows, scores.oof_ids, np.concatenate(scores.oof_logits), temperature
+    )
+    covered = conformal_coverage(
+        task, conformal, run.units.rows, test_ids, scores.test_logits, temperature
+    )
+    if covered is not None:
+        metrics["test"]["conformal"] = covered
+    shift = reference.pop("shift", None)
     write_json(out / "metrics.json", metrics)
     # the model id covers the fold weights and everything that turns their scores into a
     # call: temperatures, thresholds, the operating point, the task and the OOD reference
@@ -873,6 +903,8 @@ def _finish(
         "task": task.as_card(),
         "risk_groups": fields.get("risk_groups"),
         "reference": reference,
+        "conformal": conformal,
+        "shift": shift,
     }
     digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
     all_ids = [r.slide_id for r in table.rows]
@@ -906,6 +938,8 @@ def _finish(
         "calibration": fields["calibration"],
         "metrics": fields["metrics"],
         "reference": reference,
+        "conformal": conformal,
+        "shift": shift,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),

@@ -427,6 +427,7 @@ def report_slide(
         bars=None if finding.classes is None else class_bars(finding.classes, _negative(trained)),
         km=None if finding.risk is None else km_chart(finding.risk),
         calm=_calm(finding),
+        trust_rows=trust_rows(finding),
         call_class=_call_class(finding),
         task_rows=_task_rows(trained),
         mpp_source=_mpp_words(facts.mpp_source),
@@ -451,6 +452,10 @@ def report_slide(
         **finding.parts.row(),
         "task": finding.kind,
         "flags": [f.title for f in found],
+        "call": finding.call or finding.decision,
+        "shift": ((finding.trust or {}).get("shift") or {}).get("status", "not checked"),
+        "shift_check": (finding.trust or {}).get("shift"),
+        "conformal_set": ((finding.trust or {}).get("conformal") or {}).get("set"),
         "tiles": facts.tiles,
         "tissue_mm2": facts.tissue_mm2,
         "report": html_path.name,
@@ -460,6 +465,54 @@ def report_slide(
     }
     write_output(out / f"{_safe(sid)}.json", json.dumps(row, indent=1) + "\n")
     return SlideReport(sid, html_path, pdf_path, row)
+
+
+def trust_rows(finding: Finding) -> list[tuple[str, str]]:
+    """The "How sure" rows of a report: the conformal set and the site-shift check in
+    words (none for predictions made before they existed)."""
+    from wsi.reports.facts import measure_words
+
+    trust = finding.trust
+    if trust is None:
+        return []
+    rows: list[tuple[str, str]] = []
+    conformal = trust.get("conformal")
+    if conformal and "set" in conformal:
+        level = f"{1 - conformal['alpha']:.0%}"
+        labels = conformal["set"]
+        text = {
+            "certain": f"{{{labels[0]}}}: only {labels[0]} is consistent with the "
+            "validation slides",
+            "uncertain": f"{{{', '.join(labels)}}}: the model cannot rule out any of "
+            f"these: uncertain, refer",
+            "atypical": "{} (empty): the slide conforms to no class the model was trained "
+            "on: atypical",
+        }[conformal["status"]]
+        rows.append((f"Conformal prediction set ({level})", text))
+    elif conformal and conformal.get("interval"):
+        lo, hi = conformal["interval"]
+        rows.append(
+            (
+                f"Conformal interval ({1 - conformal['alpha']:.0%})",
+                f"{lo:.4g} to {hi:.4g}",
+            )
+        )
+    elif conformal:
+        rows.append(("Conformal interval", "unbounded: too few training slides for the rate"))
+    else:
+        rows.append(("Conformal prediction set", "none for this task"))
+    shift = trust.get("shift") or {}
+    status = shift.get("status", "not checked")
+    if status == "failed":
+        text = "failed: " + ", ".join(measure_words(n) for n in shift.get("failed") or [])
+    elif status == "passed":
+        text = "passed: stain and embeddings within the range of in-site slides"
+        if shift.get("note"):
+            text += f" (partly {shift['note']})"
+    else:
+        text = f"not checked: {shift.get('note') or 'no shift reference'}"
+    rows.append(("Site-shift check", text))
+    return rows
 
 
 def _negative(model: Any) -> str | None:
@@ -529,6 +582,39 @@ def _safe(slide_id: str) -> str:
     return name or "_"
 
 
+def batch_shift(
+    shift: dict[str, Any] | None, rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str]:
+    """The batch's site-shift test over report rows and what it says, in words."""
+    from wsi.mil.shift import check_batch
+    from wsi.reports.facts import measure_words
+
+    checks = [r["shift_check"] for r in rows if r.get("shift_check")]
+    batch = check_batch(shift, checks)
+    if batch["status"] == "differs":
+        tests = batch["tests"]
+        parts = [
+            f"{measure_words(n)} (p = {tests[n]['p_value']:.2g}; median "
+            f"{tests[n]['batch_median']:.3g} against {tests[n]['training_median']:.3g} in "
+            "training)"
+            for n in batch["differs"]
+        ]
+        text = (
+            "Compared with the training slides it differs in " + "; ".join(parts) + f". "
+            f"{batch['flagged_slides']} of {batch['slides']} slides failed their own "
+            "check. The model's probabilities and operating point may not hold here: "
+            "validate it on this site before relying on it."
+        )
+    elif batch["status"] == "similar":
+        text = (
+            f"similar to the training slides ({batch['slides']} slides; "
+            f"{batch['flagged_slides']} failed their own check)"
+        )
+    else:
+        text = f"not checked: {batch.get('note', '')}"
+    return batch, text
+
+
 def report_cohort(
     rows: list[dict[str, Any]],
     out_dir: str | os.PathLike[str],
@@ -537,6 +623,7 @@ def report_cohort(
     positive: str | None = None,
     task: dict[str, Any] | None = None,
     failed: list[dict[str, str]] | None = None,
+    shift: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """The triage table: every slide sorted by risk, linking to each slide's report;
     slides that failed are listed with their stage and error (pass errors through
@@ -550,7 +637,12 @@ def report_cohort(
     survival risk score; the predicted value. ``cohort.csv`` has the columns ``rank,
     slide_id, decision``, the task's (``wsi.reports.calls.cohort_columns``: binary
     ``probability, probability_std, positive``), then ``flags, tiles, tissue_mm2,
-    report, error``."""
+    report, error``. Among the slides a screening model calls negative, flagged ones
+    (``call`` uncertain, or any flag) come first: they are the ones to review.
+
+    ``shift`` (the model card's ``shift`` section) adds the batch's site-shift test
+    (``wsi.mil.shift.check_batch`` over the rows' ``shift_check``): a banner naming the
+    measures when the batch differs from the training slides."""
     from wsi._version import __version__
 
     task = task or {"kind": "binary", "positive": positive}
@@ -559,8 +651,11 @@ def report_cohort(
     key, order_text = calls.cohort_order(task)
     ordered = sorted(rows, key=key)
     columns = calls.cohort_display(task)
+    batch, batch_text = batch_shift(shift, rows) if shift is not None else (None, "")
     html = render(
         "cohort.html.j2",
+        batch=batch,
+        batch_text=batch_text,
         rows=[(r, [show(r) for _, show in columns]) for r in ordered],
         headers=[name for name, _ in columns],
         failed=failed or [],
@@ -662,6 +757,7 @@ def report(
             model=trained.name,
             task=trained.card["task"],
             failed=failed,
+            shift=trained.card.get("shift") or {},
         )
     except OSError as err:
         if isinstance(err, WsiError):

@@ -354,9 +354,16 @@ def cohort_order(task: Mapping[str, Any] | None) -> tuple[Any, str]:
     kind = _kind(task)
     if _screens(task):
         pos = (task or {}).get("positive") or f"non-{(task or {}).get('negative')}"
+
+        def review(r: Mapping[str, Any]) -> int:
+            if r.get("positive"):
+                return 0
+            return 1 if r.get("call") == "uncertain" or r.get("flags") else 2
+
         return (
-            lambda r: (-float(r["log_odds"]), str(r["slide_id"])),
-            f"Sorted by risk: the highest calibrated probability of {pos} first.",
+            lambda r: (review(r), -float(r["log_odds"]), str(r["slide_id"])),
+            f"Sorted by risk: the highest calibrated probability of {pos} first; among the "
+            "negative calls, flagged ones (uncertain, shifted or of poor quality) first.",
         )
     if kind in ("multiclass", "ordinal"):
         classes = [str(c) for c in (task or {})["classes"]]

@@ -94,6 +94,11 @@ class Finding:
     attention_of: str | None = None  #: the class whose attention branch is shown, if one
     patient_slides: tuple[str, ...] = ()  #: a patient-level call: the patient's slides
     attention_share: float | None = None  #: this slide's share of the patient's attention
+    #: the call shown: the decision, or "uncertain" where a flag is up on a negative call
+    call: str | None = None
+    #: the prediction's trust section: conformal set, shift check, flags (None: predicted
+    #: before they existed)
+    trust: dict[str, Any] | None = None
 
     @property
     def screening(self) -> Screening | None:
@@ -337,6 +342,8 @@ def gather(
         attention_of=str(pred["decision"]) if keys.attention_classes in group else None,
         patient_slides=tuple(pred.get("patient_slides") or ()),
         attention_share=pred.get("attention_share"),
+        call=pred.get("call"),
+        trust=pred.get("trust"),
     )
     att = np.asarray(group[keys.attention_mean][:], np.float64)
     order = np.argsort(-att, kind="stable")
@@ -349,7 +356,7 @@ def gather(
 
 def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[Flag]:
     """The plain warnings of a report, most important first."""
-    out: list[Flag] = []
+    out: list[Flag] = _trust_flags(finding)
     why = finding.parts.uncertain(options)
     if why:
         detail = "; ".join(why)
@@ -405,4 +412,63 @@ def flags(facts: SlideFacts, finding: Finding, options: ReportOptions) -> list[F
         )
     elif facts.mpp is None:
         out.append(Flag("quality", "Resolution unknown", "No mpp: areas cannot be given."))
+    return out
+
+
+_MEASURE_WORDS = {
+    "stain": "stain and colour statistics (Macenko stain vectors, optical density)",
+    "embedding_far": "share of tiles unlike every training tile",
+    "embedding_centroid": "the slide's mean embedding",
+}
+
+
+def measure_words(name: str) -> str:
+    """A site-shift measure in words."""
+    return _MEASURE_WORDS.get(name, name)
+
+
+def _trust_flags(finding: Finding) -> list[Flag]:
+    """Flags of the prediction's conformal set and site-shift check."""
+    trust = finding.trust or {}
+    out: list[Flag] = []
+    conformal = trust.get("conformal") or {}
+    rate = f"{conformal.get('alpha', 0.05):.0%}"
+    if conformal.get("status") == "uncertain":
+        labels = " or ".join(conformal.get("set") or [])
+        out.append(
+            Flag(
+                "uncertain",
+                "Uncertain: refer",
+                f"The conformal prediction set holds {labels}: at a {rate} error rate the "
+                "model cannot tell which. Review the slide; do not read the call as a "
+                "clean result.",
+            )
+        )
+    elif conformal.get("status") == "atypical":
+        out.append(
+            Flag(
+                "ood",
+                "Atypical slide",
+                f"The conformal prediction set is empty: at a {rate} error rate the slide "
+                "conforms to none of the classes the model was trained on.",
+            )
+        )
+    shift = trust.get("shift") or {}
+    if shift.get("status") == "failed":
+        parts = []
+        for name in shift.get("failed") or []:
+            m = (shift.get("measures") or {}).get(name) or {}
+            parts.append(
+                f"{measure_words(name)} ({m.get('value', float('nan')):.3g}, in-site "
+                f"slides up to {m.get('threshold', float('nan')):.3g})"
+            )
+        out.append(
+            Flag(
+                "ood",
+                "Site shift",
+                "This slide differs from the training slides in " + "; ".join(parts) + ". "
+                "Its stain, scanner or tissue may be unlike what the model was validated "
+                "on: its probabilities may not hold.",
+            )
+        )
     return out

@@ -4,7 +4,9 @@
   (:mod:`wsi.synthetic.slide`);
 * :func:`make_cohort` writes a labelled cohort of such slides with lesion ground truth
   (:mod:`wsi.synthetic.cohort`; what it holds is decided in :mod:`wsi.synthetic.plan`,
-  its labels for each of :data:`TASKS` in :mod:`wsi.synthetic.tasks`),
+  its labels for each of :data:`TASKS` in :mod:`wsi.synthetic.tasks`, its texture
+  sets, :data:`TEXTURE_SETS`, in :mod:`wsi.synthetic.texture_sets`, its stain shift
+  in :mod:`wsi.synthetic.stains`),
   and :func:`lesion_fraction_of_tiles` measures that truth per tile
   (:mod:`wsi.synthetic.lesions`).
 
@@ -26,6 +28,7 @@ from wsi.synthetic.slide import (
     save_slide_tiff,
 )
 from wsi.synthetic.tasks import TASKS
+from wsi.synthetic.texture_sets import TEXTURE_SETS
 from wsi.synthetic.textures import default_tile_source_dir
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "MAX_SIDE",
     "SyntheticSlide",
     "TASKS",
+    "TEXTURE_SETS",
     "default_tile_source_dir",
     "lesion_fraction_of_tiles",
     "load_cohort",

@@ -33,6 +33,14 @@ tiles, see :data:`LESION_SOURCES` and :data:`BACKGROUND_SOURCES`), blended into 
 a ragged border a few pixels wide; the ground-truth border is the 0.5 level of that
 blend.
 
+Sites and difficulty.  ``textures`` picks another named texture set
+(:mod:`wsi.synthetic.texture_sets`: ``site_b``, other images of the tile folder, for a
+second hospital; ``subtle``, lesions close to the background, for a harder
+benchmark), and ``stain_shift`` scales the haematoxylin, eosin and DAB of every texture
+in HED colour space (:mod:`wsi.synthetic.stains`; recorded in the manifest's
+``stain_shift``).  At their defaults neither enters the parameter hash or the
+manifest: such cohorts are exactly what they were before these arguments existed.
+
 Lesion size.  The lesions of a slide cover together a fraction of its *tissue* area
 drawn uniformly in ``lesion_fraction`` (default 1 % .. 10 %), and each lesion covers at
 least a disk of ``min_lesion_diameter_um`` (default 256 um: two 256-pixel tiles at
@@ -40,7 +48,11 @@ least a disk of ``min_lesion_diameter_um`` (default 256 um: two 256-pixel tiles 
 Both constraints hold at once only when the tissue is large enough: the number of
 lesions is capped by what fits, and the lower end of the fraction range is raised to
 ``n_lesions * minimum area / tissue area`` where needed (on 4000-pixel slides, about
-7-10 % of the tissue, always a single lesion).  A slide size that cannot hold even one
+7-10 % of the tissue, always a single lesion).  Small lesions: with ``lesion_fraction``
+``(0.01, 0.03)`` one 256 um lesion is 1.6-2.0 % of the tissue of an 8000-pixel slide
+(one lesion a slide, 1.7-2.9 % of the tissue), 0.7-0.9 % of a 12000-pixel slide's (one
+to three lesions, 1.2-3 %); lesions of 1 % of an 8000-pixel slide's tissue need
+``min_lesion_diameter_um`` of about 180 or less.  A slide size that cannot hold even one
 lesion within the upper bound is refused with :class:`~wsi.errors.ConfigError`.
 Cohort slides have more tissue than :func:`wsi.synthetic.make_synthetic_slide`'s
 (65-80 % of the slide) so that small slides can hold a lesion.
@@ -92,6 +104,7 @@ from wsi.synthetic.plan import (
     plan_slides,
 )
 from wsi.synthetic.slide import save_mask_png, save_slide_tiff, slide_image
+from wsi.synthetic.stains import NO_STAIN_SHIFT
 from wsi.synthetic.tasks import (
     CLASS_TASKS,
     REGRESSION_NOISE_SD,
@@ -99,6 +112,7 @@ from wsi.synthetic.tasks import (
     label_rule,
     survival_patients,
 )
+from wsi.synthetic.texture_sets import DEFAULT_TEXTURE_SET
 from wsi.synthetic.textures import default_tile_source_dir, texture_layer
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -364,6 +378,8 @@ def make_cohort(
     min_lesion_diameter_um: float = 256.0,
     overwrite: bool = False,
     task: str = "binary",
+    stain_shift: tuple[float, float, float] = NO_STAIN_SHIFT,
+    textures: str = DEFAULT_TEXTURE_SET,
 ) -> Cohort:
     """Write a labelled cohort of synthetic slides with lesion ground truth (see module doc).
 
@@ -394,12 +410,23 @@ def make_cohort(
             ``survival`` or ``regression`` (module doc, :mod:`wsi.synthetic.tasks`).
             For class tasks ``positive_fraction`` is the fraction of lesion patients,
             split evenly over the three lesion classes.
+        stain_shift: ``(haematoxylin, eosin, DAB)`` factors, each > 0, by which the
+            stain amounts of the tissue and lesions are multiplied in HED colour
+            space (e.g. ``(1.5, 0.5, 1.0)``: a site that stains haematoxylin more and
+            eosin less); the glass stays as it is.  Applied to the small texture
+            sources before they are tiled over the slides
+            (:mod:`wsi.synthetic.stains`).  Default: no shift.
+        textures: Texture set of the background tissue and the lesions, one of
+            :data:`~wsi.synthetic.texture_sets.TEXTURE_SETS`: ``default``,
+            ``site_b`` (other images of the tile folder: a second site) or
+            ``subtle`` (lesions closer to the background: a harder benchmark).
 
     Returns:
         The :class:`Cohort`.
 
     Raises:
-        ConfigError: On an invalid argument (an unknown ``task`` among them), a slide
+        ConfigError: On an invalid argument (an unknown ``task`` or ``textures``, a
+            ``stain_shift`` factor that is not positive, among them), a slide
             too small for one lesion of the minimum size within ``lesion_fraction``,
             or a folder holding a cohort made with other parameters (without
             ``overwrite``).
@@ -425,13 +452,17 @@ def make_cohort(
         mask_downsample,
         min_lesion_diameter_um,
         task,
+        stain_shift,
+        textures,
     )
     out = Path(out_dir)
     manifest_path, labels_path = out / "cohort.json", out / "labels.csv"
     tile_dir = Path(tile_source_dir) if tile_source_dir is not None else default_tile_source_dir()
-    sources, textures = load_cohort_sources(tile_dir, per_class=args.task in CLASS_TASKS)
+    sources, described = load_cohort_sources(
+        tile_dir, args.task in CLASS_TASKS, args.texture_set, args.stain_shift
+    )
 
-    params = cohort_params(args, textures)
+    params = cohort_params(args, described)
     phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     rng_plan = np.random.default_rng([args.seed, 0xC0])
     plan = plan_slides(rng_plan, args.slides, args.patients, args.positive_fraction, args.task)
@@ -446,12 +477,19 @@ def make_cohort(
         "mask_downsample": args.mask_downsample,
         "mask_pixel": "mask pixel (i, j) covers level-0 [j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)",
         "label_rule": label_rule(args.task),
-        "textures": textures,
+        "textures": described,
         "complete": False,
         "slides": [],
     }
     if args.task != "binary":  # binary manifests are as before tasks existed
         manifest["task"] = args.task
+    if args.stain_shift != NO_STAIN_SHIFT:  # and unshifted ones as before stain shifts
+        manifest["stain_shift"] = {
+            "haematoxylin": args.stain_shift[0],
+            "eosin": args.stain_shift[1],
+            "dab": args.stain_shift[2],
+            "applied_to": "tissue and lesion textures, in HED optical density; glass unchanged",
+        }
     _write_json(manifest_path, manifest)
 
     t_all = time.monotonic()

@@ -18,6 +18,7 @@ from wsi._files import sha256_file
 from wsi.errors import ConfigError
 from wsi.synthetic.masks import COHORT_LAYOUT
 from wsi.synthetic.slide import MAX_MASK_PIXELS, MAX_SIDE
+from wsi.synthetic.stains import NO_STAIN_SHIFT, check_stain_shift, shift_stains
 from wsi.synthetic.tasks import (
     CLASS_TASKS,
     LESION_CLASSES,
@@ -26,7 +27,16 @@ from wsi.synthetic.tasks import (
     grade_range,
     task_params,
 )
-from wsi.synthetic.textures import load_rgb, procedural_he, procedural_lesion
+from wsi.synthetic.texture_sets import (
+    BACKGROUND_SOURCES,
+    DEFAULT_TEXTURE_SET,
+    LESION_SOURCES,
+    TextureSet,
+    procedural_background,
+    procedural_lesion_texture,
+    texture_set,
+)
+from wsi.synthetic.textures import load_rgb
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -52,22 +62,6 @@ logger = logging.getLogger(__name__)
 COHORT_MPP = 0.25
 #: Version of the generator; part of the parameter hash (bump when output changes).
 COHORT_VERSION = 1
-#: Real H&E images (relative to the tile folder) used for background (normal) tissue:
-#: stroma, collagen, loose connective tissue and low-cellularity tissue.
-BACKGROUND_SOURCES = (
-    "histolab/very-low-nuclei-score-level0.png",
-    "histolab/medium-nuclei-score-level0.png",
-    "histolab/tissue-level0-4302-10273-4814-10785.png",
-    "histolab/tissue-level0-7352-11762-7864-12274.png",
-    "histolab/tissue-level2-3000-7666-7096-11763.png",
-    "histoqc_template1.png",
-)
-#: Real H&E images used for lesions: dense, nuclei-rich carcinoma.
-LESION_SOURCES = (
-    "histolab/high-nuclei-score-level0.png",
-    "histoqc_template3.png",
-    "tiatoolbox_target_image.png",
-)
 #: Range of the slide area covered by tissue, drawn per slide.
 TISSUE_FRACTION_RANGE = COHORT_LAYOUT.tissue_fraction
 #: Most lesions on one tumour slide.
@@ -80,9 +74,6 @@ TIFF_TILE = 256
 #: The two labels: every slide of a patient carries the patient's label.
 LABEL_TUMOR = "tumor"
 LABEL_NORMAL = "normal"
-#: Tint of the procedural lesion texture of each lesion texture set of the class tasks
-#: (used only where that set's image is missing): purple, blue, magenta.
-_PROCEDURAL_LESION_TINTS = ((80.0, 45.0, 130.0), (40.0, 70.0, 160.0), (140.0, 25.0, 95.0))
 
 
 @dataclass(frozen=True)
@@ -90,7 +81,8 @@ class CohortSources:
     """Texture sources of the background tissue and of the lesions (RGB uint8 arrays).
 
     ``lesion_sets`` (class tasks only) holds one texture set per lesion class: set ``k``
-    is the image ``LESION_SOURCES[k]`` alone (or a procedural texture of its own).
+    is the texture set's ``k``-th lesion image alone (``LESION_SOURCES[k]`` for the
+    default set), or a procedural texture of its own.
     """
 
     background: list[np.ndarray]
@@ -111,6 +103,8 @@ class CohortArgs:
     mask_downsample: int
     min_lesion_diameter_um: float
     task: str = "binary"
+    stain_shift: tuple[float, float, float] = NO_STAIN_SHIFT
+    texture_set: str = DEFAULT_TEXTURE_SET
 
     @property
     def min_lesion_area_l0(self) -> float:
@@ -154,10 +148,14 @@ def check_args(
     mask_downsample: Any,
     min_lesion_diameter_um: Any,
     task: Any = "binary",
+    stain_shift: Any = NO_STAIN_SHIFT,
+    textures: Any = DEFAULT_TEXTURE_SET,
 ) -> CohortArgs:
     """The arguments of :func:`make_cohort`, checked; :class:`ConfigError` names the first
     bad one."""
     task = check_task(task)
+    tset = texture_set(textures).name
+    shift = check_stain_shift(stain_shift)
     n_slides = _int_arg("slides", slides, 1)
     side = _int_arg("size", size, MIN_SIZE, MAX_SIDE)
     n_patients = (
@@ -181,7 +179,7 @@ def check_args(
     dmin = _float_arg("min_lesion_diameter_um", min_lesion_diameter_um)
     if dmin <= 0:
         raise ConfigError(f"min_lesion_diameter_um must be positive, got {dmin}")
-    args = CohortArgs(n_slides, side, n_patients, pos, s, (lo, hi), ds, dmin, task)
+    args = CohortArgs(n_slides, side, n_patients, pos, s, (lo, hi), ds, dmin, task, shift, tset)
     _check_lesion_fits(args)
     return args
 
@@ -213,8 +211,12 @@ def lesion_range(args: CohortArgs, lesion_class: int | None) -> tuple[float, flo
 
 
 def cohort_params(args: CohortArgs, textures: dict[str, Any]) -> dict[str, Any]:
-    """What the cohort's files depend on: hashed into ``params_hash``."""
-    return {
+    """What the cohort's files depend on: hashed into ``params_hash``.
+
+    The texture set and the stain shift enter only when not at their defaults, so
+    that a cohort made before they existed keeps its hash.
+    """
+    params: dict[str, Any] = {
         "version": COHORT_VERSION,
         "slides": args.slides,
         "size": args.size,
@@ -231,6 +233,11 @@ def cohort_params(args: CohortArgs, textures: dict[str, Any]) -> dict[str, Any]:
         "textures": _texture_ids(textures),
         **task_params(args.task, args.lesion_fraction),
     }
+    if args.texture_set != DEFAULT_TEXTURE_SET:
+        params["texture_set"] = args.texture_set
+    if args.stain_shift != NO_STAIN_SHIFT:
+        params["stain_shift"] = list(args.stain_shift)
+    return params
 
 
 def _texture_ids(textures: dict[str, Any]) -> dict[str, Any]:
@@ -344,53 +351,60 @@ def _load_set(
 
 
 def _lesion_sets(
-    lesion: list[np.ndarray], entries: list[dict[str, str]]
+    tset: TextureSet, lesion: list[np.ndarray], entries: list[dict[str, str]]
 ) -> tuple[list[list[np.ndarray]], list[list[dict[str, str]]]]:
-    """One texture set per lesion class: ``LESION_SOURCES[k]`` alone where it was loaded,
-    else a procedural lesion texture of its own (seed ``2 + k``, tint ``k``)."""
-    import numpy as np
-
+    """One texture set per lesion class: the set's ``k``-th lesion image alone where it
+    was loaded, else a procedural lesion texture of its own (seed and tint ``k``)."""
     by_name = {e["name"]: (arr, e) for arr, e in zip(lesion, entries, strict=True)}
     sets: list[list[np.ndarray]] = []
     described: list[list[dict[str, str]]] = []
-    for k, name in enumerate(LESION_SOURCES[:LESION_CLASSES]):
+    for k, name in enumerate(tset.lesion[:LESION_CLASSES]):
         if name in by_name:
             arr, entry = by_name[name]
         else:
             logger.warning("lesion texture set %d: no %s, using a procedural texture", k, name)
-            rng = np.random.default_rng(2 + k)
-            arr = procedural_lesion(rng, tint=_PROCEDURAL_LESION_TINTS[k])
-            entry = {"name": f"procedural-lesion-{k}", "sha256": ""}
+            arr = procedural_lesion_texture(tset, k)
+            entry = {"name": tset.procedural_name(f"lesion-{k}"), "sha256": ""}
         sets.append([arr])
         described.append([entry])
     return sets, described
 
 
 def load_cohort_sources(
-    tile_dir: Path | None, per_class: bool = False
+    tile_dir: Path | None,
+    per_class: bool = False,
+    textures: str = DEFAULT_TEXTURE_SET,
+    stain_shift: tuple[float, float, float] = NO_STAIN_SHIFT,
 ) -> tuple[CohortSources, dict[str, Any]]:
-    """Background and lesion source images plus their description for the manifest
-    (``tile_dir`` and, per set, each image's name and sha256).
+    """Background and lesion source images of the texture set ``textures`` plus their
+    description for the manifest (``tile_dir`` and, per set, each image's name and
+    sha256; the set's name and description where it is not the default).
 
     Each set falls back to a procedural texture (seeded by a constant, so the
     cohort stays deterministic) when none of its images is found.  With
     ``per_class`` (class tasks), also one lesion texture set per lesion class
-    (``lesion_sets``; see :func:`_lesion_sets`).
+    (``lesion_sets``; see :func:`_lesion_sets`).  Every source is then stain-shifted
+    by ``stain_shift`` (:func:`wsi.synthetic.stains.shift_stains`; skipped at
+    ``(1, 1, 1)``): the sources are small, the slides are made of them.
     """
-    import numpy as np
-
+    tset = texture_set(textures)
     described: dict[str, Any] = {"tile_dir": str(tile_dir) if tile_dir is not None else None}
+    if tset.name != DEFAULT_TEXTURE_SET:  # default manifests are as before sets existed
+        described["set"] = tset.manifest_entry()
     loaded: dict[str, list[np.ndarray]] = {}
-    for key, names in (("background", BACKGROUND_SOURCES), ("lesion", LESION_SOURCES)):
+    for key, names in (("background", tset.background), ("lesion", tset.lesion)):
         arrays, entries = _load_set(tile_dir, names)
         if not arrays:
             logger.warning("no %s H&E images in %s: using a procedural texture", key, tile_dir)
-            rng = np.random.default_rng(1 if key == "background" else 2)
-            arrays = [procedural_he(rng) if key == "background" else procedural_lesion(rng)]
-            entries = [{"name": f"procedural-{key}", "sha256": ""}]
+            is_bg = key == "background"
+            arrays = [procedural_background(tset) if is_bg else procedural_lesion_texture(tset)]
+            entries = [{"name": tset.procedural_name(key), "sha256": ""}]
         loaded[key] = arrays
         described[key] = entries
     sets: list[list[np.ndarray]] = []
     if per_class:
-        sets, described["lesion_sets"] = _lesion_sets(loaded["lesion"], described["lesion"])
+        sets, described["lesion_sets"] = _lesion_sets(tset, loaded["lesion"], described["lesion"])
+    if stain_shift != NO_STAIN_SHIFT:
+        loaded = {k: [shift_stains(a, stain_shift) for a in v] for k, v in loaded.items()}
+        sets = [[shift_stains(a, stain_shift) for a in t] for t in sets]
     return CohortSources(loaded["background"], loaded["lesion"], sets), described

@@ -38,6 +38,7 @@ __all__ = [
     "repeat_to",
     "smooth_noise",
     "texture_layer",
+    "tinted",
     "vips_from_numpy",
 ]
 
@@ -160,10 +161,13 @@ def procedural_he(rng: np.random.Generator, side: int = PROCEDURAL_SIDE) -> np.n
 
 
 def procedural_lesion(
-    rng: np.random.Generator, tint: tuple[float, float, float] = (80.0, 45.0, 130.0)
+    rng: np.random.Generator,
+    tint: tuple[float, float, float] = (80.0, 45.0, 130.0),
+    weight: float = 0.5,
 ) -> np.ndarray:
     """Fallback lesion texture: a procedural H&E texture pushed towards ``tint`` (RGB,
-    by default haematoxylin purple).
+    by default haematoxylin purple) with ``weight`` in [0, 1] (0: the background's
+    colours, 1: the tint alone).
 
     Used only when no lesion source image is available; darker and bluer than the
     procedural background, with the nuclei texture kept.  RGB uint8,
@@ -174,8 +178,16 @@ def procedural_lesion(
     base = procedural_he(rng).astype(np.float32)
     mod = smooth_noise(rng, base.shape[:2], sigma=6.0)[..., None]
     purple = np.array(tint, dtype=np.float32)
-    out = 0.5 * base + 0.5 * purple + 12.0 * mod
+    out = (1.0 - weight) * base + weight * purple + 12.0 * mod
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def tinted(rgb: np.ndarray, tint: tuple[float, float, float], weight: float) -> np.ndarray:
+    """``rgb`` (uint8) pushed towards the RGB ``tint`` with ``weight`` in [0, 1]; uint8."""
+    import numpy as np
+
+    out = (1.0 - weight) * rgb.astype(np.float32) + weight * np.array(tint, dtype=np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- #
