@@ -172,11 +172,21 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         loader_threads=args.loader_threads,
+        stain_target=args.stain_target,
     )
     progress = False if args.quiet else None
     results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
     ok = sum(r.status == "ok" for r in results)
     return print_results(f"embedded {ok} of {len(results)} store(s) with {config.encoder}", results)
+
+
+def _cmd_stain_target(args: argparse.Namespace) -> int:
+    from wsi.embed import fit_stain_target
+
+    path = fit_stain_target(args.stores, args.method, args.out,
+                            tiles_per_store=args.tiles_per_store)  # fmt: skip
+    print(f"stain target ({args.method}) written to {path}; embed with --stain-target {path}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -451,10 +461,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (64 CPU / 256 GPU)")
     p.add_argument("--dtype", choices=["float32", "float16"], help="stored embeddings dtype")
     p.add_argument("--loader-threads", type=int, help="background tile-decoding threads")
+    p.add_argument(
+        "--stain-target",
+        help="normalise each tile's stain to this target (written by `wsi stain-target`)",
+    )
     p.add_argument("--config", help="YAML config (section `embed`), see configs/default.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace features of other weights")
     add_wait_option(p)
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser(
+        "stain-target",
+        help="fit a stain normalisation target (Macenko, Reinhard) on training stores' tiles",
+    )
+    p.add_argument("stores", nargs="+", help="tiled slide stores of the training slides")
+    p.add_argument(
+        "--method", default="macenko", help="macenko (default) or reinhard (wsi.stain.NORMALISERS)"
+    )
+    p.add_argument("--out", required=True, help="the target file to write (JSON)")
+    p.add_argument("--tiles-per-store", type=int, default=64, help="tiles sampled per store")
+    p.set_defaults(func=_cmd_stain_target)
 
     p = sub.add_parser("train", help="train an attention-MIL head on embedded stores")
     p.add_argument("--stores", required=True, help="folder of <slide_id>.zarr stores")

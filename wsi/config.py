@@ -154,9 +154,11 @@ class EmbedConfig:
     (1 to 8192; None: 64 on a CPU, 256 on a GPU); ``dtype`` the stored features'
     (``"float32"`` or ``"float16"``); ``loader_threads`` (1 to 64; None: 1 on a CPU, else
     up to 8) threads read and decode tile chunks while the model runs, ``prefetch``
-    (1 to 64) batches ahead. The encoder, its weights, the precision and ``dtype`` make
-    the features' identity (see ``wsi.embed.is_embedded``); batch size and threads do
-    not change it.
+    (1 to 64) batches ahead. ``stain_target`` (a JSON target written by ``wsi
+    stain-target``) normalises every tile's stain before the encoder sees it. The encoder,
+    its weights, the precision, ``dtype`` and the stain normalisation (method and target
+    checksum) make the features' identity (see ``wsi.embed.is_embedded``); batch size and
+    threads do not change it.
 
     Raises ``ConfigError`` naming ``embed.<field>`` for a value of the wrong type or out
     of range.
@@ -179,6 +181,10 @@ class EmbedConfig:
     #: model's), up to 8 on a GPU
     loader_threads: int | None = None
     prefetch: int = 4  #: batches read ahead of the model
+    #: stain normalisation before embedding: a target file written by `wsi stain-target`
+    #: (Macenko or Reinhard, from training slides); part of the features' identity.
+    #: None: tiles are embedded as stored
+    stain_target: str | None = field(default=None, metadata=_PATH)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:

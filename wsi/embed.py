@@ -15,8 +15,9 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,18 @@ import numpy as np
 
 from wsi import store as st
 from wsi.config import EmbedConfig
-from wsi.errors import EmbeddingError, OutputFullError, StoreError, WsiError
+from wsi.errors import ConfigError, EmbeddingError, OutputFullError, StoreError, WsiError
 from wsi.progress import progress_reporter
 from wsi.store import params_hash
 
-__all__ = ["embed_store", "is_embedded", "EmbeddingError", "features_of"]
+__all__ = [
+    "embed_store",
+    "is_embedded",
+    "EmbeddingError",
+    "features_of",
+    "fit_stain_target",
+    "stain_normalisation_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +84,29 @@ def _write_layout(
 
 
 def _prefetch(
-    pixels: Any, batches: list[int], size: int, n: int, threads: int, ahead: int, pin: bool
+    pixels: Any,
+    batches: list[int],
+    size: int,
+    n: int,
+    threads: int,
+    ahead: int,
+    pin: bool,
+    normaliser: Any = None,
+    failed: list[int] | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """Yield (b, uint8 tiles of batch b) in order, read by ``threads`` background threads."""
+    """Yield (b, uint8 tiles of batch b) in order, read by ``threads`` background threads
+    (stain-normalised where a ``normaliser`` is given; batches with a tile it could not
+    normalise, left as stored, are appended to ``failed``)."""
 
     def read(b: int) -> Any:
         import torch
 
-        tiles = torch.from_numpy(np.asarray(pixels[b * size : min((b + 1) * size, n)]))
+        arr = np.asarray(pixels[b * size : min((b + 1) * size, n)])
+        if normaliser is not None:
+            arr, ok, _ = normaliser.apply_with_status(arr)
+            if not ok and failed is not None:
+                failed.append(b)
+        tiles = torch.from_numpy(np.ascontiguousarray(arr))
         return tiles.pin_memory() if pin else tiles
 
     with ThreadPoolExecutor(threads, thread_name_prefix="wsi-embed-read") as pool:
@@ -150,7 +173,71 @@ def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
 
 
 def _params(identity: dict[str, Any], config: EmbedConfig, tiles: dict[str, Any]) -> dict[str, Any]:
-    return {**identity, "dtype": config.dtype, "tiles": tiles}
+    params = {**identity, "dtype": config.dtype, "tiles": tiles}
+    norm = stain_normaliser(config)
+    if norm is not None:  # absent without one: features made before it keep their hash
+        params["stain_normalisation"] = norm.identity()
+    return params
+
+
+def stain_normaliser(config: EmbedConfig) -> Any:
+    """The stain normaliser of ``config.stain_target`` (read once per file version), or
+    None; ``ConfigError`` naming the file when it cannot be read."""
+    if not config.stain_target:
+        return None
+    path = Path(config.stain_target)
+    try:
+        version = path.stat().st_mtime_ns
+    except OSError:
+        version = -1  # missing: load_target says so, naming the file
+    return _load_target(str(path), version)
+
+
+@lru_cache(maxsize=8)
+def _load_target(path: str, version: int) -> Any:
+    from wsi.stain import load_target
+
+    return load_target(path)
+
+
+def stain_normalisation_of(group: Any, encoder: str) -> dict[str, str] | None:
+    """The stain normalisation (method, target checksum) a store's ``encoder`` features
+    were made with; None: none (tiles embedded as stored)."""
+    _, emb_key, _ = st.features_keys(encoder)
+    found = group[emb_key].attrs.get("stain_normalisation") if emb_key in group else None
+    return dict(found) if found else None
+
+
+def fit_stain_target(
+    stores: Sequence[str | os.PathLike[str]],
+    method: str,
+    out: str | os.PathLike[str],
+    *,
+    tiles_per_store: int = 64,
+) -> Path:
+    """Fit a stain normalisation target (``method``: ``"macenko"`` or ``"reinhard"``) on
+    an even sample of ``tiles_per_store`` stored tiles of every store (the training
+    slides), and write it to ``out`` (JSON). ``ConfigError`` where the stores give no
+    tissue to fit on, naming them."""
+    from wsi.stain import fit_normaliser, save_target
+
+    samples = []
+    for store in stores:
+        group = st.open_store(Path(store), mode="r")
+        if st.TILES_PIXELS not in group or group[st.TILES_PIXELS].shape[0] == 0:
+            log.warning("%s: no stored tile pixels, left out of the stain target", store)
+            continue
+        pixels = group[st.TILES_PIXELS]
+        n = int(pixels.shape[0])
+        take = np.unique(np.linspace(0, n - 1, min(n, tiles_per_store)).astype(np.int64))
+        samples.append(np.asarray(pixels.get_orthogonal_selection((take,))))
+    if not samples:
+        raise ConfigError(
+            f"no stored tiles to fit a stain target on in {len(stores)} store(s) (first: "
+            f"{stores[0] if stores else 'none'}): tile the training slides first"
+        )
+    norm = fit_normaliser(method, np.concatenate(samples))
+    return save_target(norm, Path(out))
 
 
 def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None) -> bool:
@@ -324,6 +411,9 @@ def _embed_locked(
                 "versions": st.package_versions(),
             }
         )
+        norm = stain_normaliser(config)
+        if norm is not None:  # the target itself, so a model can carry it on
+            emb.attrs["stain_target"] = {"method": norm.method, "target": norm.target}
         st.begin_stage(group, stage, params, phash, made_from=tiles_id.get("stage", st.TILES))
     else:
         log.info("%s: resuming %s", path, stage)
@@ -334,11 +424,13 @@ def _embed_locked(
     update, close = progress_reporter(n, f"{st.slide_id_for(path)} {encoder.name}", progress)
     update(n - sum(min((b + 1) * batch, n) - b * batch for b in todo))
     pin = encoder.device.type == "cuda"
+    unnormalised: list[int] = []  # batches holding a tile the stain normaliser left as is
     t0 = time.perf_counter()
     waited = 0.0  # time the model sat waiting for the loader
     try:
         threads = config.loaders_for(encoder.device.type)
-        batches = _prefetch(pixels, todo, batch, n, threads, config.prefetch, pin)
+        batches = _prefetch(pixels, todo, batch, n, threads, config.prefetch, pin,
+                            stain_normaliser(config), unnormalised)  # fmt: skip
         while True:
             t_wait = time.perf_counter()
             item = next(batches, None)
@@ -387,6 +479,15 @@ def _embed_locked(
         "loader_wait_s": round(waited, 2),
         "torch_threads": torch.get_num_threads(),
     }
+    if config.stain_target:
+        counts["batches_with_unnormalised_tiles"] = len(unnormalised)
+        if unnormalised:
+            log.warning(
+                "%s: %d batch(es) hold tiles the stain normaliser could not estimate "
+                "(near-white, pen): embedded as stored",
+                path,
+                len(unnormalised),
+            )
     st.complete_stage(group, stage, counts)
     log.info("%s: %s, %d tiles in %.1f s", path, stage, n, seconds)
     return path

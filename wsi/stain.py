@@ -522,7 +522,10 @@ def save_target(normaliser: Normaliser, path: str | os.PathLike[str]) -> Path:
 def load_target(path: str | os.PathLike[str]) -> Normaliser:
     """The normaliser stored at ``path`` by :func:`save_target`; ``ConfigError`` naming
     the file when it is missing, unreadable or not a valid target."""
-    fix = "re-create it with save_target(fit_normaliser(method, tiles), path)"
+    fix = (
+        "re-create it with `wsi stain-target STORES... --method macenko --out FILE` "
+        "(or save_target(fit_normaliser(method, tiles), path))"
+    )
     try:
         stored = read_json(path)
     except FileNotFoundError as err:

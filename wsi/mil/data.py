@@ -9,6 +9,7 @@ folds).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections import Counter, OrderedDict
@@ -263,6 +264,37 @@ def check_stores(
             f"{'; '.join(parts)}. Re-embed so every slide uses the same weights."
         )
     return next(iter(shas)), identity
+
+
+def stain_preprocessing(
+    table: LabelTable, stores_dir: str | os.PathLike[str], encoder: str
+) -> dict[str, Any] | None:
+    """The stain normalisation every labelled slide's ``encoder`` features were made with
+    (``method``, ``target_sha256`` and the ``target`` itself), or None (tiles embedded as
+    stored). Features of other preprocessing under one encoder name are never mixed:
+    StoreError naming a slide of each."""
+    root = Path(stores_dir)
+    _, emb_key, _ = st.features_keys(encoder)
+    seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for row in table.rows:
+        attrs = st.open_store(st.store_path(root, row.slide_id))[emb_key].attrs
+        ident = attrs.get("stain_normalisation")
+        key = json.dumps(ident, sort_keys=True)
+        if key not in seen:
+            target = attrs.get("stain_target")
+            seen[key] = (row.slide_id, {**ident, "target": target} if ident else None)
+    if len(seen) > 1:
+        parts = [
+            f"{sid}: {json.loads(k)['method'] if json.loads(k) else 'none'}"
+            + (f" (target {json.loads(k)['target_sha256'][:12]})" if json.loads(k) else "")
+            for k, (sid, _) in seen.items()
+        ]
+        raise StoreError(
+            f"{root}: the {encoder!r} features were embedded with different stain "
+            f"normalisations ({'; '.join(parts)}). Features of other preprocessing are never "
+            "mixed: re-embed every slide with the same --stain-target (or none)."
+        )
+    return next(iter(seen.values()))[1] if seen else None
 
 
 class BagSource:

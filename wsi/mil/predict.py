@@ -258,10 +258,40 @@ def _read_input(path: Path, model: TrainedModel) -> _Input:
             f"({model.card['encoder']['weights_sha256'][:12]}). Re-embed the store with the "
             "model's encoder weights."
         )
+    _check_stain(path, group, model)
     if len(feats) == 0:
         raise StoreError(f"{path}: the store holds no tiles; there is nothing to predict.")
     features = st.stage_entry(group, st.features_keys(encoder)[0]) or {}
     return _Input(path, group, feats, str(sha), str(features.get("params_hash")))
+
+
+def _check_stain(path: Path, group: Any, model: TrainedModel) -> None:
+    """Features of other stain preprocessing than the model's are refused, never mixed."""
+    from wsi.embed import stain_normalisation_of
+    from wsi.mil.train import STAIN_TARGET_FILE
+
+    encoder = model.card["encoder"]["name"]
+    have = stain_normalisation_of(group, encoder)
+    want = model.card["encoder"].get("stain_normalisation")
+    want_id = {k: want[k] for k in ("method", "target_sha256")} if want else None
+    if have != want_id:
+
+        def words(x: dict[str, Any] | None) -> str:
+            return "no stain normalisation" if not x else (
+                f"{x['method']} normalisation (target {x['target_sha256'][:12]})"
+            )
+
+        fix = (
+            f"Re-embed the store with `wsi embed --encoder {encoder} --stain-target "
+            f"{model.folder / STAIN_TARGET_FILE} --overwrite`."
+            if want
+            else f"Re-embed the store with `wsi embed --encoder {encoder} --overwrite` "
+            "(without --stain-target)."
+        )
+        raise StoreError(
+            f"{path}: its {encoder!r} features were made with {words(have)}, the model "
+            f"was trained on features made with {words(want_id)}. {fix}"
+        )
 
 
 def _current(item: _Input, model: TrainedModel, phash: str, overwrite: bool) -> Any:

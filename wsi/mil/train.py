@@ -40,7 +40,14 @@ from wsi._lock import holding, lock_file
 from wsi.errors import ConfigError
 from wsi.mil import metrics as m
 from wsi.mil.calibration import expit, fit_calibration, log_odds
-from wsi.mil.data import BagSource, LabelTable, SlideLabel, check_stores, read_labels
+from wsi.mil.data import (
+    BagSource,
+    LabelTable,
+    SlideLabel,
+    check_stores,
+    read_labels,
+    stain_preprocessing,
+)
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
 from wsi.mil.shift import fit_shift, slide_stain
@@ -52,6 +59,9 @@ from wsi.store import params_hash, store_path
 __all__ = ["TrainConfig", "train_model", "FoldModel"]
 
 log = logging.getLogger(__name__)
+
+#: the model folder's copy of the stain normalisation target its features were made with
+STAIN_TARGET_FILE = "stain_target.json"
 
 #: what a bag is: the tiles of one slide, or of all the slides of one patient
 LEVELS = ("slide", "patient")
@@ -657,7 +667,9 @@ def _train_into(
             "no held-out test part: the validation figures are those the operating point "
             "and calibration were fitted on (optimistic). Use --test-fraction for a test part."
         )
-    run = _TrainingRun(out, table, task, units, parts, config, encoder, weights_sha, final.name)
+    stain = stain_preprocessing(table, stores_dir, encoder)
+    run = _TrainingRun(out, table, task, units, parts, config, encoder, weights_sha, final.name,
+                       stain)  # fmt: skip
     scores = _FoldScores()
     test_ids = units.ids(parts.test)
     t_start = time.perf_counter()
@@ -756,6 +768,8 @@ class _TrainingRun:
     encoder: str
     weights_sha: str  #: sha256 of the encoder weights the features come from
     name: str  #: the model's name: that of the folder it is swapped into
+    #: the features' stain normalisation (method, target checksum, target); None: none
+    stain: dict[str, Any] | None = None
 
 
 @dataclass
@@ -905,6 +919,7 @@ def _finish(
         "reference": reference,
         "conformal": conformal,
         "shift": shift,
+        "stain": run.stain,
     }
     digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
     all_ids = [r.slide_id for r in table.rows]
@@ -913,7 +928,11 @@ def _finish(
         "model_id": digest.hexdigest()[:16],
         "intended_use": INTENDED_USE,
         "task": task.as_card(),
-        "encoder": {"name": run.encoder, "weights_sha256": run.weights_sha},
+        "encoder": {
+            "name": run.encoder,
+            "weights_sha256": run.weights_sha,
+            "stain_normalisation": run.stain,
+        },
         "head": folds[0]["head"],
         "in_dim": folds[0]["in_dim"],
         "n_outputs": task.n_outputs,
@@ -946,6 +965,11 @@ def _finish(
     }
     if "risk_groups" in fields:
         card["risk_groups"] = fields["risk_groups"]
+    if run.stain and run.stain.get("target"):  # to embed new slides the same way
+        from wsi.stain import normaliser_from_target, save_target
+
+        stored = {"schema_version": 1, **run.stain["target"]}
+        save_target(normaliser_from_target(stored), out / STAIN_TARGET_FILE)
     write_json(out / "model.json", card)
     log.info("model %s (%s) written", out, task.describe())
     return out
