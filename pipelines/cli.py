@@ -173,6 +173,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         loader_threads=args.loader_threads,
         stain_target=args.stain_target,
+        stain_views=args.stain_views,
+        stain_jitter=args.stain_jitter,
     )
     progress = False if args.quiet else None
     results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
@@ -205,6 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "target_sensitivity": args.target_sensitivity,
             "max_train_tiles": args.max_train_tiles,
+            "stain_augment": args.stain_augment,
             "task": args.task,
             "classes": tuple(args.classes.split(",")) if args.classes else None,
             "negative_class": args.negative_class,
@@ -465,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stain-target",
         help="normalise each tile's stain to this target (written by `wsi stain-target`)",
     )
+    p.add_argument(
+        "--stain-views", type=int, help="HED-jittered views of each tile to embed (augmentation)"
+    )
+    p.add_argument("--stain-jitter", type=float, help="scale range of each stain (default 0.2)")
     p.add_argument("--config", help="YAML config (section `embed`), see configs/default.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace features of other weights")
     add_wait_option(p)
@@ -486,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stores", required=True, help="folder of <slide_id>.zarr stores")
     p.add_argument("--labels", required=True, help="labels.csv: slide_id, patient_id, label")
     p.add_argument("--encoder", default="efficientnet_lite0", help="features to train on")
-    p.add_argument("--model", help="abmil (default), clam_sb, clam_mb, transmil, mean, max")
+    p.add_argument("--model", help="abmil (default), clam_sb, clam_mb, transmil, additive, mean, max")
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--folds", type=int, help="patient-level folds (default 5)")
     p.add_argument("--test-fraction", type=float, help="patients held out for testing")
@@ -502,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")
     p.add_argument("--seed", type=int, help="seed of splits and training (default 0)")
     p.add_argument("--max-train-tiles", type=int, help="subsample bigger bags while training")
+    p.add_argument(
+        "--stain-augment",
+        action="store_true",
+        default=None,
+        help="train on the stores' stain-jittered views (wsi embed --stain-views)",
+    )
     p.add_argument("--config", help="YAML config (section `train`), see configs/default.yaml")
     p.set_defaults(func=_cmd_train)
 

@@ -91,3 +91,47 @@ def test_models_refuse_features_of_other_preprocessing(tmp_path):
         predict_store(stores[0], load_model(model_dir), overwrite=True)
     with pytest.raises(StoreError, match="different stain normalisations"):
         train_model(tmp_path / "c" / "stores", labels, tmp_path / "m2", config, encoder=ENC)
+
+
+def test_stain_views_are_embedded_beside_the_tiles_the_same_on_every_run(tiled, tmp_path):
+    from wsi.embed import views_of
+
+    config = EmbedConfig(device="cpu", stain_views=2, stain_jitter=0.3)
+    runs = []
+    for name in ("a", "b"):
+        store = tmp_path / f"{name}.zarr"
+        shutil.copytree(tiled, store)
+        embed_store(store, config, progress=False)
+        runs.append((features_of(store, config.encoder), views_of(store, config.encoder)))
+    (feats, views), (feats2, views2) = runs
+    assert views.shape == (len(feats), 2, feats.shape[1])
+    np.testing.assert_array_equal(views, views2)  # the same views on every run
+    assert not np.allclose(views[:, 0], feats) and not np.allclose(views[:, 0], views[:, 1])
+    plain = EmbedConfig(device="cpu")
+    assert not is_embedded(tmp_path / "a.zarr", plain)  # views are part of the identity
+    embed_store(tmp_path / "a.zarr", plain, overwrite=True, progress=False)
+    assert views_of(tmp_path / "a.zarr", plain.encoder) is None
+    with pytest.raises(ConfigError, match="stain_views"):
+        EmbedConfig(stain_views=17)
+
+
+def test_stain_augmented_training(tmp_path):
+    """Training draws each tile as stored or as one of its views; stores without views are
+    refused naming the store and the fix."""
+    from tests.mil.test_train import ENC, make_cohort
+    from wsi.mil.train import TrainConfig, train_model
+
+    labels = make_cohort(tmp_path / "c", patients=8)
+    stores = sorted((tmp_path / "c" / "stores").glob("*.zarr"))
+    config = TrainConfig(folds=2, epochs=2, patience=2, test_fraction=0.0, stain_augment=True)
+    with pytest.raises(ConfigError, match="--stain-views"):
+        train_model(tmp_path / "c" / "stores", labels, tmp_path / "m", config, encoder=ENC)
+    rng = np.random.default_rng(0)
+    for store in stores:  # views as `wsi embed --stain-views 3` writes them
+        group = st.open_store(store, mode="r+")
+        feats = features_of(store, ENC)
+        views = feats[:, None, :] + rng.normal(0, 0.1, (len(feats), 3, feats.shape[1]))
+        group.create_array(st.feature_views_key(ENC), data=views.astype(np.float32))
+    model = train_model(tmp_path / "c" / "stores", labels, tmp_path / "m", config, encoder=ENC)
+    card = json.loads((model / "model.json").read_text())
+    assert card["training"]["stain_augment"] is True

@@ -158,7 +158,9 @@ class EmbedConfig:
     stain-target``) normalises every tile's stain before the encoder sees it. The encoder,
     its weights, the precision, ``dtype`` and the stain normalisation (method and target
     checksum) make the features' identity (see ``wsi.embed.is_embedded``); batch size and
-    threads do not change it.
+    threads do not change it. ``stain_views`` (0 to 16) HED-jittered views of every tile
+    (``stain_jitter``: the scale range of each stain) are embedded beside the tiles, for
+    stain augmentation in training (``TrainConfig.stain_augment``).
 
     Raises ``ConfigError`` naming ``embed.<field>`` for a value of the wrong type or out
     of range.
@@ -185,10 +187,22 @@ class EmbedConfig:
     #: (Macenko or Reinhard, from training slides); part of the features' identity.
     #: None: tiles are embedded as stored
     stain_target: str | None = field(default=None, metadata=_PATH)
+    #: stain augmentation for training: embed this many HED-jittered views of every tile
+    #: too (``features/<encoder>/views``); 0: none
+    stain_views: int = 0
+    #: HED jitter of those views: each stain scaled by 1 + U(-s, s) (Tellez et al. 2018)
+    stain_jitter: float = 0.2
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"embed.{name} = {getattr(self, name)!r}: {why}")
+
+        if isinstance(self.stain_views, bool) or not isinstance(self.stain_views, int) or not (
+            0 <= self.stain_views <= 16
+        ):
+            raise bad("stain_views", "must be a whole number from 0 to 16")
+        if not isinstance(self.stain_jitter, (int, float)) or not 0 < self.stain_jitter <= 1:
+            raise bad("stain_jitter", "must be a number in (0, 1]")
 
         for name in ("batch_size", "loader_threads", "prefetch"):
             value = getattr(self, name)

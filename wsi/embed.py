@@ -31,6 +31,7 @@ from wsi.store import params_hash
 
 __all__ = [
     "embed_store",
+    "views_of",
     "is_embedded",
     "EmbeddingError",
     "features_of",
@@ -172,12 +173,49 @@ def features_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray:
         ) from err
 
 
+def views_of(store: str | os.PathLike[str], encoder: str) -> np.ndarray | None:
+    """The stain-jittered views (N, V, D) of a store's complete ``encoder`` features, or
+    None where they were embedded without views."""
+    path = Path(store)
+    group = st.open_store(path, mode="r")
+    key = st.feature_views_key(encoder)
+    entry = st.stage_entry(group, st.features_keys(encoder)[0])
+    if entry is None or key not in group:  # a new embedding removes the old views
+        return None
+    return np.asarray(group[key][:])
+
+
 def _params(identity: dict[str, Any], config: EmbedConfig, tiles: dict[str, Any]) -> dict[str, Any]:
     params = {**identity, "dtype": config.dtype, "tiles": tiles}
     norm = stain_normaliser(config)
     if norm is not None:  # absent without one: features made before it keep their hash
         params["stain_normalisation"] = norm.identity()
+    if config.stain_views:
+        params["stain_views"] = {
+            "views": config.stain_views,
+            "hed_jitter": {"sigma": config.stain_jitter, "bias": VIEW_BIAS},
+        }
     return params
+
+
+#: HED bias of the stain-jittered views (optical density / ln(1e6)): kept small, the
+#: scale does the work (0.05 tints even the glass)
+VIEW_BIAS = 0.005
+
+
+def _views(tiles: Any, b: int, config: EmbedConfig) -> list[Any]:
+    """The stain-jittered views of batch ``b`` (uint8 tensors), the same on every run."""
+    import torch
+
+    from wsi.stain import hed_jitter
+
+    arr = tiles.cpu().numpy()
+    out = []
+    for v in range(config.stain_views):
+        rng = np.random.default_rng([b, v, 1234])
+        jittered = hed_jitter(arr, rng, sigma=config.stain_jitter, bias=VIEW_BIAS)
+        out.append(torch.from_numpy(jittered).to(tiles.device))
+    return out
 
 
 def stain_normaliser(config: EmbedConfig) -> Any:
@@ -401,6 +439,10 @@ def _embed_locked(
         state = "fresh"  # another batch size: its rows are fine but its chunks are not
     if state == "fresh":
         emb = _write_layout(group, keys, n, d, batch, config.dtype)
+        if config.stain_views:
+            group.create_array(st.feature_views_key(encoder.name), shape=(n, config.stain_views, d),
+                               dtype=config.dtype, chunks=(batch, config.stain_views, d),
+                               fill_value=0)  # fmt: skip
         emb.attrs.update(
             {
                 **params,
@@ -419,6 +461,7 @@ def _embed_locked(
         log.info("%s: resuming %s", path, stage)
     emb = group[keys[1]]
     done_arr = group[keys[2]]
+    view_arr = group[st.feature_views_key(encoder.name)] if config.stain_views else None
     done = np.asarray(done_arr[:])
     todo = [b for b in range(len(done)) if not done[b]]
     update, close = progress_reporter(n, f"{st.slide_id_for(path)} {encoder.name}", progress)
@@ -452,6 +495,11 @@ def _embed_locked(
                     f"{encoder.precision}. {fix}"
                 )
             emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
+            if view_arr is not None:
+                views = [encoder(v).cpu().numpy() for v in _views(tiles, b, config)]
+                view_arr[b * batch : b * batch + len(tiles)] = np.stack(views, 1).astype(
+                    config.dtype
+                )
             done_arr[b] = True  # last: this batch is trusted from here on
             update(len(tiles))
     except (OSError, ValueError, RuntimeError) as err:

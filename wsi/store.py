@@ -60,6 +60,7 @@ __all__ = [
     "TILES_DONE",
     "FEATURES",
     "features_keys",
+    "feature_views_key",
     "PredictionKeys",
     "prediction_keys",
     "HeatmapKeys",
@@ -126,6 +127,12 @@ def features_keys(encoder: str) -> tuple[str, str, str]:
     """
     group = f"{FEATURES}/{_member('encoder', encoder)}"
     return group, f"{group}/embeddings", f"{group}/done"
+
+
+def feature_views_key(encoder: str) -> str:
+    """``features/<encoder>/views``: (N, V, D) embeddings of V stain-jittered views of each
+    tile (training-time stain augmentation), written with the embeddings, same batches."""
+    return f"{features_keys(encoder)[0]}/views"
 
 
 class PredictionKeys(NamedTuple):

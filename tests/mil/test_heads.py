@@ -1,4 +1,5 @@
-"""Attention-MIL heads: shapes, invariances, learning a toy problem, CLAM loss, registry, memory."""
+"""Attention-MIL heads: shapes, invariances, learning a toy problem, CLAM loss, Additive MIL
+contributions, registry, memory."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from wsi.errors import ConfigError
-from wsi.mil.heads import ABMIL, CLAMMB, CLAMSB, HEADS, MILHead, MILOutput, build_head
+from wsi.mil.heads import (
+    ABMIL,
+    CLAMMB,
+    CLAMSB,
+    HEADS,
+    AdditiveMIL,
+    MILHead,
+    MILOutput,
+    build_head,
+)
 
-NAMES = ["abmil", "clam_sb", "clam_mb", "transmil", "mean", "max"]
+NAMES = ["abmil", "clam_sb", "clam_mb", "transmil", "additive", "mean", "max"]
 INVARIANT = [name for name in NAMES if name != "transmil"]  # PPEG sees the tile order
-ATTENTIVE = ["abmil", "clam_sb", "clam_mb"]
+ATTENTIVE = ["abmil", "clam_sb", "clam_mb", "additive"]
 
 
 def _bag(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -47,6 +57,10 @@ def test_output_shapes(name: str, n: int, d: int, c: int) -> None:
     assert out.attention.shape == expected
     assert torch.isfinite(out.attention).all()
     assert out.instance_loss is None
+    if name == "additive":
+        assert out.contributions is not None and out.contributions.shape == (n, c)
+    else:
+        assert out.contributions is None
 
 
 @pytest.mark.parametrize("name", INVARIANT)
@@ -104,6 +118,46 @@ def test_mean_and_max_tile_scores() -> None:
     assert mx.attention.max() == mx.logits[1]
 
 
+@pytest.mark.parametrize("c", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_additive_logits_are_the_sum_of_contributions(n: int, c: int) -> None:
+    head = _head("additive", 64, c)
+    assert isinstance(head, AdditiveMIL)
+    bag = _bag(n, 64, seed=n)
+    for training in (False, True):  # dropout keeps the sum exact too
+        head.train(training)
+        out = head(bag, label=0)
+        assert out.contributions is not None and out.contributions.shape == (n, c)
+        torch.testing.assert_close(out.contributions.sum(dim=0), out.logits)
+    assert out.contributions.requires_grad and out.instance_loss is None
+
+
+def test_additive_contributions_are_attention_weighted_tile_logits() -> None:
+    """g(a_i h_i) with attention-scaled biases: a_i f(h_i); attention is the raw scores."""
+    head = _head("additive", 32, 3).eval()
+    assert isinstance(head, AdditiveMIL)
+    bag = _bag(30, 32)
+    with torch.no_grad():
+        out = head(bag)
+        h = head.fc(bag)
+        torch.testing.assert_close(out.attention, head.attention(h)[:, 0])
+        weights = torch.softmax(out.attention, dim=0)
+        assert out.contributions is not None
+        torch.testing.assert_close(out.contributions, weights[:, None] * head.tile_classifier(h))
+    assert not torch.allclose(out.attention.sum(), torch.tensor(1.0))
+
+
+def test_additive_logits_do_not_grow_with_the_bag() -> None:
+    """A bag repeated k times gives the same logits: no per-tile bias is summed N times."""
+    head = _head("additive", 32).eval()
+    bag = _bag(20, 32)
+    with torch.no_grad():
+        once, thrice = head(bag), head(bag.repeat(3, 1))
+    torch.testing.assert_close(thrice.logits, once.logits, atol=1e-5, rtol=1e-5)
+    assert thrice.contributions is not None and once.contributions is not None
+    torch.testing.assert_close(thrice.contributions[:20] * 3, once.contributions)
+
+
 def test_transmil_attention_is_cls_weights() -> None:
     head = _head("transmil", 32).eval()
     with torch.no_grad():
@@ -136,6 +190,7 @@ LEARN = {  # name: (learning rate, bags per step)
     "clam_sb": (1e-3, 8),
     "clam_mb": (1e-3, 8),
     "transmil": (2e-4, 1),
+    "additive": (1e-3, 8),
     "mean": (1e-2, 8),
     "max": (1e-2, 8),
 }
@@ -161,7 +216,7 @@ def test_learns_toy_problem(name: str) -> None:
         loss.backward()
         opt.step()
     head.eval()
-    correct, hits = 0, []
+    correct, hits, shares = 0, [], []
     with torch.no_grad():
         for bag, y, idx in zip(bags, labels, shifted, strict=True):
             out = head(bag)
@@ -169,9 +224,14 @@ def test_learns_toy_problem(name: str) -> None:
             if y:
                 scores = out.attention[:, 1] if out.attention.ndim == 2 else out.attention
                 hits.append(len(set(scores.topk(5).indices.tolist()) & idx) / 5)
+                if out.contributions is not None:  # the positive class's share per tile
+                    top = out.contributions[:, 1].topk(5).indices.tolist()
+                    shares.append(len(set(top) & idx) / 5)
     assert correct / len(bags) >= 0.9
     if name in ATTENTIVE:
         assert sum(hits) / len(hits) >= 0.8
+    if name == "additive":
+        assert sum(shares) / len(shares) >= 0.8
 
 
 # --------------------------------------------------------------------------- CLAM loss
@@ -222,6 +282,7 @@ CUSTOM: dict[str, dict[str, Any]] = {
     "clam_sb": {"hidden": 64, "attn_dim": 32, "k_sample": 4, "subtyping": True, "inst_loss": "ce"},
     "clam_mb": {"hidden": 64, "attn_dim": 16, "dropout": 0.0},
     "transmil": {"dim": 64, "heads": 4, "n_landmarks": 16, "pinv_iters": 4},
+    "additive": {"hidden": 64, "attn_dim": 32, "tile_hidden": 16, "dropout": 0.1},
     "mean": {"positive_class": 2},
     "max": {"positive_class": 0},
 }
@@ -258,10 +319,13 @@ def test_one_output_heads_give_a_value_and_a_score_per_tile() -> None:
     import torch
 
     bag = torch.randn(7, 16)
-    for name in ("abmil", "clam_sb", "clam_mb", "transmil", "mean", "max"):
+    for name in NAMES:
         out = build_head(name, 16, 1).eval()(bag)
         assert out.logits.shape == (1,)
         assert torch.isfinite(out.attention).all() and out.attention.shape[0] == 7
+        if name == "additive":
+            assert out.contributions is not None and out.contributions.shape == (7, 1)
+            torch.testing.assert_close(out.contributions.sum(dim=0), out.logits)
 
 
 def test_bad_hparams() -> None:
@@ -273,6 +337,8 @@ def test_bad_hparams() -> None:
         build_head("abmil", 16, 0)
     with pytest.raises(ConfigError, match="positive_class"):
         build_head("mean", 16, 2, positive_class=2)
+    with pytest.raises(ConfigError, match="tile_hidden"):
+        build_head("additive", 16, tile_hidden=0)
 
 
 # --------------------------------------------------------------------------- memory
@@ -285,9 +351,11 @@ def _big(name: str, n: int) -> None:
         out = head(bag)
     assert out.logits.shape == (2,) and torch.isfinite(out.logits).all()
     assert out.attention.shape[0] == n and torch.isfinite(out.attention).all()
+    if out.contributions is not None:
+        torch.testing.assert_close(out.contributions.sum(dim=0), out.logits)
 
 
-@pytest.mark.parametrize("name", ["abmil", "clam_mb"])
+@pytest.mark.parametrize("name", ["abmil", "clam_mb", "additive"])
 def test_100k_tiles(name: str) -> None:
     _big(name, 100_000)
 

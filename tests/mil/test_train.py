@@ -89,7 +89,11 @@ def trained(cohort) -> Path:
 
 def test_training_writes_cards_metrics_and_plots(trained):
     card = json.loads((trained / "model.json").read_text())
-    assert card["encoder"] == {"name": ENC, "weights_sha256": "a" * 64}
+    assert card["encoder"] == {
+        "name": ENC,
+        "weights_sha256": "a" * 64,
+        "stain_normalisation": None,
+    }
     assert card["head"]["name"] == "abmil" and card["task"]["positive"] == "tumor"
     assert len(card["folds"]) == 3 and card["data"]["test"]["slides"] > 0
     assert "never replaces" in card["intended_use"]

@@ -314,6 +314,36 @@ class BagSource:
     def store(self, slide_id: str) -> Path:
         return st.store_path(self.root, slide_id)
 
+    def views(self, slide_id: str) -> np.ndarray:
+        """The slide's stain-jittered views (N, V, D) float32 (``wsi embed
+        --stain-views``); ConfigError naming the store where it has none."""
+        key = f"{slide_id}\0views"
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        from wsi.embed import views_of
+
+        found = views_of(self.store(slide_id), self.encoder)
+        if found is None:
+            raise ConfigError(
+                f"{self.store(slide_id)}: no stain-jittered views of its {self.encoder!r} "
+                "features, which stain augmentation trains on. Embed the training stores with "
+                "`wsi embed --stain-views 4 --overwrite` (embed.stain_views), or train "
+                "without stain_augment."
+            )
+        arr = np.ascontiguousarray(found, np.float32)
+        self._keep(key, arr)
+        return arr
+
+    def _keep(self, key: str, arr: np.ndarray) -> None:
+        if arr.nbytes <= self.budget:
+            self._cache[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.budget:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= old.nbytes
+
     def __getitem__(self, slide_id: str) -> np.ndarray:
         bag = self._cache.get(slide_id)
         if bag is not None:
@@ -322,10 +352,5 @@ class BagSource:
         from wsi.embed import features_of
 
         bag = np.ascontiguousarray(features_of(self.store(slide_id), self.encoder), np.float32)
-        if bag.nbytes <= self.budget:
-            self._cache[slide_id] = bag
-            self._bytes += bag.nbytes
-            while self._bytes > self.budget:
-                _, old = self._cache.popitem(last=False)
-                self._bytes -= old.nbytes
+        self._keep(slide_id, bag)
         return bag

@@ -8,12 +8,16 @@ Every head is an ``nn.Module`` whose ``forward(bag, label=None)`` takes ``bag`` 
 - ``attention`` ``(N,)`` or ``(N, C)``: per-tile scores for heatmaps, *before* any softmax
   (see each head for what they are);
 - ``instance_loss``: CLAM's instance clustering loss (a scalar) in training mode when a
-  label is given, else ``None``.
+  label is given, else ``None``;
+- ``contributions`` ``(N, C)``: each tile's additive share of the slide logits (they sum
+  to ``logits`` over tiles), from heads whose logits are such a sum (``additive``); else
+  ``None``.
 
 Heads: ``abmil`` (gated attention, Ilse et al. 2018), ``clam_sb`` / ``clam_mb`` (Lu et al.
-2021), ``transmil`` (Shao et al. 2021, own Nystrom attention), ``mean`` / ``max`` (per-tile
-linear classifier baselines). ``build_head(name, in_dim, n_classes, **hparams)`` builds one;
-``head.hparams`` holds the keyword arguments that rebuild the same architecture.
+2021), ``transmil`` (Shao et al. 2021, own Nystrom attention), ``additive`` (Additive MIL,
+Javed et al. 2022), ``mean`` / ``max`` (per-tile linear classifier baselines).
+``build_head(name, in_dim, n_classes, **hparams)`` builds one; ``head.hparams`` holds the
+keyword arguments that rebuild the same architecture.
 
 Modules do no I/O and hold no device: move them with ``.to(device)`` like any module.
 """
@@ -39,6 +43,7 @@ __all__ = [
     "CLAMSB",
     "CLAMMB",
     "TransMIL",
+    "AdditiveMIL",
     "MeanPool",
     "MaxPool",
     "HEADS",
@@ -54,6 +59,8 @@ class MILOutput(NamedTuple):
     logits: Tensor  #: (C,) slide logits
     attention: Tensor  #: (N,) or (N, C) raw per-tile scores, before any softmax
     instance_loss: Tensor | None  #: scalar, CLAM in training mode with a label; else None
+    #: (N, C) per-tile additive shares of ``logits`` (they sum to it), Additive MIL; else None
+    contributions: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- base class
@@ -579,6 +586,65 @@ class TransMIL(MILHead):
         return MILOutput(logits, attention, None)
 
 
+# --------------------------------------------------------------------------- Additive MIL
+
+
+class AdditiveMIL(MILHead):
+    """Additive MIL (Javed et al. 2022): slide logits are a sum of per-tile contributions.
+
+    ``h = dropout(relu(fc(bag)))`` (N, hidden); gated attention scores ``s`` (N,) and
+    weights ``a = softmax(s)`` as in :class:`ABMIL`; each tile's attended features
+    ``m_i = a_i h_i`` go through a per-tile classifier ``g`` (Linear, ReLU, Dropout,
+    Linear: hidden -> ``tile_hidden`` -> C), and ``logits = sum_i g(m_i)`` (C,).
+
+    ``g``'s biases are scaled by the tile's attention (``a_i b`` rather than ``b``), so a
+    tile of no attention contributes nothing; as ReLU is positively homogeneous this is
+    ``g(m_i) = a_i f(h_i)`` with ``f`` the same MLP with plain biases, which is how it is
+    computed. With plain biases (the paper's code) ``g(0) != 0`` adds ``N g(0)`` to the
+    logits, which then change with the number of tiles (a bag subsampled for training
+    against the whole bag at prediction).
+
+    ``contributions`` (N, C): ``g(m_i)``, tile i's additive share of each logit; their sum
+    over tiles is ``logits``. ``attention`` (N,): the raw scores ``s``, before the softmax
+    (``softmax(attention)`` is ``a``). ``instance_loss`` is always None.
+    """
+
+    name = "additive"
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int = 2,
+        *,
+        hidden: int = 256,
+        attn_dim: int = 128,
+        tile_hidden: int = 128,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__(
+            in_dim,
+            n_classes,
+            hidden=hidden,
+            attn_dim=attn_dim,
+            tile_hidden=tile_hidden,
+            dropout=dropout,
+        )
+        if int(tile_hidden) < 1:
+            raise ConfigError(f"AdditiveMIL: tile_hidden must be >= 1, got {tile_hidden}")
+        self.fc = _fc_block(in_dim, hidden, dropout)
+        self.attention = GatedAttention(hidden, attn_dim, 1, dropout)
+        self.tile_classifier = nn.Sequential(
+            _fc_block(hidden, int(tile_hidden), dropout), nn.Linear(int(tile_hidden), n_classes)
+        )
+
+    def forward(self, bag: Tensor, label: int | Tensor | None = None) -> MILOutput:
+        self._check_bag(bag)
+        h = self.fc(bag)
+        scores = self.attention(h)[:, 0]  # (N,)
+        contributions = torch.softmax(scores, dim=0)[:, None] * self.tile_classifier(h)
+        return MILOutput(contributions.sum(dim=0), scores, None, contributions)
+
+
 # --------------------------------------------------------------------------- baselines
 
 
@@ -640,7 +706,7 @@ class MaxPool(MILHead):
 # --------------------------------------------------------------------------- registry
 
 HEADS: dict[str, type[MILHead]] = {
-    cls.name: cls for cls in (ABMIL, CLAMSB, CLAMMB, TransMIL, MeanPool, MaxPool)
+    cls.name: cls for cls in (ABMIL, CLAMSB, CLAMMB, TransMIL, AdditiveMIL, MeanPool, MaxPool)
 }
 
 

@@ -79,8 +79,8 @@ class TrainConfig:
     Section ``train`` of a config file maps onto it one to one. Fields:
 
     - ``model``: the head, a name of ``wsi.mil.heads.HEADS`` as written there:
-      ``"abmil"`` (default), ``"clam_sb"``, ``"clam_mb"``, ``"transmil"``, ``"mean"``,
-      ``"max"``.
+      ``"abmil"`` (default), ``"clam_sb"``, ``"clam_mb"``, ``"transmil"``, ``"additive"``,
+      ``"mean"``, ``"max"``.
     - ``folds``: patient-level, label-stratified cross-validation folds (at least 2,
       checked when the splits are made); one model per fold. Ignored when labels.csv has
       a ``split`` column (one fixed fold).
@@ -101,6 +101,9 @@ class TrainConfig:
       instance clustering loss``.
     - ``max_train_tiles``: in training only, a bag of more tiles is randomly subsampled to
       this many tiles at each step (validation and prediction use every tile); None: all.
+    - ``stain_augment``: train on stain-jittered views (``wsi embed --stain-views N``): each
+      epoch, each tile as stored or as one of its views at random (validation, calibration
+      and prediction use the tiles as stored).
     - ``hparams``: keyword arguments of the head (e.g. ``{"hidden": 256, "attn_dim": 128,
       "dropout": 0.25}`` for ``abmil``); an unknown one is a ``ConfigError`` when the
       head is built.
@@ -142,6 +145,9 @@ class TrainConfig:
     target_sensitivity: float = 0.95  #: operating point: sensitivity on validation data
     instance_weight: float = 0.3  #: CLAM: weight of the instance clustering loss
     max_train_tiles: int | None = None  #: subsample larger bags while training; None: all
+    #: stain augmentation: every epoch each training tile is drawn as stored or as one of
+    #: its HED-jittered views (the stores need ``wsi embed --stain-views N``)
+    stain_augment: bool = False
     hparams: dict[str, Any] = field(default_factory=dict)  #: head hyper-parameters
     task: str | None = None  #: binary, multiclass, ordinal, survival, regression; None: guess
     classes: tuple[str, ...] | None = None  #: multiclass / ordinal class names (in order)
@@ -178,6 +184,17 @@ class FoldModel:
     val_logits: np.ndarray
 
 
+def _stain_view(bags: Any, unit: str, rng: np.random.Generator) -> np.ndarray:
+    """Stain augmentation: each tile as stored or as one of its HED-jittered views, drawn
+    anew every epoch."""
+    bag, views = bags[unit], bags.views(unit)
+    pick = rng.integers(0, views.shape[1] + 1, len(bag))  # 0: the tile as stored
+    out = bag.copy()
+    jittered = pick > 0
+    out[jittered] = views[np.flatnonzero(jittered), pick[jittered] - 1]
+    return out
+
+
 def _torch_bag(bag: np.ndarray, limit: int | None, rng: np.random.Generator) -> Any:
     import torch
 
@@ -195,6 +212,9 @@ class _PatientBags:
 
     def __getitem__(self, patient_id: str) -> np.ndarray:
         return np.concatenate([self.bags[s] for s in self.slides_of[patient_id]])
+
+    def views(self, patient_id: str) -> np.ndarray:
+        return np.concatenate([self.bags.views(s) for s in self.slides_of[patient_id]])
 
 
 @dataclass(frozen=True)
@@ -279,7 +299,9 @@ def _train_fold(
         for i in rng.permutation(len(train_ids)):
             row = rows[train_ids[i]]
             label = row.y if task.has_classes else None  # CLAM's instance loss needs a class
-            out = module(_torch_bag(bags[row.slide_id], config.max_train_tiles, rng), label=label)
+            sid = row.slide_id
+            bag = _stain_view(bags, sid, rng) if config.stain_augment else bags[sid]
+            out = module(_torch_bag(bag, config.max_train_tiles, rng), label=label)
             # one bag per step: a weighted mean would divide the class weight out again
             loss = task.loss(out.logits, row, weight)
             if out.instance_loss is not None:
