@@ -493,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stores", required=True, help="folder of <slide_id>.zarr stores")
     p.add_argument("--labels", required=True, help="labels.csv: slide_id, patient_id, label")
     p.add_argument("--encoder", default="efficientnet_lite0", help="features to train on")
-    p.add_argument("--model", help="abmil (default), clam_sb, clam_mb, transmil, additive, mean, max")
+    p.add_argument(
+        "--model", help="abmil (default), clam_sb, clam_mb, transmil, additive, mean, max"
+    )
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--folds", type=int, help="patient-level folds (default 5)")
     p.add_argument("--test-fraction", type=float, help="patients held out for testing")

@@ -74,15 +74,20 @@ def add_score_options(p: Any) -> None:
         "--source",
         default=defaults.source,
         choices=list(SOURCES),
-        help="fold attention normalised then averaged (default), or the raw scores",
+        help="evidence: each tile's contribution to the calibrated slide score of the shown "
+        "class (default; heads without it show attention); attention: fold attention "
+        "normalised then averaged; attention_raw: the raw scores",
     )
     p.add_argument(
         "--normalise",
         default=defaults.normalise,
         choices=list(NORMALISE),
-        help="rank: percentiles within the slide (default); raw: the scores as they are",
+        help="fixed: evidence on the model's scale, the same on every slide (default); "
+        "rank: percentiles within the slide; raw: the scores as they are",
     )
-    p.add_argument("--cmap", default=defaults.cmap, help="matplotlib colour map")
+    p.add_argument(
+        "--cmap", default=defaults.cmap, help=f"matplotlib colour map (default {defaults.cmap})"
+    )
 
 
 def exports_help() -> str:

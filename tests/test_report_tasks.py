@@ -56,7 +56,7 @@ def _common(result, preds: dict) -> dict[str, _Page]:
         assert {"finding", "slide", "evidence", "quality", "model"} <= page.ids
         assert "script" not in page.tags
         text = page.body_text
-        for words in ("Most attended tiles", "weights sha256", "the diagnosis is the "
+        for words in ("Tiles with the most evidence for", "weights sha256", "the diagnosis is the "
                       "pathologist's", "No image: the store holds features only",
                       "no image stored", str(preds[rep.slide_id]["decision"])):  # fmt: skip
             assert words in text, words
@@ -103,7 +103,7 @@ def test_multiclass_report_shows_class_bars_and_the_screening_call(multiclass, t
         assert "Operating point called non-normal" in text
         assert "At this threshold the model found" in text
         # the attention shown is the called class's branch (predict writes that one)
-        assert f"their branch for class {pred['decision']}" in text
+        assert f"Tiles with the most evidence for {pred['decision']}" in text
         assert "multiclass (normal, type_a, type_b, type_c, negative class 'normal')" in text
     pdf = result.slides[0].pdf
     pdf_text = _pdf_text(pdf)

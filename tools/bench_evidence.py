@@ -11,16 +11,25 @@ tile is lesion when at least half of it is):
 - instance score, ``clam_sb`` only: the positive class's instance classifier, softmax
   probability of "positive" per tile, averaged over folds; raw (pooled across slides) and
   ranked within each slide;
-- contributions, ``additive`` only: each tile's share of the positive class's slide logit
+- contributions, every head that gives them (``abmil``, ``clam_sb``, ``clam_mb``,
+  ``additive``, ``mean``): each tile's share of the positive class's slide logit
   (``MILOutput.contributions[:, 1]``), averaged over folds; raw (pooled across slides,
   not ranked) and ranked within each slide; and its share of the log-odds (``c_1 - c_0``),
-  raw.
+  raw;
+- stored evidence, the same heads: ``predictions/<model>/evidence`` as ``wsi.predict_store``
+  writes it (the share of the calibrated log-odds, fold mean), raw, over the positive
+  slides and over every test slide (negative slides' tiles counted as not lesion), with
+  the share of the negative slides' tiles above half the model's evidence scale (the
+  heatmap's "hot" on the fixed scale).
 
 and prints the slide-level test AUROC of each head. Per-tile scores come from running
 every fold head of ``wsi.load_model`` on the store's features (``wsi.embed.features_of``).
 
     python tools/bench_evidence.py
-    python tools/bench_evidence.py --slides 40 --textures subtle --lesion-fraction 0.02 0.05
+    python tools/bench_evidence.py --slides 40 --textures default --lesion-fraction 0.02 0.05
+
+Defaults: the harder cohort of ``tools/bench_mil.py`` (60 slides of 6000 px, ``subtle``
+textures, lesions of 1-3% of the tissue, at least 192 um across).
 """
 
 from __future__ import annotations
@@ -42,16 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/evidence")
     parser.add_argument("--slides", type=int, default=60)
-    parser.add_argument("--size", type=int, default=4000, help="slide side, px at 0.25 mpp")
+    parser.add_argument("--size", type=int, default=6000, help="slide side, px at 0.25 mpp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", default="abmil,clam_sb,additive", help="comma-separated")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.3)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--textures", default="default", help="default, site_b or subtle")
+    parser.add_argument("--textures", default="subtle", help="default, site_b or subtle")
     parser.add_argument(
-        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.10), metavar=("LOW", "HIGH")
+        "--min-lesion-um", type=float, default=192.0, help="smallest lesion diameter, um"
+    )
+    parser.add_argument(
+        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.03), metavar=("LOW", "HIGH")
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     cohort = make_cohort(out / "cohort", slides=args.slides, size=args.size, seed=args.seed,
-                         textures=args.textures,
+                         textures=args.textures, min_lesion_diameter_um=args.min_lesion_um,
                          lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
     t_cohort = time.perf_counter() - t0
 
@@ -115,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(model_dir)
         scores = _tile_scores(model, stores, list(truth))
         lines += _evidence_lines(head, scores, truth)
+        lines += _stored_lines(head, model, stores, test_ids, truth)
         test = json.loads((model_dir / "metrics.json").read_text())["test"]
         lo, hi = test["auroc_ci95"]
         lines.append(
@@ -234,6 +247,45 @@ def _evidence_lines(
         lines.append(
             f"{head} log-odds contribution tile AUROC, raw {_auroc(truth, of('log_odds'), False)}"
         )
+    return lines
+
+
+def _stored_lines(
+    head: str, model: Any, stores: Path, test_ids: list[str], truth: dict[str, np.ndarray]
+) -> list[str]:
+    """The evidence ``predict_store`` stores, on the test slides: tile AUROC over the
+    positive slides and over all (negatives' tiles as not lesion), and how much of the
+    negative slides is hot on the model's fixed scale."""
+    from wsi.mil.predict import predict_store
+    from wsi.store import open_store, prediction_keys, store_path
+
+    scale = (model.card.get("evidence") or {}).get("scale")
+    if scale is None:
+        return [f"{head}: no stored evidence (the head gives no contributions)"]
+    key = prediction_keys(model.name).evidence
+    stored: dict[str, np.ndarray] = {}
+    for sid in test_ids:
+        path = store_path(stores, sid)
+        predict_store(path, model, overwrite=True)
+        stored[sid] = np.asarray(open_store(path)[key][:], dtype=np.float64)
+    everyone = {s: truth.get(s, np.zeros(len(stored[s]), dtype=int)) for s in test_ids}
+    negatives = [s for s in test_ids if s not in truth]
+    hot = (
+        float(np.mean(np.concatenate([stored[s] for s in negatives]) > 0.5 * scale))
+        if negatives
+        else float("nan")
+    )
+    lines = [f"{head} evidence scale (model card) {scale:.4g} calibrated log-odds per tile"]
+    if truth:
+        lines.append(
+            f"{head} stored evidence tile AUROC, raw, positive slides "
+            f"{_auroc(truth, {s: stored[s] for s in truth}, False)}"
+        )
+    lines.append(
+        f"{head} stored evidence tile AUROC, raw, all test slides "
+        f"{_auroc(everyone, stored, False)}; negative slides' tiles above half the scale "
+        f"{hot:.1%}"
+    )
     return lines
 
 

@@ -1,9 +1,10 @@
 """Benchmark attention-MIL on a synthetic cohort with known truth.
 
-With no arguments: builds the cohort (``wsi.synthetic.make_cohort``: 60 slides of 4000 px,
-positives with 1-10% lesion area, ground-truth masks), tiles it on a local Dask cluster,
-embeds it with the default encoder, trains the head with patient-level folds and a
-held-out test part, predicts the test slides, and scores
+With no arguments: builds the cohort (``wsi.synthetic.make_cohort``: 60 slides of 6000 px,
+``subtle`` textures (lesions close to the background in colour and brightness), positives
+with lesions of 1-3% of the tissue (at least 192 um across), ground-truth masks), tiles
+it on a local Dask cluster, embeds it with the default encoder, trains the head with
+patient-level folds and a held-out test part, predicts the test slides, and scores
 
 - slide level: test AUROC (bootstrap 95% CI), sensitivity and specificity at the
   operating point chosen on validation data, ECE before and after calibration;
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/mil")
     parser.add_argument("--slides", type=int, default=60)
-    parser.add_argument("--size", type=int, default=4000, help="slide side, px at 0.25 mpp")
+    parser.add_argument("--size", type=int, default=6000, help="slide side, px at 0.25 mpp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="abmil")
     parser.add_argument("--folds", type=int, default=5)
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--patients", type=int, help="default: one per two slides")
     parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--textures", default="default", help="texture set of the (site A) cohort")
+    parser.add_argument("--textures", default="subtle", help="texture set of the (site A) cohort")
     parser.add_argument(
-        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.10), metavar=("LOW", "HIGH")
+        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.03), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument(
+        "--min-lesion-um", type=float, default=192.0, help="smallest lesion diameter, um"
     )
     parser.add_argument(
         "--external",
@@ -66,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stain-shift", type=float, nargs=3, default=(1.5, 0.5, 1.0), metavar=("H", "E", "D")
     )
+    parser.add_argument(
+        "--variants",
+        default="plain",
+        help="with --external, comma-separated: plain (as embedded), normalised (Macenko "
+        "target fitted on site A's stores, both sites normalised), augmented (site A embedded "
+        "with --stain-views views, trained with stain_augment); a table of each at the end",
+    )
+    parser.add_argument("--stain-views", type=int, default=2, help="views of the augmented run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("distributed", "pyvips"):
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cohort = make_cohort(out / "cohort", slides=args.slides, size=args.size, seed=args.seed,
                          patients=args.patients, task=args.task, textures=args.textures,
-                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
+                         lesion_fraction=tuple(args.lesion_fraction),
+                         min_lesion_diameter_um=args.min_lesion_um)  # fmt: skip
     times["cohort"] = time.perf_counter() - t0
 
     stores = out / "stores"
@@ -279,58 +292,125 @@ def _tile_auroc(model, cohort, stores, ids) -> float:
     return m.auroc(np.concatenate(lesion), np.concatenate(ranks)) if lesion else float("nan")
 
 
+def _f(value, digits: int = 2) -> str:
+    """A figure, or "n/a" where the metrics hold None (one class only, too few slides)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _site_line(name: str, part: dict, trust: dict) -> str:
     at = part["at_threshold"]
-    lo, hi = part.get("ece_calibrated_ci95") or (float("nan"), float("nan"))
+    lo, hi = part.get("ece_calibrated_ci95") or (None, None)
     return (
-        f"{name}: AUROC {part['auroc']:.2f}, sensitivity {at['sensitivity']:.2f} at the "
-        f"operating point (specificity {at['specificity']:.2f}), unflagged false negatives "
+        f"{name}: AUROC {_f(part['auroc'])}, sensitivity {_f(at['sensitivity'])} at the "
+        f"operating point (specificity {_f(at['specificity'])}), unflagged false negatives "
         f"{trust['unflagged_false_negatives']} (of {trust['false_negatives']} false "
-        f"negatives), ECE {part['ece_calibrated']:.2f} (95% CI {lo:.2f}-{hi:.2f}, "
+        f"negatives), ECE {_f(part['ece_calibrated'])} (95% CI {_f(lo)}-{_f(hi)}, "
         f"{part['n']} slides)"
     )
 
 
+VARIANTS = ("plain", "normalised", "augmented")
+
+
 def _external(args) -> int:
     """Train on site A; evaluate (``wsi.evaluate_model``) on site A's held-out slides and on
-    site B: other textures and a HED stain shift."""
+    site B: other textures and a HED stain shift. With several ``--variants``, the same
+    tiles are embedded and a model trained once per variant (stain normalisation, stain
+    augmentation), then compared in a table; the plain variant's lines come last."""
+    import shutil
+
     from pipelines.cluster import dask_client
-    from pipelines.tasks import embed_stores, tile_slides
-    from wsi.config import EmbedConfig, TilingConfig
+    from pipelines.tasks import tile_slides
+    from wsi.config import TilingConfig
+    from wsi.synthetic import make_cohort
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        print(f"--variants {args.variants!r}: choose from {', '.join(VARIANTS)}")
+        return 2
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    site_a = make_cohort(out / "site_a", slides=args.slides, size=args.size, seed=args.seed,
+                         textures=args.textures, lesion_fraction=tuple(args.lesion_fraction),
+                         min_lesion_diameter_um=args.min_lesion_um)  # fmt: skip
+    site_b = make_cohort(out / "site_b", slides=args.external_slides, size=args.size,
+                         seed=args.seed + 1000, textures="site_b",
+                         stain_shift=tuple(args.stain_shift),
+                         lesion_fraction=tuple(args.lesion_fraction),
+                         min_lesion_diameter_um=args.min_lesion_um)  # fmt: skip
+    t_cohort = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tiles = {"a": out / "tiles_a", "b": out / "tiles_b"}
+    with dask_client(None, args.workers) as client:
+        for key, cohort in (("a", site_a), ("b", site_b)):
+            tiled = tile_slides(cohort.slides, tiles[key], TilingConfig(), client=client,
+                                progress=False)  # fmt: skip
+            bad = [r for r in tiled if r.status != "ok"]
+            if bad:
+                print(f"tiling failed for {len(bad)} slide(s): {bad[0].error}")
+                return 1
+    t_tiling = time.perf_counter() - t0
+    print(
+        f"site A: {args.slides} slides of {args.size} px ({args.textures} textures, lesions "
+        f"{args.lesion_fraction[0]:g}-{args.lesion_fraction[1]:g} of the tissue); site B: "
+        f"{args.external_slides} slides, textures site_b, HED x{args.stain_shift[0]:g}/"
+        f"x{args.stain_shift[1]:g}/x{args.stain_shift[2]:g}"
+    )
+    print(f"wall time: cohorts {t_cohort:.0f} s, tiling {t_tiling:.0f} s")
+    results = {}
+    for variant in variants:
+        stores = {k: out / variant / f"stores_{k}" for k in tiles}
+        for k, src in tiles.items():
+            if not stores[k].exists():
+                shutil.copytree(src, stores[k])
+        print(f"--- variant {variant}")
+        results[variant] = _external_variant(args, variant, site_a, site_b, stores,
+                                             out / variant)  # fmt: skip
+    if len(results) > 1:
+        _variant_table(results)
+    for line in results[variants[0]]["last_lines"]:
+        print(line)
+    return 0
+
+
+def _external_variant(args, variant, site_a, site_b, stores, out) -> dict:
+    """Embed both sites' stores for ``variant``, train on site A, evaluate both sites;
+    print the variant's lines and return its figures."""
+    from pipelines.tasks import embed_stores
+    from wsi.config import EmbedConfig
+    from wsi.embed import fit_stain_target
     from wsi.mil.data import read_labels
     from wsi.mil.external import evaluate_model
     from wsi.mil.predict import load_model
     from wsi.mil.splits import TEST, read_splits
     from wsi.mil.train import TrainConfig, train_model
     from wsi.store import store_path
-    from wsi.synthetic import make_cohort
 
-    out = Path(args.out)
+    paths = {k: sorted(v.glob("*.zarr")) for k, v in stores.items()}
+    base = EmbedConfig(device="cpu")
+    configs = {"a": base, "b": base}
     t0 = time.perf_counter()
-    site_a = make_cohort(out / "site_a", slides=args.slides, size=args.size, seed=args.seed,
-                         textures=args.textures,
-                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
-    site_b = make_cohort(out / "site_b", slides=args.external_slides, size=args.size,
-                         seed=args.seed + 1000, textures="site_b",
-                         stain_shift=tuple(args.stain_shift),
-                         lesion_fraction=tuple(args.lesion_fraction))  # fmt: skip
-    t_cohort = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    stores = {"a": out / "stores_a", "b": out / "stores_b"}
-    with dask_client(None, args.workers) as client:
-        for key, cohort in (("a", site_a), ("b", site_b)):
-            tiled = tile_slides(cohort.slides, stores[key], TilingConfig(), client=client,
-                                progress=False)  # fmt: skip
-            bad = [r for r in tiled if r.status != "ok"]
-            if bad:
-                print(f"tiling failed for {len(bad)} slide(s): {bad[0].error}")
-                return 1
-            embed_stores([r.output for r in tiled if r.output], EmbedConfig(device="cpu"),
-                         progress=False)  # fmt: skip
+    if variant == "normalised":
+        # the target comes from site A's stores (its held-out slides included: one stain
+        # target for the site, as a user would fit it on their own slides)
+        target = fit_stain_target(paths["a"], "macenko", out / "stain_target.json")
+        configs = {k: EmbedConfig(device="cpu", stain_target=str(target)) for k in paths}
+    elif variant == "augmented":
+        configs["a"] = EmbedConfig(device="cpu", stain_views=args.stain_views)
+    t_embed = {}
+    for k in ("a", "b"):
+        t1 = time.perf_counter()
+        done = embed_stores(paths[k], configs[k], progress=False)
+        bad = [r for r in done if r.status != "ok"]
+        if bad:
+            raise SystemExit(f"embedding failed for {len(bad)} store(s): {bad[0].error}")
+        t_embed[k] = time.perf_counter() - t1
     t_prep = time.perf_counter() - t0
     t0 = time.perf_counter()
     config = TrainConfig(model=args.model, folds=args.folds, test_fraction=args.test_fraction,
-                         seed=args.seed, epochs=args.epochs)  # fmt: skip
+                         seed=args.seed, epochs=args.epochs,
+                         stain_augment=variant == "augmented")  # fmt: skip
     model_dir = train_model(stores["a"], site_a.labels_csv, out / f"model_{args.model}", config)
     t_train = time.perf_counter() - t0
     model = load_model(model_dir)
@@ -339,20 +419,14 @@ def _external(args) -> int:
                 if p == TEST]  # fmt: skip
     in_dir = evaluate_model([store_path(stores["a"], s) for s in test_ids], site_a.labels_csv,
                             model, out / "eval_site_a", overwrite=True)  # fmt: skip
-    ex_dir = evaluate_model(sorted(stores["b"].glob("*.zarr")), site_b.labels_csv, model,
-                            out / "eval_site_b", overwrite=True)  # fmt: skip
+    ex_dir = evaluate_model(paths["b"], site_b.labels_csv, model, out / "eval_site_b",
+                            overwrite=True)  # fmt: skip
     ins = json.loads((in_dir / "metrics.json").read_text())
     ext = json.loads((ex_dir / "metrics.json").read_text())
-    card = model.card
-    cal = card["calibration"]
+    cal = model.card["calibration"]
     print(
-        f"site A: {args.slides} slides of {args.size} px ({args.textures} textures), "
-        f"{len(test_ids)} held out; site B: {args.external_slides} slides, textures site_b, "
-        f"HED x{args.stain_shift[0]:g}/x{args.stain_shift[1]:g}/x{args.stain_shift[2]:g}"
-    )
-    print(
-        f"wall time: cohorts {t_cohort:.0f} s, tiling and embedding {t_prep:.0f} s, training "
-        f"{t_train:.0f} s"
+        f"wall time: embedding {t_prep:.0f} s (site A {t_embed['a']:.0f} s, site B "
+        f"{t_embed['b']:.0f} s), training {t_train:.0f} s"
     )
     print(
         f"calibration: T {cal['temperature']:.2f} (unconstrained fit "
@@ -368,32 +442,67 @@ def _external(args) -> int:
             if v.get("p_value") is not None
         )
         print(f"{label} batch shift test: {batch['status']} ({tests or batch.get('note')})")
-    measures = _measure_counts(stores, model, test_ids, site_b)
+    measures = _measure_counts(stores, model, test_ids)
     for name, (n_in, n_ex) in measures.items():
         print(f"measure {name}: fails {n_ex[0]} of {n_ex[1]} external slides, {n_in[0]} of "
               f"{n_in[1]} in-site")  # fmt: skip
     tile_ext = _tile_auroc(model, site_b, stores["b"], [p.stem for p in site_b.slides])
     tile_in = _tile_auroc(model, site_a, stores["a"], test_ids)
     print(f"attention tile AUROC: in-site {tile_in:.3f}, external {tile_ext:.3f}")
-    print(_site_line("in-site test", ins["external"], ins["trust"]))
-    print(_site_line("external site", ext["external"], ext["trust"]))
-    print(
-        f"shift flags: {ext['trust']['shift']['flagged']} of {ext['trust']['shift']['n']} "
-        f"external slides, {ins['trust']['shift']['flagged']} of {ins['trust']['shift']['n']} "
-        "in-site slides"
-    )
     cov = ins["trust"]["conformal"]
     cov_ext = ext["trust"]["conformal"]
-    print(
+    last = [
+        _site_line("in-site test", ins["external"], ins["trust"]),
+        _site_line("external site", ext["external"], ext["trust"]),
+        f"shift flags: {ext['trust']['shift']['flagged']} of {ext['trust']['shift']['n']} "
+        f"external slides, {ins['trust']['shift']['flagged']} of {ins['trust']['shift']['n']} "
+        "in-site slides",
         f"conformal coverage {cov['coverage']:.2f} at nominal {cov['nominal']:.2f} (in-site "
         f"test; {cov['uncertain']} uncertain, {cov['atypical']} atypical of {cov['n']}); "
         f"external {cov_ext['coverage']:.2f} ({cov_ext['uncertain']} uncertain, "
-        f"{cov_ext['atypical']} atypical of {cov_ext['n']})"
-    )
-    return 0
+        f"{cov_ext['atypical']} atypical of {cov_ext['n']})",
+    ]
+    for line in last:
+        print(line)
+    return {
+        "in": ins["external"],
+        "ex": ext["external"],
+        "trust_in": ins["trust"],
+        "trust_ex": ext["trust"],
+        "tile_in": tile_in,
+        "tile_ex": tile_ext,
+        "embed_s": t_prep,
+        "train_s": t_train,
+        "temperature": cal["temperature"],
+        "last_lines": last,
+    }
 
 
-def _measure_counts(stores, model, test_ids, site_b) -> dict:
+def _variant_table(results: dict) -> None:
+    """A markdown table of the variants (the first is the baseline of the ratios)."""
+    first = next(iter(results.values()))
+    print("| variant | external AUROC | external sensitivity / specificity | external ECE | "
+          "in-site AUROC | in-site ECE | tile AUROC in-site / external | unflagged FN "
+          "in-site / external | shift flags external / in-site | embedding s (x first) | "
+          "training s (x first) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        at = r["ex"]["at_threshold"]
+        print(
+            f"| {name} | {_f(r['ex']['auroc'], 3)} | {_f(at['sensitivity'])} / "
+            f"{_f(at['specificity'])} | {_f(r['ex']['ece_calibrated'], 3)} | "
+            f"{_f(r['in']['auroc'], 3)} | {_f(r['in']['ece_calibrated'], 3)} | "
+            f"{_f(r['tile_in'], 3)} / {_f(r['tile_ex'], 3)} | "
+            f"{r['trust_in']['unflagged_false_negatives']} / "
+            f"{r['trust_ex']['unflagged_false_negatives']} | "
+            f"{r['trust_ex']['shift']['flagged']}/{r['trust_ex']['shift']['n']} / "
+            f"{r['trust_in']['shift']['flagged']}/{r['trust_in']['shift']['n']} | "
+            f"{r['embed_s']:.0f} ({r['embed_s'] / first['embed_s']:.1f}x) | "
+            f"{r['train_s']:.0f} ({r['train_s'] / first['train_s']:.1f}x) |"
+        )
+
+
+def _measure_counts(stores, model, test_ids) -> dict:
     """How many slides each shift measure alone flags (in-site test, external)."""
     from wsi.store import open_store, prediction_keys, store_path
 

@@ -138,19 +138,31 @@ def feature_views_key(encoder: str) -> str:
 class PredictionKeys(NamedTuple):
     """Keys of ``predictions/<model>``: the stage (and group), per-fold raw attention
     (N, folds), the fold-mean normalised attention (N,) and, for heads with one attention
-    branch per class, the fold-mean normalised attention of every class (N, C)."""
+    branch per class, the fold-mean normalised attention of every class (N, C).
+
+    ``evidence``: float32 (N,), each tile's contribution to the calibrated slide score of
+    the shown class (calibrated log-odds per tile), fold mean; only from heads that give
+    contributions (``wsi.mil.evidence``). ``evidence_classes``: float32 (N, C), the same for
+    every class, beside ``attention_classes``."""
 
     stage: str
     attention: str
     attention_mean: str
     attention_classes: str
+    evidence: str
+    evidence_classes: str
 
 
 def prediction_keys(model: str) -> PredictionKeys:
     """The keys of the predictions of the model named ``model``."""
     group = f"{PREDICTIONS}/{_member('model', model)}"
     return PredictionKeys(
-        group, f"{group}/attention", f"{group}/attention_mean", f"{group}/attention_classes"
+        group,
+        f"{group}/attention",
+        f"{group}/attention_mean",
+        f"{group}/attention_classes",
+        f"{group}/evidence",
+        f"{group}/evidence_classes",
     )
 
 

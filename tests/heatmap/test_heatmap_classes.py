@@ -79,11 +79,41 @@ def cohort(tmp_path_factory):
     return root, store, mc.name, pred, binary.name
 
 
+#: the per-class attention layers, ranked within the slide (the evidence layers, the
+#: default, are tested in test_evidence_layers_on_the_model_scale)
+ATTENTION = {"source": "attention", "normalise": "rank"}
+
+
 @pytest.fixture(scope="module")
 def made(cohort):
     root, store, model, pred, _ = cohort
-    res = make_heatmap(store, model, root / "out", HeatmapOptions(exports=EXPORTS))
+    res = make_heatmap(store, model, root / "out", HeatmapOptions(exports=EXPORTS, **ATTENTION))
     return res
+
+
+def test_evidence_layers_on_the_model_scale(cohort, tmp_path):
+    """The default: one evidence layer per class, all on the model's fixed scale, the main
+    one the predicted class's; GeoJSON measurements named after the evidence."""
+    root, store, model, pred, _ = cohort
+    import shutil
+
+    copy = tmp_path / store.name
+    shutil.copytree(store, copy)
+    res = make_heatmap(copy, model, tmp_path / "out", HeatmapOptions(exports=("geojson",)))
+    group = st.open_store(copy)
+    keys = st.prediction_keys(model)
+    per_class = np.asarray(group[keys.evidence_classes][:])
+    shown = CLASSES.index(pred["predicted_class"])
+    np.testing.assert_allclose(per_class[:, shown], group[keys.evidence][:], atol=1e-6)
+    layers = stored_layers(copy, model)
+    scale = json.loads((root / "mc" / "model.json").read_text())["evidence"]["scale"]
+    assert layers.measure == "evidence" and res["classes"] == list(CLASSES)
+    for name, grid in zip(layers.classes, layers.grids, strict=True):
+        assert (grid.vmin, grid.vmax) == (0.0, pytest.approx(scale))
+        assert f"evidence for {name}" in grid.label
+    doc = json.loads(Path(res["files"]["geojson"]).read_text())
+    tile = next(f for f in doc["features"] if f["properties"]["objectType"] == "detection")
+    assert set(tile["properties"]["measurements"]) == {"score"} | {f"evidence {c}" for c in CLASSES}
 
 
 def test_one_grid_per_class_beside_the_main_one(cohort, made):
@@ -99,7 +129,7 @@ def test_one_grid_per_class_beside_the_main_one(cohort, made):
     assert attrs["classes"] == list(CLASSES) == made["classes"]
     assert group[keys.classes].attrs["classes"] == list(CLASSES)
     # each layer is the grid of its class's attention, ranked within the slide
-    scores = tile_scores(store, model)
+    scores = tile_scores(store, model, **ATTENTION)
     for k in range(len(CLASSES)):
         ranked = type(scores)(
             scores.coords_l0,
@@ -116,6 +146,7 @@ def test_one_grid_per_class_beside_the_main_one(cohort, made):
     # read back, stored and current
     layers = stored_layers(store, model)
     assert layers.classes == CLASSES and layers.shown == pred["predicted_class"]
+    assert layers.measure == "attention"
     np.testing.assert_array_equal(np.stack([g.values for g in layers.grids]), stack)
     assert stored_grid(store, model)[0].values.shape == main.shape
 

@@ -34,9 +34,8 @@ def _doctored(root: Path, sid: str, model: str, tmp_path: Path) -> tuple[Path, n
     """A store whose heatmap stage ran with raw scores, then had SHIFT added to its stored
     grid: what a recomputation can never give."""
     store = store_copy(root, sid, tmp_path)
-    make_heatmap(
-        store, model, tmp_path / "out", HeatmapOptions(normalise="raw", exports=("geojson",))
-    )
+    raw = HeatmapOptions(source="attention", normalise="raw", exports=("geojson",))
+    make_heatmap(store, model, tmp_path / "out", raw)
     group = st.open_store(store, mode="r+")
     arr = group[st.heatmap_keys(model).grid]
     doctored = np.asarray(arr[:]) + SHIFT
@@ -62,11 +61,13 @@ def test_stored_grid_is_read_back_with_its_options(tmp_path, predicted):
     assert regions and regions[0].mean_score > SHIFT  # the regions of the stored grid
     assert grid.slide_size_l0 == (3000, 3000)
     # options that change only the drawing keep the stored grid; others compute theirs
-    same, used, _ = stored_grid(store, model, HeatmapOptions(normalise="raw", cmap="gray"))
+    gray = HeatmapOptions(source="attention", normalise="raw", cmap="gray")
+    same, used, _ = stored_grid(store, model, gray)
     np.testing.assert_array_equal(same.values, doctored)
     assert used.cmap == "gray"
-    ranked, used, _ = stored_grid(store, model, HeatmapOptions())
-    assert np.nanmax(ranked.values) <= 1.0 and used == HeatmapOptions()
+    fresh, used, _ = stored_grid(store, model, HeatmapOptions())
+    assert np.nanmax(fresh.values) < SHIFT and used == HeatmapOptions()
+    assert (fresh.vmin, fresh.vmax) == (0.0, pytest.approx(_model_scale(root)))
 
     # the notebook: the stored grid and options, field overrides on top of them
     heat = wsi.Heatmap(store, model)
@@ -95,8 +96,8 @@ def test_a_stale_or_old_stored_grid_is_not_used(tmp_path, predicted):
     _make_stale(store, model)
     grid, options, _ = stored_grid(store, model)
     assert options == HeatmapOptions()  # no current stored heatmap: the defaults
-    assert np.nanmax(grid.values) <= 1.0  # computed from the prediction
-    assert np.nanmax(wsi.Heatmap(store, model).grid.values) <= 1.0
+    assert np.nanmax(grid.values) < SHIFT  # computed from the prediction
+    assert np.nanmax(wsi.Heatmap(store, model).grid.values) < SHIFT
 
     # a heatmap stored by a wsi that kept no options is computed again too
     old, _ = _doctored(root, cohort.slides[1].stem, model, tmp_path / "old")
@@ -114,6 +115,10 @@ def test_reading_writes_nothing(tmp_path, predicted):
     wsi.Heatmap(store, model)
     assert _snapshot(store) == before
     assert st.HEATMAPS not in st.open_store(store)
+
+
+def _model_scale(root: Path) -> float:
+    return float(json.loads((root / "abmil" / "model.json").read_text())["evidence"]["scale"])
 
 
 def _greenish(rgb: np.ndarray) -> int:
@@ -144,7 +149,15 @@ def test_report_draws_with_the_stored_options(tmp_path, predicted):
     options = ReportOptions(pdf=False)
     default = report_slide(store, root / "abmil", tmp_path / "r1", options)
     drawn = _overlay(default.html)
-    assert _greenish(drawn) > 200 and _grey_heat(drawn) < 0.1  # no stored heatmap: jet, 0.5
+    # no stored heatmap: the defaults (evidence, magma: no green; its dark end over the
+    # tissue at opacity 0.5 is greyish, but far from an opaque grey layer)
+    assert _greenish(drawn) < 20 and _grey_heat(drawn) < 0.2
+    assert "evidence for tumor" in default.html.read_text()
+
+    jet = HeatmapOptions(source="attention", normalise="rank", cmap="jet", exports=())
+    make_heatmap(store, model, tmp_path / "out", jet)
+    shown = _overlay(report_slide(store, root / "abmil", tmp_path / "r2", options).html)
+    assert _greenish(shown) > 200  # the stored options: jet, ranked
 
     make_heatmap(store, model, tmp_path / "out", HeatmapOptions(cmap="gray", alpha=1.0, exports=()))
     grey = report_slide(store, root / "abmil", tmp_path / "r2", options)
@@ -153,4 +166,4 @@ def test_report_draws_with_the_stored_options(tmp_path, predicted):
 
     _make_stale(store, model)  # a prediction made since: back to the defaults
     again = report_slide(store, root / "abmil", tmp_path / "r3", options)
-    assert _greenish(_overlay(again.html)) > 200
+    assert _grey_heat(_overlay(again.html)) < 0.2

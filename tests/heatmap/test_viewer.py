@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.browser import NEXT_FRAMES, Chromium, need_browser
-from wsi.heatmap import serve, write_viewer
+from wsi.heatmap import HeatmapOptions, serve, write_viewer
 from wsi.heatmap.viewer import asset
 
 
@@ -22,7 +22,9 @@ def viewer_dir(predicted, tmp_path_factory):
     root, cohort, model = predicted
     sid = cohort.slides[0].stem
     out = tmp_path_factory.mktemp("viewer")
-    return write_viewer(root / "stores" / f"{sid}.zarr", model, out)
+    # jet, ranked: every tile coloured, in colours (green) no H&E has, for the browser test
+    jet = HeatmapOptions(source="attention", normalise="rank", cmap="jet")
+    return write_viewer(root / "stores" / f"{sid}.zarr", model, out, jet)
 
 
 def _dzi_size(path: Path) -> tuple[int, int]:

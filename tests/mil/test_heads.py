@@ -24,6 +24,8 @@ from wsi.mil.heads import (
 NAMES = ["abmil", "clam_sb", "clam_mb", "transmil", "additive", "mean", "max"]
 INVARIANT = [name for name in NAMES if name != "transmil"]  # PPEG sees the tile order
 ATTENTIVE = ["abmil", "clam_sb", "clam_mb", "additive"]
+#: heads whose logits are linear in pooled tile terms: per-tile contributions
+CONTRIBUTING = ["abmil", "clam_sb", "clam_mb", "additive", "mean"]
 
 
 def _bag(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -57,10 +59,38 @@ def test_output_shapes(name: str, n: int, d: int, c: int) -> None:
     assert out.attention.shape == expected
     assert torch.isfinite(out.attention).all()
     assert out.instance_loss is None
-    if name == "additive":
+    assert head.gives_contributions == (name in CONTRIBUTING)
+    if name in CONTRIBUTING:
         assert out.contributions is not None and out.contributions.shape == (n, c)
     else:
         assert out.contributions is None
+
+
+@pytest.mark.parametrize("c", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 7, 500])
+@pytest.mark.parametrize("name", CONTRIBUTING)
+def test_contributions_sum_to_the_logits_less_the_bias(name: str, n: int, c: int) -> None:
+    """In eval mode every contributing head's tile shares sum to the slide logits less
+    ``logit_offset()`` (the classifier bias, a slide-level prior), within 1e-5."""
+    head = _head(name, 32, c).eval()
+    with torch.no_grad():
+        out = head(_bag(n, 32, seed=n + c))
+    assert out.contributions is not None
+    total = out.contributions.sum(dim=0) + head.logit_offset()
+    torch.testing.assert_close(total, out.logits, atol=1e-5, rtol=0)
+    if name in ("abmil", "clam_sb", "clam_mb", "mean"):  # a bias, not zeros
+        assert head.logit_offset().abs().sum() > 0
+
+
+def test_clam_mb_contributions_pool_with_each_class_branch() -> None:
+    head = _head("clam_mb", 16, 3).eval()
+    bag = _bag(9, 16)
+    with torch.no_grad():
+        out = head(bag)
+        h = head.fc(bag)
+        weights = torch.softmax(out.attention, dim=0)  # (N, C): one branch per class
+    assert out.contributions is not None
+    torch.testing.assert_close(out.contributions, weights * (h @ head.class_weight.T))
 
 
 @pytest.mark.parametrize("name", INVARIANT)
@@ -320,12 +350,13 @@ def test_one_output_heads_give_a_value_and_a_score_per_tile() -> None:
 
     bag = torch.randn(7, 16)
     for name in NAMES:
-        out = build_head(name, 16, 1).eval()(bag)
+        m = build_head(name, 16, 1).eval()
+        out = m(bag)
         assert out.logits.shape == (1,)
         assert torch.isfinite(out.attention).all() and out.attention.shape[0] == 7
-        if name == "additive":
+        if name in CONTRIBUTING:
             assert out.contributions is not None and out.contributions.shape == (7, 1)
-            torch.testing.assert_close(out.contributions.sum(dim=0), out.logits)
+            torch.testing.assert_close(out.contributions.sum(dim=0) + m.logit_offset(), out.logits)
 
 
 def test_bad_hparams() -> None:
@@ -352,7 +383,8 @@ def _big(name: str, n: int) -> None:
     assert out.logits.shape == (2,) and torch.isfinite(out.logits).all()
     assert out.attention.shape[0] == n and torch.isfinite(out.attention).all()
     if out.contributions is not None:
-        torch.testing.assert_close(out.contributions.sum(dim=0), out.logits)
+        total = out.contributions.sum(dim=0) + head.logit_offset()
+        torch.testing.assert_close(total, out.logits)
 
 
 @pytest.mark.parametrize("name", ["abmil", "clam_mb", "additive"])

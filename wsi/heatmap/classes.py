@@ -2,11 +2,13 @@
 
 For heads with one attention branch per class (CLAM-MB), ``predict_store`` writes the
 fold-mean normalised attention of every class, ``predictions/<model>/attention_classes``
-(N, C); the main heat layer is the decided class's (the one ``attention_mean`` holds).
-:func:`class_layers` reads the per-class attention as :class:`ClassLayers`: one
-``TileScores`` and one ``HeatGrid`` per class, scaled as the options' ``normalise`` asks
-(the same scale as the main layer). Per-class layers are of the normalised attention, so
-they exist only with ``source="attention"``; with ``"attention_raw"`` there are none.
+(N, C), and every class's tile evidence, ``evidence_classes`` (N, C); the main heat layer
+is the decided class's (the one ``attention_mean`` and ``evidence`` hold).
+:func:`class_layers` reads them as :class:`ClassLayers`: one ``TileScores`` and one
+``HeatGrid`` per class, scaled as the options' ``normalise`` asks (the same scale as the
+main layer: with "fixed" every class on the model's evidence scale). Per-class layers
+exist with ``source="evidence"`` (where the prediction has evidence; else the attention's,
+as the main layer falls back) and ``"attention"``; with ``"attention_raw"`` there are none.
 
 :func:`caption` says what the attention means for the prediction's task: for survival
 "where the risk comes from", for regression where the predicted value comes from, for
@@ -26,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from wsi import store as st
-from wsi.heatmap.grid import HeatGrid, TileScores, heat_grid, rank_scores, tile_scores
+from wsi.heatmap.grid import (
+    HeatGrid,
+    TileScores,
+    evidence_labels,
+    evidence_scale_of,
+    heat_grid,
+    rank_scores,
+    shown_source,
+    tile_scores,
+)
 
 __all__ = [
     "ClassLayers",
@@ -59,6 +70,7 @@ class ClassLayers:
     scores: tuple[TileScores, ...] = ()
     grids: tuple[HeatGrid, ...] = ()
     shown: str = ""
+    measure: str = "attention"  #: what the layers are: "evidence" or "attention"
 
     def __bool__(self) -> bool:
         return bool(self.classes)
@@ -96,40 +108,57 @@ def class_layers(
     store: str | os.PathLike[str], model: str, *, source: str, normalise: str
 ) -> ClassLayers:
     """The per-class layers of ``predictions/<model>`` in a store: one ``TileScores``
-    and one ``HeatGrid`` per class, ``normalise`` ("rank": percentiles within the slide,
-    per class; "raw": as stored). ``NO_CLASSES`` without ``attention_classes`` or with
-    ``source`` other than "attention". Reads the store (the prediction must be complete
-    and current, as for ``tile_scores``); writes nothing."""
+    and one ``HeatGrid`` per class, ``normalise`` ("fixed": evidence on the model's scale,
+    as the main layer; "rank": percentiles within the slide, per class; "raw": as
+    stored). ``NO_CLASSES`` without ``attention_classes`` or with ``source``
+    "attention_raw". Reads the store (the prediction must be complete and current, as for
+    ``tile_scores``); writes nothing."""
     main = tile_scores(store, model, source=source, normalise=normalise)  # checks it all
     group = st.open_store(Path(store))
-    key = st.prediction_keys(model).attention_classes
-    if key not in group:
+    keys = st.prediction_keys(model)
+    if keys.attention_classes not in group:
         return NO_CLASSES
-    if source != "attention":
-        log.info("%s: no per-class layers with source %r (attention only)", store, source)
+    source, normalise = shown_source(group, model, source, normalise)
+    if source == "evidence" and keys.evidence_classes not in group:
+        source, normalise = "attention", ("rank" if normalise == "fixed" else normalise)
+    if source == "attention_raw":
+        log.info("%s: no per-class layers with source %r", store, source)
         return NO_CLASSES
+    key = keys.evidence_classes if source == "evidence" else keys.attention_classes
     per_class = np.asarray(group[key][:], dtype=np.float64)
     if per_class.ndim != 2 or per_class.shape[0] != len(main.coords_l0):
         log.warning("%s: %s has shape %s: per-class layers left out", store, key, per_class.shape)
         return NO_CLASSES
     attrs = _prediction_attrs(group, model)
     names = _class_names(attrs, per_class.shape[1])
-    scale = "percentile" if normalise == "rank" else "raw"
+    scale = evidence_scale_of(attrs, per_class.ravel()) if source == "evidence" else None
     scores = []
     for k, name in enumerate(names):
         raw = per_class[:, k]
         values = rank_scores(raw) if normalise == "rank" else raw
+        vmin = vmax = None
+        if scale is not None:
+            label, bar = evidence_labels(model, name, attrs, normalise, scale)
+            if normalise == "fixed":
+                vmin, vmax = 0.0, scale[0]
+        else:
+            what = "percentile" if normalise == "rank" else "raw"
+            label, bar = f"{model} attention of {name} ({what})", f"attention, {what}"
         scores.append(
             TileScores(
                 main.coords_l0,
                 main.footprint_l0,
                 values.astype(np.float32),
                 main.slide_size_l0,
-                f"{model} attention of {name} ({scale})",
+                label,
+                vmin,
+                vmax,
+                bar,
             )
         )
     shown = str(attrs.get("predicted_class") or attrs.get("decision") or "")
-    return ClassLayers(names, tuple(scores), tuple(heat_grid(s) for s in scores), shown)
+    grids = tuple(heat_grid(s) for s in scores)
+    return ClassLayers(names, tuple(scores), grids, shown, source)
 
 
 def class_caption(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from wsi.heatmap.grid import HeatGrid, colorize
+from wsi.heatmap.grid import HeatGrid, colorize, colour_range
 
 __all__ = ["HeatStyle", "compose_overlay", "outline", "COLOUR_BAR_PX", "TITLE_PX"]
 
@@ -28,7 +28,8 @@ class HeatStyle(Protocol):
 
     @property
     def normalise(self) -> str:
-        """With "rank" the colour scale is 0..1; otherwise it spans the values shown."""
+        """A grid on a fixed scale (evidence, "fixed") is coloured on it; with "rank" the
+        colour scale is 0..1; otherwise it spans the values shown."""
         ...
 
     @property
@@ -63,10 +64,15 @@ def outline(tissue: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _colour_bar(height: int, cmap: str, lo: float, hi: float, label: str) -> Any:
+    """The colour bar panel: the map from ``hi`` (top) to ``lo``, three ticks, and
+    ``label`` (what the scale is) wrapped above it."""
+    import textwrap
+
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    bar_h = max(64, int(height * 0.6))
+    lines = textwrap.wrap(label, 17)[:8]
+    bar_h = max(64, min(int(height * 0.6), height - 14 * len(lines) - 8))
     ramp = colormaps[cmap](np.linspace(1, 0, bar_h))[:, :3]
     strip = (np.repeat(ramp[:, None, :], 24, axis=1) * 255).astype(np.uint8)
     panel = Image.new("RGB", (COLOUR_BAR_PX, height), "white")
@@ -77,7 +83,8 @@ def _colour_bar(height: int, cmap: str, lo: float, hi: float, label: str) -> Any
         y = top + int((1 - frac) * (bar_h - 1))
         draw.line([(32, y), (38, y)], fill="black")
         draw.text((42, y - 6), f"{lo + frac * (hi - lo):.2g}", fill="black")
-    draw.text((4, max(0, top - 16)), label[:18], fill="black")
+    for i, line in enumerate(lines):
+        draw.text((4, max(0, top - 14 * (len(lines) - i) - 2)), line, fill="black")
     return panel
 
 
@@ -91,19 +98,24 @@ def compose_overlay(
     """A PIL image: ``thumb`` (RGB of the whole slide at any size) with the heatmap over
     it, the tissue outline, a colour bar and ``title``. Memory: a few arrays of its size.
 
-    The image is ``COLOUR_BAR_PX`` wider and ``TITLE_PX`` taller than ``thumb``. With
-    ``options.normalise == "rank"`` the colour scale is 0..1; otherwise it spans the
-    shown values. ``options`` gives ``smooth``, ``cmap`` and ``alpha`` too.
+    The image is ``COLOUR_BAR_PX`` wider and ``TITLE_PX`` taller than ``thumb``. The colour
+    scale is ``wsi.heatmap.grid.colour_range``: the grid's fixed scale (evidence: 0 .. the
+    model's scale, the same on every slide; evidence against the class gets the colour of
+    0), 0..1 for ``options.normalise == "rank"``, else the shown values' range; the colour
+    bar says which (``grid.scale_label``). ``options`` gives ``smooth``, ``cmap`` and
+    ``alpha`` too.
     """
     from PIL import Image, ImageDraw
 
     h, w = thumb.shape[:2]
     ds = grid.slide_size_l0[0] / w
     heat = grid.render(ds, smooth=options.smooth)[:h, :w]
-    rank = options.normalise == "rank"
-    finite = np.isfinite(heat)
-    lo = 0.0 if rank else (float(np.nanmin(heat)) if finite.any() else 0.0)
-    hi = 1.0 if rank else (float(np.nanmax(heat)) if finite.any() else 1.0)
+    if grid.vmin is not None or options.normalise == "rank":
+        lo, hi = colour_range(grid, options.normalise)
+    else:  # the range of what is drawn (smoothing stays within the grid's)
+        finite = np.isfinite(heat)
+        lo = float(np.nanmin(heat)) if finite.any() else 0.0
+        hi = float(np.nanmax(heat)) if finite.any() else 1.0
     rgba = colorize(heat, options.cmap, lo, hi)
     a = (rgba[..., 3:4].astype(np.float32) / 255.0) * options.alpha
     out = thumb.astype(np.float32) * (1 - a) + rgba[..., :3].astype(np.float32) * a + 0.5
@@ -113,6 +125,7 @@ def compose_overlay(
     label = grid.label + (" (smoothed for display)" if options.smooth else "")
     canvas = Image.new("RGB", (w + COLOUR_BAR_PX, h + TITLE_PX), "white")
     canvas.paste(Image.fromarray(image), (0, TITLE_PX))
-    canvas.paste(_colour_bar(h, options.cmap, lo, hi, "score"), (w, TITLE_PX))
+    bar = grid.scale_label or "score"
+    canvas.paste(_colour_bar(h, options.cmap, lo, hi, bar), (w, TITLE_PX))
     ImageDraw.Draw(canvas).text((4, 4), f"{title}\n{label}", fill="black")
     return canvas

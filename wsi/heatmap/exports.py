@@ -33,7 +33,7 @@ from wsi import store as st
 from wsi.errors import ConfigError
 from wsi.heatmap.classes import NO_CLASSES, ClassLayers, class_caption, class_slugs
 from wsi.heatmap.draw import HeatStyle, compose_overlay
-from wsi.heatmap.grid import HeatGrid, TileScores, colorize
+from wsi.heatmap.grid import HeatGrid, TileScores, colorize, colour_range
 from wsi.heatmap.regions import Region
 from wsi.heatmap.viewer import viewer_folder
 from wsi.outputs import output_path, write_output
@@ -113,14 +113,14 @@ def qupath_geojson(
     scores: TileScores, regions: list[Region], path: Path, layers: ClassLayers = NO_CLASSES
 ) -> Path:
     """A FeatureCollection QuPath imports: a detection per tile (its score a measurement,
-    so QuPath can colour by it; with per-class ``layers`` also ``attention <class>``, the
-    class's tile score on the same scale) and an annotation per top region; level-0
-    pixels."""
+    so QuPath can colour by it; with per-class ``layers`` also ``evidence <class>`` (or
+    ``attention <class>`` for attention layers), the class's tile score on the same
+    scale) and an annotation per top region; level-0 pixels."""
     from shapely.geometry import mapping
 
     f = scores.footprint_l0
     per_class = [
-        (f"attention {c}", s.scores.tolist())
+        (f"{layers.measure} {c}", s.scores.tolist())
         for c, s in zip(layers.classes, layers.scores, strict=True)
     ]
     features = []
@@ -226,7 +226,7 @@ def pyramid_tiff(grid: HeatGrid, options: ExportStyle, mpp: float | None, path: 
     d = options.tiff_downsample
     w0, h0 = grid.slide_size_l0
     out_w, out_h = max(1, int(np.ceil(w0 / d))), max(1, int(np.ceil(h0 / d)))
-    vmin, vmax = (0.0, 1.0) if options.normalise == "rank" else (None, None)
+    vmin, vmax = colour_range(grid, options.normalise)
     rgba = colorize(grid.values, options.cmap, vmin, vmax)
     rows, cols = rgba.shape[:2]
     img = pyvips.Image.new_from_memory(np.ascontiguousarray(rgba).tobytes(), cols, rows, 4, "uchar")

@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,27 +30,39 @@ __all__ = [
     "colorize",
     "hottest_cells",
     "rank_scores",
+    "colour_range",
     "SOURCES",
     "NORMALISE",
 ]
 
 log = logging.getLogger(__name__)
 
-#: tile scores a heatmap can show: fold-normalised attention (averaged) or raw head scores
-SOURCES = ("attention", "attention_raw")
-#: how scores are scaled: percentiles within the slide, or as they are
-NORMALISE = ("rank", "raw")
+#: tile scores a heatmap can show: tile evidence (each tile's contribution to the
+#: calibrated slide score of the shown class), fold-normalised attention (averaged) or raw
+#: head scores
+SOURCES = ("evidence", "attention", "attention_raw")
+#: how scores are scaled: on the model's fixed evidence scale, percentiles within the
+#: slide, or as they are
+NORMALISE = ("fixed", "rank", "raw")
 
 
 @dataclass(frozen=True)
 class TileScores:
-    """One score per tile: level-0 top-left ``coords_l0`` (N, 2), side ``footprint_l0``."""
+    """One score per tile: level-0 top-left ``coords_l0`` (N, 2), side ``footprint_l0``.
+
+    ``vmin``/``vmax``: the colour scale when it is fixed (evidence on the model's scale:
+    0 .. scale, in calibrated log-odds per tile), the same on every slide; None: the
+    scale follows ``normalise`` (0..1 for ranks, the values' range for raw scores).
+    ``scale_label``: what the colour bar measures."""
 
     coords_l0: np.ndarray
     footprint_l0: float
     scores: np.ndarray
     slide_size_l0: tuple[int, int]  #: (width, height) of level 0
     label: str  #: what the scores are, for legends
+    vmin: float | None = None
+    vmax: float | None = None
+    scale_label: str = ""
 
 
 def rank_scores(x: np.ndarray) -> np.ndarray:
@@ -61,27 +74,87 @@ def rank_scores(x: np.ndarray) -> np.ndarray:
     return np.asarray((rankdata(x) - 1) / (len(x) - 1))
 
 
-def tile_scores(
-    store: str | os.PathLike[str],
-    model: str,
-    *,
-    source: str = "attention",
-    normalise: str = "rank",
-) -> TileScores:
-    """The tile scores of ``predictions/<model>`` in a store.
+def _slide_size(group: Any, coords: np.ndarray, footprint: float) -> tuple[int, int]:
+    dims = st.read_meta(group).get("slide", {}).get("level_dimensions")
+    if dims:
+        return (int(dims[0][0]), int(dims[0][1]))
+    # a features-only store: the extent of its tiles
+    return (int(coords[:, 0].max() + footprint), int(coords[:, 1].max() + footprint))
 
-    ``source``: "attention" (each fold's attention normalised over tiles, averaged: the
-    default) or "attention_raw" (the fold heads' raw scores, averaged). For heads with
-    per-class scores the decided class's (binary: the positive class's) were stored at
-    prediction time; ``wsi.heatmap.classes`` reads the layer of every class.
-    ``normalise``: "rank" (percentiles 0..1, comparable across slides) or "raw".
-    """
+
+def shown_source(group: Any, model: str, source: str, normalise: str) -> tuple[str, str]:
+    """The (source, normalise) a heatmap of ``predictions/<model>`` really shows: tile
+    evidence only exists for heads that give contributions (TransMIL, max pooling and
+    predictions made before evidence give none), so ``"evidence"`` falls back to
+    ``"attention"`` there (a log line; the label says so); ``"fixed"`` has a meaning for
+    evidence only, and becomes ``"rank"`` for attention."""
     if source not in SOURCES:
         raise ConfigError(f"heatmap source {source!r}: choose one of {SOURCES}")
     if normalise not in NORMALISE:
         raise ConfigError(f"heatmap normalise {normalise!r}: choose one of {NORMALISE}")
+    if source == "evidence" and st.prediction_keys(model).evidence not in group:
+        log.info("%s: no tile evidence (the head gives none): attention shown", model)
+        source = "attention"
+    if source != "evidence" and normalise == "fixed":
+        normalise = "rank"
+    return source, normalise
+
+
+def evidence_scale_of(attrs: dict[str, Any], evidence: np.ndarray) -> tuple[float, bool]:
+    """The colour scale of evidence: the model's (``attrs["evidence"]["scale"]``, from its
+    card) and True; for a model trained without one, this slide's own max |evidence| and
+    False."""
+    scale = (attrs.get("evidence") or {}).get("scale")
+    if scale is not None and float(scale) > 0:
+        return float(scale), True
+    top = float(np.nanmax(np.abs(evidence))) if len(evidence) else 0.0
+    return (top if top > 0 else 1.0), False
+
+
+def evidence_labels(
+    model: str, shown: str, attrs: dict[str, Any], normalise: str, scale: tuple[float, bool]
+) -> tuple[str, str]:
+    """(label, colour-bar label) of an evidence layer for class (or output) ``shown``."""
+    unit = str((attrs.get("evidence") or {}).get("unit") or "calibrated log-odds per tile")
+    if normalise == "fixed":
+        value, of_model = scale
+        where = "model scale" if of_model else "scale of this slide only"
+        bar = f"evidence for {shown}, {unit}, {where} 0..{value:.3g}"
+    elif normalise == "rank":
+        bar = f"evidence for {shown}, percentile within this slide"
+    else:
+        bar = f"evidence for {shown}, {unit}"
+    return f"{model} {bar}", bar
+
+
+def tile_scores(
+    store: str | os.PathLike[str],
+    model: str,
+    *,
+    source: str = "evidence",
+    normalise: str = "fixed",
+) -> TileScores:
+    """The tile scores of ``predictions/<model>`` in a store.
+
+    ``source``: "evidence" (the default: each tile's contribution to the calibrated slide
+    score of the shown class, in calibrated log-odds per tile, fold mean; see
+    ``wsi.mil.evidence``), "attention" (each fold's attention normalised over tiles,
+    averaged) or "attention_raw" (the fold heads' raw scores, averaged). A prediction
+    without evidence (a head that gives none, such as TransMIL) shows "attention" instead,
+    and its label says so. For heads with per-class scores the decided class's (binary:
+    the positive class's) were stored at prediction time; ``wsi.heatmap.classes`` reads
+    the layer of every class.
+
+    ``normalise``: "fixed" (the default: evidence as it is, on the model's scale: colour
+    0 = no evidence for the class, full colour = the model's evidence scale, the 99th
+    percentile of |tile evidence| over its training slides; evidence against the class is
+    shown as 0; a model trained without a scale uses this slide's max |evidence| and the
+    label says "scale of this slide only"; with attention it is "rank"), "rank"
+    (percentiles 0..1 within the slide) or "raw" (as they are, coloured over their range).
+    """
     path = Path(store)
     group = st.open_store(path)
+    source, normalise = shown_source(group, model, source, normalise)
     keys = st.prediction_keys(model)
     stage = keys.stage
     if st.stage_entry(group, stage) is None:
@@ -89,20 +162,39 @@ def tile_scores(
             f"{path}: no complete {stage}. Run `wsi predict {path} --model <folder of {model}>`."
         )
     st.current_entry(group, stage, str(path))  # made from features redone since: refuse
+    coords = np.asarray(group[st.TILES_COORDS][:])
+    footprint = float(group[st.TILES_COORDS].attrs["footprint_l0"])
+    size = _slide_size(group, coords, footprint)
+    if source == "evidence":
+        attrs = dict(group[stage].attrs)
+        raw = np.asarray(group[keys.evidence][:], dtype=np.float64)
+        scale = evidence_scale_of(attrs, raw)
+        shown = str((attrs.get("evidence") or {}).get("shown") or "the shown class")
+        label, bar = evidence_labels(model, shown, attrs, normalise, scale)
+        if normalise == "fixed":
+            return TileScores(coords, footprint, raw.astype(np.float32), size, label,
+                              0.0, scale[0], bar)  # fmt: skip
+        values = rank_scores(raw) if normalise == "rank" else raw
+        return TileScores(coords, footprint, values.astype(np.float32), size, label,
+                          scale_label=bar)  # fmt: skip
     if source == "attention":
         raw = np.asarray(group[keys.attention_mean][:], dtype=np.float64)
     else:
         raw = np.asarray(group[keys.attention][:], dtype=np.float64).mean(axis=1)
-    coords = np.asarray(group[st.TILES_COORDS][:])
-    footprint = float(group[st.TILES_COORDS].attrs["footprint_l0"])
-    dims = st.read_meta(group).get("slide", {}).get("level_dimensions")
-    if dims:
-        size = (int(dims[0][0]), int(dims[0][1]))
-    else:  # a features-only store: the extent of its tiles
-        size = (int(coords[:, 0].max() + footprint), int(coords[:, 1].max() + footprint))
     scores = rank_scores(raw) if normalise == "rank" else raw
-    label = f"{model} {source} ({'percentile' if normalise == 'rank' else 'raw'})"
-    return TileScores(coords, footprint, scores.astype(np.float32), size, label)
+    what = "percentile within this slide" if normalise == "rank" else "raw"
+    label = f"{model} {source} ({what})"
+    if keys.evidence not in group and model_gave_no_evidence(group, model):
+        label += " (no tile evidence from this head)"
+    return TileScores(coords, footprint, scores.astype(np.float32), size, label,
+                      scale_label=f"{source}, {what}")  # fmt: skip
+
+
+def model_gave_no_evidence(group: Any, model: str) -> bool:
+    """Whether ``predictions/<model>`` was made by a head that gives no tile evidence (its
+    attrs say ``evidence: None``), rather than by a wsi from before evidence."""
+    stage = st.prediction_keys(model).stage
+    return stage in group and "evidence" in group[stage].attrs
 
 
 @dataclass(frozen=True)
@@ -118,6 +210,10 @@ class HeatGrid:
     cell_l0: float
     slide_size_l0: tuple[int, int]
     label: str = ""
+    #: fixed colour scale (evidence on the model's scale), as in ``TileScores``; None: none
+    vmin: float | None = None
+    vmax: float | None = None
+    scale_label: str = ""  #: what the colour bar measures
 
     def render(self, downsample: float, smooth: bool = False) -> np.ndarray:
         """Float32 (ceil(H/ds), ceil(W/ds)) heat values at ``downsample``; NaN off-tile.
@@ -194,11 +290,32 @@ def heat_grid(scores: TileScores) -> HeatGrid:
             np.add.at(count, (iy + dy, ix + dx), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(count > 0, total / count, np.nan).astype(np.float32)
-    return HeatGrid(values, (float(x0), float(y0)), float(step), scores.slide_size_l0, scores.label)
+    return HeatGrid(
+        values,
+        (float(x0), float(y0)),
+        float(step),
+        scores.slide_size_l0,
+        scores.label,
+        scores.vmin,
+        scores.vmax,
+        scores.scale_label,
+    )
+
+
+def colour_range(grid: HeatGrid, normalise: str) -> tuple[float, float]:
+    """The values at the two ends of the colour map: the grid's fixed scale when it has
+    one (evidence: 0 .. the model's scale; values below 0, evidence against the class, get
+    the colour of 0), 0..1 for "rank", else the grid's range."""
+    if grid.vmin is not None and grid.vmax is not None:
+        return float(grid.vmin), float(grid.vmax)
+    finite = np.isfinite(grid.values)
+    if normalise == "rank" or not finite.any():
+        return 0.0, 1.0
+    return float(np.nanmin(grid.values)), float(np.nanmax(grid.values))
 
 
 def colorize(
-    heat: np.ndarray, cmap: str = "jet", vmin: float | None = None, vmax: float | None = None
+    heat: np.ndarray, cmap: str = "magma", vmin: float | None = None, vmax: float | None = None
 ) -> np.ndarray:
     """uint8 RGBA of float heat values; NaN is fully transparent."""
     from matplotlib import colormaps
@@ -213,9 +330,14 @@ def colorize(
 
 
 def hottest_cells(grid: HeatGrid, top_fraction: float = 0.05) -> np.ndarray:
-    """Boolean (rows, cols): the cells at or above the (1 - top_fraction) quantile."""
+    """Boolean (rows, cols): the cells at or above the (1 - top_fraction) quantile. On a
+    fixed scale (evidence) only cells above its zero can be hot: a slide without evidence
+    for the class has no top cells."""
     finite = np.isfinite(grid.values)
     if not finite.any():
         return np.zeros_like(finite)
     cut = np.quantile(grid.values[finite], 1 - top_fraction)
-    return finite & (grid.values >= cut)
+    hot = finite & (grid.values >= cut)
+    if grid.vmin is not None:
+        hot &= np.nan_to_num(grid.values, nan=grid.vmin) > grid.vmin
+    return hot

@@ -13,8 +13,9 @@ __all__ = ["HeatmapOptions", "GRID_FIELDS"]
 
 log = logging.getLogger(__name__)
 
-#: the options the heat grid itself depends on; the others only change how it is drawn,
-#: which regions are called "top", and which files are written
+#: the options the heat grid itself depends on (with the prediction it is made from, whose
+#: attrs hold the model's evidence scale); the others only change how it is drawn, which
+#: regions are called "top", and which files are written
 GRID_FIELDS = ("source", "normalise")
 
 
@@ -24,15 +25,25 @@ class HeatmapOptions:
 
     Fields:
 
-    - ``source``: the tile scores: ``"attention"`` (default: each fold's attention
-      normalised over the tiles, averaged) or ``"attention_raw"`` (the fold heads' raw
-      attention, averaged).
-    - ``normalise``: ``"rank"`` (default: percentiles within the slide, 0..1, comparable
-      across slides) or ``"raw"`` (the scores as they are; the colour scale spans their
-      minimum to maximum).
+    - ``source``: the tile scores: ``"evidence"`` (default: each tile's contribution to
+      the calibrated slide score of the shown class, in calibrated log-odds per tile,
+      fold mean; predictions of heads that give no evidence, such as TransMIL, show
+      ``"attention"`` instead, with a log line and a label that says so),
+      ``"attention"`` (each fold's attention normalised over the tiles, averaged) or
+      ``"attention_raw"`` (the fold heads' raw attention, averaged).
+    - ``normalise``: ``"fixed"`` (default: evidence on the model's fixed scale, the same
+      on every slide: colour 0 = no evidence for the class, full colour = the model's
+      evidence scale, the 99th percentile of |tile evidence| over its training slides;
+      evidence against the class is drawn as 0 on the sequential colour map; a model
+      trained without a scale uses the slide's own max |evidence|, labelled "scale of this
+      slide only"; attention, which has no such scale, is ranked), ``"rank"``
+      (percentiles within the slide, 0..1: a normal slide lights up as much as a tumour)
+      or ``"raw"`` (the scores as they are; the colour scale spans their minimum to
+      maximum).
     - ``smooth``: interpolate linearly between cell centres in the PNG overlay (display
       only, labelled "smoothed for display"); off, each tile cell keeps its own value.
-    - ``cmap``: a matplotlib colormap name (default ``"jet"``).
+    - ``cmap``: a matplotlib colormap name (default ``"magma"``, perceptually uniform and
+      sequential, so equal steps of evidence look equally far apart; ``"jet"`` is not).
     - ``alpha``: opacity of the heat layer over the slide in the PNG, 0..1.
     - ``exports``: files ``make_heatmap`` writes, from ``wsi.heatmap.EXPORTS``: ``"png"``
       (overlay on the slide thumbnail), ``"geojson"`` (QuPath: a detection per tile, an
@@ -43,8 +54,10 @@ class HeatmapOptions:
       overlay (the PNG adds a 110 px colour bar and a 36 px title band).
     - ``tiff_downsample``: level-0 pixels per pixel of the heatmap TIFF (default 16;
       its resolution tags are set from the slide's mpp times this).
-    - ``top_fraction``: share of the grid cells holding tiles, hottest first, that make
-      up the "top regions", strictly between 0 and 1 (default 0.05: the top 5 %).
+    - ``top_fraction``: share of the grid cells holding tiles, hottest first (most
+      evidence for the shown class, with evidence), that make up the "top regions",
+      strictly between 0 and 1 (default 0.05: the top 5 %). On the fixed scale only cells
+      with evidence for the class (above 0) count: a slide without any has no top regions.
 
     Raises ``ConfigError`` for an unknown export, ``alpha`` outside 0..1 or
     ``top_fraction`` outside (0, 1). ``source`` and ``normalise`` are checked when the
@@ -59,10 +72,10 @@ class HeatmapOptions:
         wsi.make_heatmap("stores/s1.zarr", "abmil", "heatmaps", options)
     """
 
-    source: str = "attention"  #: "attention" or "attention_raw" (see wsi.heatmap.grid)
-    normalise: str = "rank"  #: "rank" (percentiles) or "raw"
+    source: str = "evidence"  #: "evidence", "attention" or "attention_raw" (wsi.heatmap.grid)
+    normalise: str = "fixed"  #: "fixed" (the model's evidence scale), "rank" or "raw"
     smooth: bool = False  #: display smoothing between tile cells (labelled when on)
-    cmap: str = "jet"
+    cmap: str = "magma"
     alpha: float = 0.5  #: heat layer opacity in the PNG
     exports: tuple[str, ...] = DEFAULT_EXPORTS
     thumbnail_px: int = 2048  #: longer side of the PNG overlay
@@ -85,7 +98,9 @@ class HeatmapOptions:
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]) -> HeatmapOptions:
         """The options stored by :meth:`to_attrs`. Keys this version does not know (from a
-        newer wsi) are left out, with a log line; ConfigError if a value is invalid."""
+        newer wsi) are left out, with a log line; keys it misses (from an older wsi) take
+        their defaults; ConfigError if a value is invalid. Options stored before evidence
+        (``source="attention"``, ``normalise="rank"``, ``cmap="jet"``) load as they were."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(attrs) - known)
         if unknown:

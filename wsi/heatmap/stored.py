@@ -2,7 +2,9 @@
 back by the viewer, reports and notebooks.
 
 ``heatmaps/<model>/grid`` is the float32 heat grid (attrs: ``origin_l0``, ``cell_l0``,
-``slide_size_l0``, ``label``; level-0 px, NaN where no tile lies); the group's attrs
+``slide_size_l0``, ``label``; ``vmin``, ``vmax`` (the fixed colour scale of evidence,
+null otherwise) and ``scale_label`` (what the colour bar measures); level-0 px, NaN where
+no tile lies); the group's attrs
 hold the ``options`` it was made with (``HeatmapOptions.to_attrs``), the top
 ``regions`` and the exported ``files``. For predictions with per-class attention,
 ``heatmaps/<model>/grid_classes`` (C, rows, cols) holds one grid per class, on the same
@@ -91,6 +93,9 @@ def write_grid(
             "cell_l0": grid.cell_l0,
             "slide_size_l0": list(grid.slide_size_l0),
             "label": grid.label,
+            "vmin": grid.vmin,
+            "vmax": grid.vmax,
+            "scale_label": grid.scale_label,
             "frame": "level-0 px; NaN: no tile",
         }
     )
@@ -106,7 +111,11 @@ def write_grid(
             {
                 "classes": list(layers.classes),
                 "labels": [g.label for g in layers.grids],
+                "scale_labels": [g.scale_label for g in layers.grids],
+                "vmin": layers.grids[0].vmin,
+                "vmax": layers.grids[0].vmax,
                 "shown": layers.shown,
+                "measure": layers.measure,
                 "frame": "(class, row, col) on the cells of grid; NaN: no tile",
             }
         )
@@ -148,8 +157,15 @@ def _current(group: Any, model: str) -> tuple[HeatGrid, HeatmapOptions] | None:
         float(a["cell_l0"]),
         (int(a["slide_size_l0"][0]), int(a["slide_size_l0"][1])),
         str(a.get("label") or ""),
+        _maybe_float(a.get("vmin")),  # grids stored before fixed scales: none
+        _maybe_float(a.get("vmax")),
+        str(a.get("scale_label") or ""),
     )
     return grid, options
+
+
+def _maybe_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def stored_options(store: str | os.PathLike[str], model: str) -> HeatmapOptions | None:
@@ -213,11 +229,16 @@ def _stored_layers(group: Any, model: str, grid: HeatGrid) -> ClassLayers | None
         or not len(names) == len(labels) == len(values)
     ):
         return None
+    bars = [str(x) for x in a.get("scale_labels") or [""] * len(labels)]
+    vmin, vmax = _maybe_float(a.get("vmin")), _maybe_float(a.get("vmax"))
+    if len(bars) != len(labels):
+        bars = [""] * len(labels)
     grids = tuple(
-        HeatGrid(v, grid.origin_l0, grid.cell_l0, grid.slide_size_l0, label)
-        for v, label in zip(values, labels, strict=True)
+        HeatGrid(v, grid.origin_l0, grid.cell_l0, grid.slide_size_l0, label, vmin, vmax, bar)
+        for v, label, bar in zip(values, labels, bars, strict=True)
     )
-    return ClassLayers(names, (), grids, str(a.get("shown") or ""))
+    measure = str(a.get("measure") or "attention")  # stored before evidence: attention
+    return ClassLayers(names, (), grids, str(a.get("shown") or ""), measure)
 
 
 def stored_layers(

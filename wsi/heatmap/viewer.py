@@ -46,7 +46,7 @@ from wsi import store as st
 from wsi.errors import ConfigError
 from wsi.heatmap.classes import NO_CLASSES, ClassLayers, class_caption
 from wsi.heatmap.draw import HeatStyle
-from wsi.heatmap.grid import HeatGrid, colorize
+from wsi.heatmap.grid import HeatGrid, colorize, colour_range
 from wsi.heatmap.regions import Region, region_rows
 from wsi.outputs import check_output, record_output
 
@@ -109,7 +109,7 @@ def _heat_image(grid: HeatGrid, options: HeatStyle, size: tuple[int, int]) -> An
     import pyvips
 
     w0, h0 = size
-    vmin, vmax = (0.0, 1.0) if options.normalise == "rank" else (None, None)
+    vmin, vmax = colour_range(grid, options.normalise)
     rgba = colorize(grid.values, options.cmap, vmin, vmax)
     rgba[rgba[..., 3] == 0] = 0  # transparent is (0, 0, 0, 0): the background of blank tiles
     rows, cols = rgba.shape[:2]
@@ -163,12 +163,11 @@ def _legend(cmap: str, lo: float, hi: float) -> dict[str, Any]:
 
 
 def _grid_legend(grid: HeatGrid, options: HeatStyle) -> dict[str, Any]:
-    """The legend of a heat layer: 0..1 for "rank", else the grid's range."""
-    rank = options.normalise == "rank"
-    finite = np.isfinite(grid.values)
-    lo = 0.0 if rank or not finite.any() else float(np.nanmin(grid.values))
-    hi = 1.0 if rank or not finite.any() else float(np.nanmax(grid.values))
-    return _legend(options.cmap, lo, hi)
+    """The legend of a heat layer (``wsi.heatmap.grid.colour_range``): the grid's fixed
+    scale (evidence on the model's scale), 0..1 for "rank", else the grid's range; with
+    what the scale is (``title``)."""
+    lo, hi = colour_range(grid, options.normalise)
+    return _legend(options.cmap, lo, hi) | {"title": grid.scale_label}
 
 
 def viewer_folder(

@@ -9,9 +9,13 @@ Every head is an ``nn.Module`` whose ``forward(bag, label=None)`` takes ``bag`` 
   (see each head for what they are);
 - ``instance_loss``: CLAM's instance clustering loss (a scalar) in training mode when a
   label is given, else ``None``;
-- ``contributions`` ``(N, C)``: each tile's additive share of the slide logits (they sum
-  to ``logits`` over tiles), from heads whose logits are such a sum (``additive``); else
-  ``None``.
+- ``contributions`` ``(N, C)``: each tile's additive share of the slide logits, from heads
+  whose logits are linear in attention-pooled (or averaged) tile terms: ``abmil``,
+  ``clam_sb``, ``clam_mb``, ``additive`` and ``mean``; ``None`` for ``transmil`` and ``max``
+  (not additive). They sum over tiles to ``logits - head.logit_offset()``: the slide
+  classifier's bias is a slide-level prior, not any tile's evidence, so it is left out of
+  the tiles' shares (never spread over them, which would make a tile's share depend on the
+  number of tiles). ``head.gives_contributions`` says whether a head fills them.
 
 Heads: ``abmil`` (gated attention, Ilse et al. 2018), ``clam_sb`` / ``clam_mb`` (Lu et al.
 2021), ``transmil`` (Shao et al. 2021, own Nystrom attention), ``additive`` (Additive MIL,
@@ -59,7 +63,8 @@ class MILOutput(NamedTuple):
     logits: Tensor  #: (C,) slide logits
     attention: Tensor  #: (N,) or (N, C) raw per-tile scores, before any softmax
     instance_loss: Tensor | None  #: scalar, CLAM in training mode with a label; else None
-    #: (N, C) per-tile additive shares of ``logits`` (they sum to it), Additive MIL; else None
+    #: (N, C) per-tile additive shares of ``logits`` (they sum to ``logits`` less the head's
+    #: ``logit_offset()``) from heads with ``gives_contributions``; else None
     contributions: Tensor | None = None
 
 
@@ -75,6 +80,8 @@ class MILHead(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: whether ``forward`` fills ``MILOutput.contributions``
+    gives_contributions: ClassVar[bool] = False
 
     def __init__(self, in_dim: int, n_classes: int, **hparams: Any) -> None:
         super().__init__()
@@ -99,6 +106,13 @@ class MILHead(nn.Module):
     def forward(self, bag: Tensor, label: int | Tensor | None = None) -> MILOutput:
         """``bag`` (N, D) -> :class:`MILOutput`; ``label`` is used by CLAM only."""
         raise NotImplementedError
+
+    def logit_offset(self) -> Tensor:
+        """(C,): the part of the slide logits no tile contributes (the slide classifier's
+        bias), so ``contributions.sum(0) + logit_offset() == logits``; zeros for heads
+        without one. Only meaningful where ``gives_contributions``."""
+        param = next(self.parameters())
+        return torch.zeros(self.n_classes, dtype=param.dtype, device=param.device)
 
 
 def _positive_class(head: str, positive_class: int | None, n_classes: int) -> int:
@@ -142,6 +156,12 @@ def attention_pool(scores: Tensor, h: Tensor) -> Tensor:
     return torch.softmax(scores, dim=0).transpose(0, 1) @ h
 
 
+def _pooled_shares(scores: Tensor, h: Tensor, classifier: nn.Linear) -> Tensor:
+    """Per-tile shares of ``classifier(softmax(scores) @ h)`` for one attention branch:
+    scores (N, 1), h (N, E) -> (N, C) ``softmax(scores)_i * (W h_i)``, the bias left out."""
+    return torch.softmax(scores[:, 0], dim=0)[:, None] * (h @ classifier.weight.T)
+
+
 def _label_index(label: int | Tensor, n_classes: int) -> int:
     value = int(label.reshape(-1)[0].item()) if isinstance(label, Tensor) else int(label)
     if not 0 <= value < n_classes:
@@ -158,9 +178,13 @@ class ABMIL(MILHead):
     ``h = dropout(relu(fc(bag)))`` (N, hidden); raw attention ``a`` (N,); slide embedding
     ``softmax(a) @ h`` (hidden,); ``logits = classifier(embedding)`` (C,).
     ``attention`` is ``a`` (N,), before the softmax. ``instance_loss`` is always None.
+
+    ``contributions`` (N, C): ``softmax(a)_i * (W h_i)`` with ``W`` the classifier's
+    weight; their sum over tiles is ``logits - b`` (``logit_offset()``, the bias).
     """
 
     name = "abmil"
+    gives_contributions = True
 
     def __init__(
         self,
@@ -181,7 +205,10 @@ class ABMIL(MILHead):
         h = self.fc(bag)
         scores = self.attention(h)  # (N, 1)
         logits = self.classifier(attention_pool(scores, h)[0])
-        return MILOutput(logits, scores[:, 0], None)
+        return MILOutput(logits, scores[:, 0], None, _pooled_shares(scores, h, self.classifier))
+
+    def logit_offset(self) -> Tensor:
+        return self.classifier.bias.detach()
 
 
 # --------------------------------------------------------------------------- CLAM
@@ -306,6 +333,10 @@ class _CLAMBase(MILHead):
         """pooled (B, hidden) -> logits (C,)."""
         raise NotImplementedError
 
+    def _shares(self, scores: Tensor, h: Tensor) -> Tensor:
+        """scores (N, B), h (N, hidden) -> per-tile shares (N, C) of the logits, bias out."""
+        raise NotImplementedError
+
     def forward(self, bag: Tensor, label: int | Tensor | None = None) -> MILOutput:
         self._check_bag(bag)
         h = self.fc(bag)
@@ -315,18 +346,20 @@ class _CLAMBase(MILHead):
         if self.training and label is not None:
             inst = self.clustering(scores, h, _label_index(label, self.n_classes))
         attention = scores[:, 0] if scores.shape[1] == 1 else scores
-        return MILOutput(logits, attention, inst)
+        return MILOutput(logits, attention, inst, self._shares(scores, h))
 
 
 class CLAMSB(_CLAMBase):
     """CLAM single-branch (Lu et al. 2021): one attention branch, one linear classifier.
 
     ``attention`` (N,) raw scores; ``logits`` (C,); ``instance_loss`` scalar in training
-    mode with a label (see :class:`CLAMInstanceLoss`), else None. Hyper-parameters: see
-    :class:`_CLAMBase`.
+    mode with a label (see :class:`CLAMInstanceLoss`), else None. ``contributions`` (N, C):
+    ``softmax(a)_i * (W h_i)``, summing to ``logits - b`` as in :class:`ABMIL`.
+    Hyper-parameters: see :class:`_CLAMBase`.
     """
 
     name = "clam_sb"
+    gives_contributions = True
 
     @staticmethod
     def _branches(n_classes: int) -> int:
@@ -338,16 +371,25 @@ class CLAMSB(_CLAMBase):
     def _slide_logits(self, pooled: Tensor) -> Tensor:
         return self.classifier(pooled[0])
 
+    def _shares(self, scores: Tensor, h: Tensor) -> Tensor:
+        return _pooled_shares(scores, h, self.classifier)
+
+    def logit_offset(self) -> Tensor:
+        return self.classifier.bias.detach()
+
 
 class CLAMMB(_CLAMBase):
     """CLAM multi-branch (Lu et al. 2021): one attention branch and one classifier per class.
 
     Class ``c``'s logit is ``w_c . (softmax(a_c) @ h) + b_c``. ``attention`` (N, C) raw
     scores, column ``c`` for class ``c``; ``instance_loss`` as in :class:`CLAMSB`.
-    Hyper-parameters: see :class:`_CLAMBase`.
+    ``contributions`` (N, C): column ``c`` is ``softmax(a_c)_i * (w_c . h_i)``, each class
+    pooling with its own attention; they sum to ``logits - b``. Hyper-parameters: see
+    :class:`_CLAMBase`.
     """
 
     name = "clam_mb"
+    gives_contributions = True
 
     @staticmethod
     def _branches(n_classes: int) -> int:
@@ -361,6 +403,12 @@ class CLAMMB(_CLAMBase):
 
     def _slide_logits(self, pooled: Tensor) -> Tensor:
         return (pooled * self.class_weight).sum(dim=1) + self.class_bias
+
+    def _shares(self, scores: Tensor, h: Tensor) -> Tensor:
+        return torch.softmax(scores, dim=0) * (h @ self.class_weight.T)
+
+    def logit_offset(self) -> Tensor:
+        return self.class_bias.detach()
 
 
 # --------------------------------------------------------------------------- TransMIL
@@ -610,6 +658,7 @@ class AdditiveMIL(MILHead):
     """
 
     name = "additive"
+    gives_contributions = True
 
     def __init__(
         self,
@@ -663,10 +712,12 @@ class MeanPool(MILHead):
     """Mean pooling baseline: a linear classifier per tile, slide logits = mean tile logits.
 
     ``attention`` (N,): each tile's log-odds of ``positive_class`` against the rest from the
-    shared classifier (``logit_1 - logit_0`` for two classes).
+    shared classifier (``logit_1 - logit_0`` for two classes). ``contributions`` (N, C):
+    ``(W x_i) / N``, summing to ``logits - b``.
     """
 
     name = "mean"
+    gives_contributions = True
 
     def __init__(
         self, in_dim: int, n_classes: int = 2, *, positive_class: int | None = None
@@ -678,7 +729,13 @@ class MeanPool(MILHead):
     def forward(self, bag: Tensor, label: int | Tensor | None = None) -> MILOutput:
         self._check_bag(bag)
         tile_logits = self.classifier(bag)  # (N, C)
-        return MILOutput(tile_logits.mean(dim=0), _log_odds(tile_logits, self.positive_class), None)
+        shares = (tile_logits - self.classifier.bias) / bag.shape[0]
+        return MILOutput(
+            tile_logits.mean(dim=0), _log_odds(tile_logits, self.positive_class), None, shares
+        )
+
+    def logit_offset(self) -> Tensor:
+        return self.classifier.bias.detach()
 
 
 class MaxPool(MILHead):

@@ -11,10 +11,17 @@ curve; a value and its spread across folds).
     predictions/<model>/attention_mean   float32 (N,): per-fold softmax over tiles, averaged
     predictions/<model>/attention_classes  float32 (N, C): the same per class (heads with
                         one attention branch per class, e.g. clam_mb, only)
+    predictions/<model>/evidence  float32 (N,): each tile's contribution to the calibrated
+                        slide score of the shown class (binary: the positive class's
+                        log-odds; classes: the decided class), fold mean; heads that give
+                        contributions only (abmil, clam_sb, clam_mb, additive, mean; see
+                        wsi.mil.evidence)
+    predictions/<model>/evidence_classes  float32 (N, C): the same for every class, beside
+                        attention_classes
     attrs of the group: probability, log_odds, probability_std, fold_probabilities,
                         decision, positive, threshold (and in log-odds),
                         target_sensitivity, model, model_id, encoder, weights_sha256,
-                        tiles (what predict_store returns)
+                        tiles, evidence (what predict_store returns)
 """
 
 from __future__ import annotations
@@ -190,6 +197,13 @@ def predict_store(
       per tile (F folds; multi-branch heads: the positive class's branch);
     - ``predictions/<model.name>/attention_mean``: float32 (N,), each fold's attention
       normalised over the tiles (softmax; TransMIL: clipped at 0), averaged; sums to 1;
+    - ``predictions/<model.name>/evidence``: float32 (N,), for heads that give per-tile
+      contributions (``head.gives_contributions``): each tile's contribution to the
+      calibrated slide score of the shown class, on an absolute scale (binary:
+      ``(c_pos - c_neg) / T``, a share of the calibrated log-odds; see
+      ``wsi.mil.evidence``), averaged over the folds. Summed over the tiles it is the
+      fold-mean calibrated score less the classifier-bias terms. Heads with one attention
+      branch per class also get ``evidence_classes`` (N, C), every class's;
     - the returned dict as that group's attrs.
 
     Row i belongs to the tile at ``tiles/coords[i]`` (level-0 ``(x, y)``, pixels). A
@@ -211,7 +225,11 @@ def predict_store(
         the folds' calibrated log-odds), ``decision`` (the class name:
         ``model.card["task"]["positive"]`` or ``["negative"]``), ``positive`` (bool),
         ``threshold`` (operating point as a probability), ``threshold_log_odds``,
-        ``target_sensitivity``, ``tiles`` (N).
+        ``target_sensitivity``, ``tiles`` (N); ``evidence``: None for heads without
+        contributions, else a dict of ``shown`` (the class, or output, the evidence is
+        for), ``unit``, ``scale`` (the model's evidence scale from its card, None for a
+        model trained without one), ``scale_from`` and ``sum`` (the evidence summed over
+        the tiles).
 
     Raises:
         StoreError: ``store`` is not a slide store; it has no complete features of the
@@ -302,6 +320,9 @@ def _current(item: _Input, model: TrainedModel, phash: str, overwrite: bool) -> 
     if entry and st.stale_reason(item.group, stage):
         return None  # made from features redone since: redo it, nothing to keep
     if entry and entry["params_hash"] == phash and stage in item.group:
+        if _gives_evidence(model) and st.prediction_keys(model.name).evidence not in item.group:
+            log.info("%s: %s made before tile evidence was stored: redone", item.path, stage)
+            return None
         return dict(item.group[stage].attrs)
     if entry and not overwrite:
         raise StoreError(
@@ -318,9 +339,9 @@ def _predict_locked(path: Path, model: TrainedModel, overwrite: bool) -> dict[st
     kept = _current(item, model, phash, overwrite)
     if kept is not None:
         return dict(kept)
-    result, raw_att, norm_att, per_class = _score(model, item.feats, item.sha)
+    result, tiles = _score(model, item.feats, item.sha)
     _add_trust(model, result, slide_shift(model, path, item.feats))
-    _write(item, model, phash, result, raw_att, norm_att, per_class)
+    _write(item, model, phash, result, tiles)
     return result
 
 
@@ -333,20 +354,86 @@ def _add_trust(model: TrainedModel, result: dict[str, Any], shift: dict[str, Any
     result["trust"] = trust
 
 
-def _score(
-    model: TrainedModel, feats: np.ndarray, sha: str
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray | None]:
-    """Every fold head on one bag: the result and the attention (raw per fold, normalised
-    fold mean, per class where the head has a branch per class)."""
+@dataclass
+class _Tiles:
+    """What a prediction stores per tile (rows in tile order)."""
+
+    raw_att: np.ndarray  #: (N, F) raw attention per fold
+    norm_att: np.ndarray  #: (N,) fold mean of the normalised attention
+    per_class: np.ndarray | None = None  #: (N, C) the same per class (a branch per class)
+    evidence: np.ndarray | None = None  #: (N,) evidence of the shown class, fold mean
+    evidence_classes: np.ndarray | None = None  #: (N, C) every class's evidence
+
+    def part(self, start: int, end: int) -> _Tiles:
+        """The rows of tiles ``start:end`` (one slide of a patient's bag)."""
+
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[start:end]
+
+        return _Tiles(self.raw_att[start:end], self.norm_att[start:end],
+                      cut(self.per_class), cut(self.evidence),
+                      cut(self.evidence_classes))  # fmt: skip
+
+
+def _gives_evidence(model: TrainedModel) -> bool:
+    return all(bool(getattr(h, "gives_contributions", False)) for h in model.heads)
+
+
+def _temperatures(model: TrainedModel) -> list[float]:
+    """Each fold's calibration temperature: binary models keep one per fold (all the
+    pooled one since tasks), other tasks one in ``calibration``."""
+    if model.task.kind == "binary":
+        return [float(f["temperature"]) for f in model.card["folds"]]
+    t = float(model.card.get("calibration", {}).get("temperature", 1.0))
+    return [t] * len(model.heads)
+
+
+def _evidence(
+    model: TrainedModel, contributions: list[np.ndarray], shown: int, per_class: bool
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Fold-mean tile evidence of the shown output (N,), every class's (N, C) when
+    ``per_class``, and the record of it for the prediction's attrs."""
+    from wsi.mil.evidence import UNIT_CLASSES, UNIT_VALUE, class_evidence, tile_evidence
+
+    kind = model.task.kind
+    temps = _temperatures(model)
+    ev = np.mean(
+        [tile_evidence(kind, c, t, shown) for c, t in zip(contributions, temps, strict=True)],
+        axis=0,
+    )
+    classes = None
+    if per_class and model.task.has_classes:
+        classes = np.mean(
+            [class_evidence(c, t) for c, t in zip(contributions, temps, strict=True)], axis=0
+        )
+    card = model.card.get("evidence") or {}
+    names = model.task.classes if model.task.has_classes else None
+    other = "higher risk" if kind == "survival" else "a higher value"
+    record = {
+        "shown": names[shown] if names else other,
+        "unit": card.get("unit") or (UNIT_CLASSES if names else UNIT_VALUE),
+        "scale": card.get("scale"),
+        "scale_from": card.get("from") if card else None,
+        "sum": float(ev.sum()),
+    }
+    return ev, classes, record
+
+
+def _score(model: TrainedModel, feats: np.ndarray, sha: str) -> tuple[dict[str, Any], _Tiles]:
+    """Every fold head on one bag: the result and what is stored per tile (attention raw
+    per fold, its normalised fold mean, per class where the head has a branch per class;
+    the tile evidence where the heads give contributions)."""
     import torch
 
     bag = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-    logits, atts = [], []
+    logits, atts, contributions = [], [], []
     with torch.inference_mode():
         for head in model.heads:
             out = head(bag)
             logits.append(out.logits.float().numpy())
             atts.append(out.attention.float().numpy())
+            if out.contributions is not None:
+                contributions.append(out.contributions.double().numpy())
     fold_logits = np.stack(logits)  # (F, C)
     result = {
         "model": model.name,
@@ -368,17 +455,23 @@ def _score(
         [_attention_vector(torch.from_numpy(a), len(bag), branch) for a in atts], axis=1
     )
     norm_att = np.mean([_normalised(a, weights=transmil) for a in raw_att.T], axis=0)
-    per_class = None
+    tiles = _Tiles(raw_att, norm_att)
     if atts[0].ndim == 2 and atts[0].shape[1] > 1:  # one branch per class
-        per_class = np.mean(
+        tiles.per_class = np.mean(
             [[_normalised(a[:, c], weights=transmil) for c in range(a.shape[1])] for a in atts],
             axis=0,
         ).T
-    return result, raw_att, norm_att, per_class
+    result["evidence"] = None
+    if contributions and len(contributions) == len(model.heads):
+        tiles.evidence, tiles.evidence_classes, result["evidence"] = _evidence(
+            model, contributions, branch, tiles.per_class is not None
+        )
+    return result, tiles
 
 
-def _write(item: _Input, model: TrainedModel, phash: str, result: dict[str, Any],
-           raw_att: np.ndarray, norm_att: np.ndarray, per_class: Any) -> None:  # fmt: skip
+def _write(
+    item: _Input, model: TrainedModel, phash: str, result: dict[str, Any], tiles: _Tiles
+) -> None:
     group, keys = item.group, st.prediction_keys(model.name)
     encoder = model.card["encoder"]["name"]
     st.begin_stage(
@@ -390,12 +483,18 @@ def _write(item: _Input, model: TrainedModel, phash: str, result: dict[str, Any]
     )
     st.remove_member(group, keys.stage)
     pred = group.create_group(keys.stage)
-    group.create_array(keys.attention, data=raw_att.astype(np.float32))
-    group.create_array(keys.attention_mean, data=norm_att.astype(np.float32))
-    if per_class is not None:
-        group.create_array(keys.attention_classes, data=per_class.astype(np.float32))
+    group.create_array(keys.attention, data=tiles.raw_att.astype(np.float32))
+    group.create_array(keys.attention_mean, data=tiles.norm_att.astype(np.float32))
+    if tiles.per_class is not None:
+        group.create_array(keys.attention_classes, data=tiles.per_class.astype(np.float32))
+    if tiles.evidence is not None:
+        group.create_array(keys.evidence, data=tiles.evidence.astype(np.float32))
+    if tiles.evidence_classes is not None:
+        group.create_array(keys.evidence_classes, data=tiles.evidence_classes.astype(np.float32))
     pred.attrs.update(result)
-    st.complete_stage(group, keys.stage, {"tiles": len(raw_att), "decision": result["decision"]})
+    st.complete_stage(
+        group, keys.stage, {"tiles": len(tiles.raw_att), "decision": result["decision"]}
+    )
     log.info("%s: %s -> %s", item.path, model.name, result["decision"])
 
 
@@ -409,7 +508,9 @@ def predict_patient(
     with ``patient_slides`` (the slide ids, in bag order) and ``attention_share`` (the
     slide's share of the patient's attention). Each store's ``attention_mean`` is its
     part of the patient's attention renormalised to sum to 1 over its own tiles, so each
-    slide's heatmap shows where in that slide the evidence is.
+    slide's heatmap shows where in that slide the evidence is. The tile ``evidence`` is on
+    an absolute scale and is stored as it is (each slide holds its tiles' part; their sum
+    over all the patient's slides is the result's ``evidence["sum"]``).
 
     Returns the patient's result (what every store holds, without ``attention_share``).
     Raises StoreError as ``predict_store`` does, naming the store.
@@ -433,18 +534,18 @@ def predict_patient(
             result.pop("attention_share", None)
             return result
         feats = np.concatenate([i.feats for i in items])
-        result, raw_att, norm_att, per_class = _score(model, feats, items[0].sha)
+        result, tiles = _score(model, feats, items[0].sha)
         checks = [slide_shift(model, i.path, i.feats) for i in items]
         _add_trust(model, result, _merge_shift(checks))
         result["patient_slides"] = [p.name.removesuffix(".zarr") for p in paths]
         start = 0
         for item in items:
             end = start + len(item.feats)
-            share = float(norm_att[start:end].sum())
-            part = norm_att[start:end] / share if share > 0 else norm_att[start:end]
-            classes = None if per_class is None else per_class[start:end]
-            _write(item, model, phash, {**result, "attention_share": share},
-                   raw_att[start:end], part, classes)  # fmt: skip
+            part = tiles.part(start, end)
+            share = float(part.norm_att.sum())
+            if share > 0:
+                part.norm_att = part.norm_att / share
+            _write(item, model, phash, {**result, "attention_share": share}, part)
             start = end
     return result
 

@@ -4,7 +4,8 @@ an operating point for a target sensitivity, and a model card per fold and per m
 Output folder::
 
     <out>/splits.csv            the patient-level parts, to repeat the run exactly
-    <out>/model.json            model card: encoder + weights, head, data, metrics, operating point
+    <out>/model.json            model card: encoder + weights, head, data, metrics, operating point,
+                                tile evidence scale (``evidence``)
     <out>/metrics.json          per fold, pooled out-of-fold validation, held-out test
     <out>/roc.png, reliability.png
     <out>/reference.safetensors  training tiles for the out-of-distribution check
@@ -258,6 +259,24 @@ class _Units:
         return _PatientBags(bags, slides_of)
 
 
+def _evidence_values(module: Any, bags: Any, ids: list[str], kind: str) -> list[np.ndarray]:
+    """Each slide's |tile evidence| at temperature 1 (``wsi.mil.evidence.evidence_values``);
+    [] for a head without contributions."""
+    import torch
+
+    from wsi.mil.evidence import evidence_values
+
+    if not getattr(module, "gives_contributions", False):
+        return []
+    module.eval()
+    out = []
+    with torch.inference_mode():
+        for i, s in enumerate(ids):
+            c = module(torch.from_numpy(bags[s])).contributions
+            out.append(evidence_values(kind, c.double().numpy(), seed=i))
+    return out
+
+
 def _logits(module: Any, bags: Any, ids: list[str]) -> np.ndarray:
     import torch
 
@@ -480,7 +499,11 @@ def train_model(
     fitted on the pooled out-of-fold validation slides (never below 1 without evidence:
     ``wsi.mil.calibration.fit_calibration``), calibrates every fold; the operating point is
     chosen on the same slides for ``config.target_sensitivity``, and the conformal sets and
-    the site-shift thresholds are set on them too. Without a
+    the site-shift thresholds are set on them too. For heads that give per-tile
+    contributions, the model card's ``evidence`` record holds the scale of tile evidence
+    (``wsi.mil.evidence.evidence_scale``: the 99th percentile of |evidence| over the
+    out-of-fold tiles, in calibrated log-odds per tile), which heatmaps colour by so the
+    scale means the same on every slide. Without a
     test part the validation figures are optimistic (a warning is logged).
 
     The folder gets ``splits.csv``, ``model.json``, ``metrics.json``, ``roc.png``,
@@ -735,6 +758,7 @@ def _train_into(
         scores.folds.append(card)
         scores.oof_ids += val_ids
         scores.oof_logits.append(fold.val_logits)
+        scores.oof_evidence += _evidence_values(fold.module, bags, val_ids, task.kind)
         if test_ids:
             scores.test_logits.append(_logits(fold.module, bags, test_ids))
     # what "seen in training" means for the report's out-of-distribution flag
@@ -804,6 +828,8 @@ class _FoldScores:
     oof_ids: list[str] = field(default_factory=list)
     oof_logits: list[np.ndarray] = field(default_factory=list)
     test_logits: list[np.ndarray] = field(default_factory=list)
+    #: per out-of-fold slide, |tile evidence| at T = 1 (heads with contributions only)
+    oof_evidence: list[np.ndarray] = field(default_factory=list)
 
 
 def _binary_summary(run: _TrainingRun, scores: _FoldScores) -> tuple[dict, dict]:
@@ -927,6 +953,10 @@ def _finish(
     if covered is not None:
         metrics["test"]["conformal"] = covered
     shift = reference.pop("shift", None)
+    # the colour scale of tile evidence: the same on every slide (wsi.mil.evidence)
+    from wsi.mil.evidence import evidence_scale
+
+    evidence = evidence_scale(task.kind, scores.oof_evidence, temperature)
     write_json(out / "metrics.json", metrics)
     # the model id covers the fold weights and everything that turns their scores into a
     # call: temperatures, thresholds, the operating point, the task and the OOD reference
@@ -942,6 +972,7 @@ def _finish(
         "conformal": conformal,
         "shift": shift,
         "stain": run.stain,
+        "evidence": evidence,
     }
     digest.update(json.dumps(decision, sort_keys=True, default=str).encode())
     all_ids = [r.slide_id for r in table.rows]
@@ -985,6 +1016,8 @@ def _finish(
         "train_seconds": round(seconds, 1),
         "versions": package_versions(),
     }
+    if evidence is not None:
+        card["evidence"] = evidence
     if "risk_groups" in fields:
         card["risk_groups"] = fields["risk_groups"]
     if run.stain and run.stain.get("target"):  # to embed new slides the same way

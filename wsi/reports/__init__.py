@@ -3,7 +3,8 @@
 ``report(stores, model, out_dir)`` writes, for every predicted store,
 ``<slide_id>.html``, ``<slide_id>.pdf`` and ``<slide_id>.json`` (the row of the cohort
 table), then ``cohort.html`` and ``cohort.csv`` sorted by risk. A report says where
-(heatmap), what (the call), why (the most attended tiles) and how sure (calibrated
+(heatmap), what (the call), why (the tiles with the most evidence for the shown class, or
+the most attended where the head gives no evidence) and how sure (calibrated
 probability, spread across fold models, flags), and that the diagnosis is the
 pathologist's. What the call is depends on the model's task (``wsi.reports.calls``): a
 screening decision at the operating point (binary, and classes with a benign one), class
@@ -325,6 +326,26 @@ def _viewer_link(store: Path, model: str, out_dir: Path, viewer: Path | None) ->
     return Path(os.path.relpath(index.resolve(), out_dir.resolve())).as_posix()
 
 
+def _heat_note(grid: Any, options: Any) -> str:
+    """What the report's heatmap shows, under it: evidence on the model's scale (the same
+    on every slide), or attention ranked within the slide."""
+    scale = grid.scale_label or grid.label
+    if grid.vmin is not None:
+        return (
+            f"Tile evidence of the fold models: {scale}. Dark = no evidence for the class "
+            "(or evidence against it), bright = as much as the model's strongest tiles on "
+            "its training slides; the scale is the same on every slide, so a slide without "
+            "evidence stays dark."
+        )
+    if options.normalise == "rank":
+        return (
+            f"{scale[:1].upper() + scale[1:]} (bright = highest in this slide). Ranked "
+            "within the slide, it lights up a normal slide as much as a tumour: it shows "
+            "where the model looked, not where tumour is."
+        )
+    return f"{scale[:1].upper() + scale[1:]}, coloured over this slide's range."
+
+
 def _tile_rows(tiles: list[TileImage], link: str | None) -> list[dict[str, Any]]:
     return [
         {
@@ -332,6 +353,7 @@ def _tile_rows(tiles: list[TileImage], link: str | None) -> list[dict[str, Any]]
             "src": None if t.pixels is None else data_uri(t.pixels, quality=90),
             "box": t.box_l0,
             "percentile": t.percentile,
+            "evidence": t.evidence,
             "link": f"{link}#box={','.join(str(v) for v in t.box_l0)}" if link else None,
         }
         for t in tiles
@@ -432,6 +454,7 @@ def report_slide(
         task_rows=_task_rows(trained),
         mpp_source=_mpp_words(facts.mpp_source),
         images={"thumbnail": data_uri(thumb), "overlay": data_uri(overlay)},
+        heat_note=_heat_note(grid, heat_options),
         top=_tile_rows(top, link),
         least=_tile_rows(least, link),
         viewer_link=link,

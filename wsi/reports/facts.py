@@ -44,13 +44,17 @@ class Flag:
 
 @dataclass(frozen=True)
 class TileImage:
-    """One tile shown as evidence: its pixels, level-0 box and attention."""
+    """One tile shown as evidence: its pixels, level-0 box and score (its evidence for the
+    shown class where the prediction has tile evidence, else its attention)."""
 
     index: int
     pixels: np.ndarray | None  #: (S, S, 3) uint8 at the tiling resolution; None: not stored
     box_l0: tuple[int, int, int, int]  #: x0, y0, x1, y1, level-0 px
-    attention: float  #: normalised mean attention (rank within the slide: see heatmap)
-    percentile: float  #: share of the slide's tiles with lower attention, 0..100
+    #: the tile's score: evidence (calibrated log-odds per tile) or normalised mean attention
+    attention: float
+    percentile: float  #: share of the slide's tiles with a lower score, 0..100
+    #: the tile's evidence for the shown class (calibrated log-odds), None without evidence
+    evidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class Finding:
     ood_note: str | None = None  #: why the out-of-distribution check was not made
     seen_fraction: float | None = None  #: share of tiles that are training-sample tiles
     attention_of: str | None = None  #: the class whose attention branch is shown, if one
+    #: the class (or output) the tile evidence is for; None: the prediction has no tile
+    #: evidence, and tiles are picked by attention
+    evidence_for: str | None = None
     patient_slides: tuple[str, ...] = ()  #: a patient-level call: the patient's slides
     attention_share: float | None = None  #: this slide's share of the patient's attention
     #: the call shown: the decision, or "uncertain" where a flag is up on a negative call
@@ -237,7 +244,11 @@ def thumbnail_of(
     return _mosaic(group, size_l0, max_px), "tiles"
 
 
-def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileImage]:
+def _tiles(
+    group: Any, order: np.ndarray, att: np.ndarray, k: int, evidence: bool = False
+) -> list[TileImage]:
+    """The first ``k`` tiles of ``order`` with their score ``att`` (evidence when
+    ``evidence``, else attention) and its percentile within the slide."""
     coords = np.asarray(group[st.TILES_COORDS][:])
     foot = int(round(float(group[st.TILES_COORDS].attrs.get("footprint_l0") or 0)))
     pixels = group[st.TILES_PIXELS] if st.TILES_PIXELS in group else None
@@ -252,6 +263,7 @@ def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileI
                 (x, y, x + foot, y + foot),
                 float(att[i]),
                 100.0 * float(ranks[i]) / max(1, len(att) - 1),
+                float(att[i]) if evidence else None,
             )
         )
     return out
@@ -260,8 +272,9 @@ def _tiles(group: Any, order: np.ndarray, att: np.ndarray, k: int) -> list[TileI
 def gather(
     store: str | os.PathLike[str], model: Any, options: ReportOptions
 ) -> tuple[SlideFacts, Finding, list[TileImage], list[TileImage]]:
-    """Facts, finding, and most and least attended tiles of one store (its heat grid is
-    ``wsi.heatmap.stored_grid``'s).
+    """Facts, finding, and the tiles with the most and least evidence for the shown class
+    (where the prediction has tile evidence; else the most and least attended) of one
+    store (its heat grid is ``wsi.heatmap.stored_grid``'s).
 
     ``model`` is a loaded ``wsi.mil.predict.TrainedModel`` whose prediction is in the store
     (``wsi predict``); StoreError otherwise.
@@ -344,13 +357,20 @@ def gather(
         attention_share=pred.get("attention_share"),
         call=pred.get("call"),
         trust=pred.get("trust"),
+        evidence_for=(
+            str((pred.get("evidence") or {}).get("shown") or pred["decision"])
+            if keys.evidence in group
+            else None
+        ),
     )
-    att = np.asarray(group[keys.attention_mean][:], np.float64)
+    # "why": the tiles with the most evidence for the shown class, else the most attended
+    has_evidence = keys.evidence in group
+    att = np.asarray(group[keys.evidence if has_evidence else keys.attention_mean][:], np.float64)
     order = np.argsort(-att, kind="stable")
-    top = _tiles(group, order, att, options.top_k)
+    top = _tiles(group, order, att, options.top_k, has_evidence)
     shown = {t.index for t in top}
     rest = np.array([i for i in order[::-1] if int(i) not in shown], dtype=np.int64)
-    least = _tiles(group, rest, att, options.least_k) if options.least_k else []
+    least = _tiles(group, rest, att, options.least_k, has_evidence) if options.least_k else []
     return facts, finding, top, least
 
 

@@ -16,8 +16,10 @@ class ReportOptions:
 
     Section ``report`` of a config file maps onto it one to one. Fields:
 
-    - ``top_k`` (>= 1), ``least_k`` (>= 0; 0: none): how many of the most and least
-      attended tiles the report shows, at the tiling resolution, with their level-0 boxes.
+    - ``top_k`` (>= 1), ``least_k`` (>= 0; 0: none): how many of the tiles with the most
+      and least evidence for the shown class (the most and least attended where the head
+      gives no tile evidence) the report shows, at the tiling resolution, with their
+      level-0 boxes.
     - ``pdf``: also write each report as PDF (needs WeasyPrint and Pango; ``wsi.report``
       checks for them before the first slide).
     - ``uncertain_std``, ``uncertain_margin``: flag "Uncertain case" when the standard

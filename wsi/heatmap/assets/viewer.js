@@ -199,6 +199,7 @@
       "linear-gradient(to right, " + layer.legend.stops.join(", ") + ")";
     document.getElementById("legend-min").textContent = layer.legend.min.toPrecision(2);
     document.getElementById("legend-max").textContent = layer.legend.max.toPrecision(2);
+    document.getElementById("legend").title = layer.legend.title || "";
   }
   showLegend(layers[0]);
   // the class picker: only when there are per-class layers (names set as text, never HTML)
