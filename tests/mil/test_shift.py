@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from wsi.mil.reference import build_reference
-from wsi.mil.shift import MEASURES, check_batch, check_slide, fit_shift, slide_measures
+from wsi.mil.shift import (
+    ESTIMATE_FAILED,
+    MEASURES,
+    check_batch,
+    check_slide,
+    fit_shift,
+    slide_measures,
+)
 
 D = 16
 
@@ -69,15 +76,29 @@ def test_too_few_training_slides_are_not_checked_with_the_reason() -> None:
     assert check_batch(card, [got] * 3)["status"] == "not checked"
 
 
-def test_a_failed_stain_estimate_is_not_checked_for_stain_only() -> None:
+def test_a_failed_stain_estimate_flags_where_training_stains_were_estimated() -> None:
+    """A slide whose stain cannot be estimated as H&E (a strong stain shift gives that, as
+    does a near-white sample) fails ``stain``, saying why, when the training slides'
+    stains were estimated; where failures were common in training it is "not checked"."""
     rng = np.random.default_rng(2)
     bags, stains = _site(rng, 80)
     ref = build_reference(bags, max_tiles=1000)
+    why = ESTIMATE_FAILED + " (implausible stain vectors)"
     card, centre = fit_shift(list(bags), stains, bags, ref)
     values = slide_measures(card, bags["s001"], None, ref, centre)
-    got = check_slide(card, values, "the stain estimate failed (near-white)")
-    assert got["measures"]["stain"]["note"].endswith("(near-white)")
-    assert got["status"] in ("passed", "failed")  # the embedding measures still count
+    got = check_slide(card, values, why)
+    assert got["status"] == "failed" and "stain" in got["failed"]
+    assert "implausible stain vectors" in got["measures"]["stain"]["note"]
+    # 20 of 80 training slides failed too: a failure says nothing, the stain is unchecked
+    card, centre = fit_shift(list(bags), stains, bags, ref, stain_failures=20)
+    got = check_slide(card, slide_measures(card, bags["s001"], None, ref, centre), why)
+    assert "stain" not in got["failed"]
+    assert got["measures"]["stain"]["note"].startswith("not checked: " + ESTIMATE_FAILED)
+    # no stored pixels is never a failure
+    card, centre = fit_shift(list(bags), stains, bags, ref)
+    got = check_slide(card, values, "the store keeps no tile pixels")
+    assert "stain" not in got["failed"]
+    assert got["measures"]["stain"]["note"] == "not checked: the store keeps no tile pixels"
 
 
 @pytest.mark.parametrize("n", [0, 2])
@@ -89,3 +110,22 @@ def test_fit_with_no_stain_statistics(n: int) -> None:
     card, _ = fit_shift(list(bags), stains, bags, ref)
     assert card["measures"]["stain"]["threshold"] is None
     assert "needs 3" in card["measures"]["stain"]["note"]
+
+
+def test_the_report_flag_of_a_stain_that_could_not_be_estimated() -> None:
+    """A failed ``stain`` measure without a value (the estimate failed) is a "Site shift"
+    flag giving the estimator's reason, not a formatting error."""
+    from wsi.reports.calls import Parts
+    from wsi.reports.facts import Finding, _trust_flags
+
+    rng = np.random.default_rng(4)
+    bags, stains = _site(rng, 80)
+    ref = build_reference(bags, max_tiles=1000)
+    card, centre = fit_shift(list(bags), stains, bags, ref)
+    why = ESTIMATE_FAILED + " (implausible stain vectors)"
+    check = check_slide(card, slide_measures(card, bags["s001"], None, ref, centre), why)
+    finding = Finding("m", "binary", "normal", Parts("binary"), None, None,
+                      trust={"conformal": None, "shift": check, "flags": []})  # fmt: skip
+    flags = _trust_flags(finding)
+    assert [f.title for f in flags] == ["Site shift"]
+    assert "implausible stain vectors" in flags[0].detail

@@ -51,7 +51,7 @@ from wsi.mil.data import (
 )
 from wsi.mil.evaluate import evaluate, plot_reliability, plot_roc
 from wsi.mil.reference import build_reference, save_reference
-from wsi.mil.shift import fit_shift, slide_stain
+from wsi.mil.shift import ESTIMATE_FAILED, fit_shift, slide_stain
 from wsi.mil.splits import Splits, make_splits, read_splits, write_splits
 from wsi.mil.tasks import KINDS, Task
 from wsi.progress import Progress
@@ -775,7 +775,8 @@ def _train_into(
         first = next(iter(missing))
         log.warning("%d training slide(s) give no stain statistics for the shift reference "
                     "(%s: %s)", len(missing), first, missing[first])  # fmt: skip
-    shift, centre = fit_shift(list(seen), stains, seen, reference)
+    failures = sum(why.startswith(ESTIMATE_FAILED) for why in missing.values())
+    shift, centre = fit_shift(list(seen), stains, seen, reference, stain_failures=failures)
     reference = dataclasses.replace(reference, centre=centre)
     save_reference(reference, out)
     _finish(run, scores, {**reference.summary(), "shift": shift}, time.perf_counter() - t_start)

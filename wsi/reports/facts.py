@@ -478,9 +478,15 @@ def _trust_flags(finding: Finding) -> list[Flag]:
         parts = []
         for name in shift.get("failed") or []:
             m = (shift.get("measures") or {}).get(name) or {}
+            if m.get("value") is None or m.get("threshold") is None:
+                # no value: the measure failed for a reason it states (a stain that
+                # could not be estimated as H&E)
+                why = str(m.get("note") or "no value").removeprefix("failed: ")
+                parts.append(f"{measure_words(name)} ({why})")
+                continue
             parts.append(
-                f"{measure_words(name)} ({m.get('value', float('nan')):.3g}, in-site "
-                f"slides up to {m.get('threshold', float('nan')):.3g})"
+                f"{measure_words(name)} ({m['value']:.3g}, in-site slides up to "
+                f"{m['threshold']:.3g})"
             )
         out.append(
             Flag(
