@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--textures", default="subtle", help="default, site_b or subtle")
     parser.add_argument(
-        "--min-lesion-um", type=float, default=192.0, help="smallest lesion diameter, um"
+        "--min-lesion-um", type=float, default=128.0, help="smallest lesion diameter, um"
     )
     parser.add_argument(
-        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.03), metavar=("LOW", "HIGH")
+        "--lesion-fraction", type=float, nargs=2, default=(0.004, 0.012), metavar=("LOW", "HIGH")
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--textures", default="subtle", help="texture set of the (site A) cohort")
     parser.add_argument(
-        "--lesion-fraction", type=float, nargs=2, default=(0.01, 0.03), metavar=("LOW", "HIGH")
+        "--lesion-fraction", type=float, nargs=2, default=(0.004, 0.012), metavar=("LOW", "HIGH")
     )
     parser.add_argument(
-        "--min-lesion-um", type=float, default=192.0, help="smallest lesion diameter, um"
+        "--min-lesion-um", type=float, default=128.0, help="smallest lesion diameter, um"
     )
     parser.add_argument(
         "--external",
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = {s: predict_store(store_path(stores, s), model, overwrite=True) for s in test_ids}
     times["prediction_per_slide"] = (time.perf_counter() - t0) / max(len(test_ids), 1)
 
+    tile_auc, tile_ev = _tile_aurocs(model, cohort, stores, [s for s in test_ids if truth[s]])
     ranks, lesion, per_slide = [], [], []
     for sid in test_ids:
         if not truth[sid]:
@@ -163,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
             per_slide.append(m.auroc(is_lesion, att))
         ranks.append(np.argsort(np.argsort(att)) / max(len(att) - 1, 1))
         lesion.append(is_lesion)
-    tile_auc = m.auroc(np.concatenate(lesion), np.concatenate(ranks)) if lesion else float("nan")
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     test = metrics["test"]
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(lesion)} positive test slides; mean per slide "
         f"{np.mean(per_slide) if per_slide else float('nan'):.3f})"
     )
+    print(f"evidence tile AUROC {tile_ev:.3f} (stored evidence, one scale for every slide)")
     print(f"{args.model.upper()} test AUROC {test['auroc']:.2f} (95% CI {lo:.2f}-{hi:.2f})")
     return 0
 
@@ -273,11 +274,19 @@ def _final_line(args, model, test, table, test_ids, cohort) -> str:
 def _tile_auroc(model, cohort, stores, ids) -> float:
     """Attention tile AUROC against the lesion masks over the lesion slides ``ids``
     (attention ranked within each slide, then pooled)."""
+    return _tile_aurocs(model, cohort, stores, ids)[0]
+
+
+def _tile_aurocs(model, cohort, stores, ids) -> tuple[float, float]:
+    """Tile AUROCs against the lesion masks over the lesion slides ``ids``: the attention
+    (ranked within each slide, then pooled) and the stored evidence (as stored, pooled:
+    the scale every slide shares; nan where the head gives none)."""
     from wsi.mil import metrics as m
     from wsi.store import TILES_COORDS, open_store, prediction_keys, store_path
     from wsi.synthetic import lesion_fraction_of_tiles
 
-    ranks, lesion = [], []
+    keys = prediction_keys(model.name)
+    ranks, evidence, lesion = [], [], []
     for sid in ids:
         group = open_store(store_path(stores, sid))
         coords = np.asarray(group[TILES_COORDS][:])
@@ -286,10 +295,16 @@ def _tile_auroc(model, cohort, stores, ids) -> float:
         frac = lesion_fraction_of_tiles(mask, coords, footprint, cohort.mask_downsample)
         if not (frac >= 0.5).any():
             continue
-        att = np.asarray(group[prediction_keys(model.name).attention_mean][:])
+        att = np.asarray(group[keys.attention_mean][:])
         ranks.append(np.argsort(np.argsort(att)) / max(len(att) - 1, 1))
+        if keys.evidence in group:
+            evidence.append(np.asarray(group[keys.evidence][:]))
         lesion.append((frac >= 0.5).astype(int))
-    return m.auroc(np.concatenate(lesion), np.concatenate(ranks)) if lesion else float("nan")
+    if not lesion:
+        return float("nan"), float("nan")
+    truth = np.concatenate(lesion)
+    ev = m.auroc(truth, np.concatenate(evidence)) if len(evidence) == len(lesion) else float("nan")
+    return m.auroc(truth, np.concatenate(ranks)), ev
 
 
 def _f(value, digits: int = 2) -> str:
@@ -446,9 +461,10 @@ def _external_variant(args, variant, site_a, site_b, stores, out) -> dict:
     for name, (n_in, n_ex) in measures.items():
         print(f"measure {name}: fails {n_ex[0]} of {n_ex[1]} external slides, {n_in[0]} of "
               f"{n_in[1]} in-site")  # fmt: skip
-    tile_ext = _tile_auroc(model, site_b, stores["b"], [p.stem for p in site_b.slides])
-    tile_in = _tile_auroc(model, site_a, stores["a"], test_ids)
+    tile_ext, ev_ext = _tile_aurocs(model, site_b, stores["b"], [p.stem for p in site_b.slides])
+    tile_in, ev_in = _tile_aurocs(model, site_a, stores["a"], test_ids)
     print(f"attention tile AUROC: in-site {tile_in:.3f}, external {tile_ext:.3f}")
+    print(f"evidence tile AUROC (stored, one scale): in-site {ev_in:.3f}, external {ev_ext:.3f}")
     cov = ins["trust"]["conformal"]
     cov_ext = ext["trust"]["conformal"]
     last = [

@@ -27,7 +27,7 @@ import numpy as np
 from wsi.mil import conformal as cf
 from wsi.mil import metrics as m
 from wsi.mil import task_metrics as tm
-from wsi.mil.calibration import expit, fit_calibration, softmax
+from wsi.mil.calibration import expit, fit_calibration, log_odds, softmax
 from wsi.mil.evaluate import _clean
 from wsi.mil.tasks import Task
 
@@ -486,7 +486,12 @@ def conformal_coverage(
     if conformal is None or not ids:
         return None
     if task.has_classes:
-        probs = np.mean([_class_probs(task, z, temperature) for z in fold_logits], axis=0)
+        if task.kind == "binary":
+            # as predict shows it: the probability of the folds' mean calibrated log-odds
+            p1 = expit(np.mean([log_odds(z, temperature) for z in fold_logits], axis=0))
+            probs = np.stack([1.0 - p1, p1], axis=1)
+        else:  # the fold mean of the calibrated probabilities, as predict stores them
+            probs = np.mean([_class_probs(task, z, temperature) for z in fold_logits], axis=0)
         sets = cf.class_sets(conformal, probs)
         truth = [task.classes[rows[s].y] for s in ids]
         status = [cf.set_status(x) for x in sets]
