@@ -203,6 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "test_fraction": args.test_fraction,
             "epochs": args.epochs,
             "patience": args.patience,
+            "min_epochs": args.min_epochs,
             "lr": args.lr,
             "seed": args.seed,
             "target_sensitivity": args.target_sensitivity,
@@ -508,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", help="splits.csv of an earlier run, to repeat it exactly")
     p.add_argument("--epochs", type=int, help="most epochs per fold (default 50)")
     p.add_argument("--patience", type=int, help="early stopping patience, epochs (default 8)")
+    p.add_argument(
+        "--min-epochs", type=int, help="no early stop before this many epochs (default 20)"
+    )
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-4)")
     p.add_argument("--seed", type=int, help="seed of splits and training (default 0)")
     p.add_argument("--max-train-tiles", type=int, help="subsample bigger bags while training")

@@ -9,6 +9,7 @@ of every tile is known. (The benchmark on slides, tiles and real embeddings is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -340,3 +341,27 @@ def test_a_killed_train_leaves_the_old_model_working(tmp_path, cohort, trained):
     train_model(cohort / "stores", cohort / "labels.csv", folder, config, encoder=ENC)
     assert not list(tmp_path.glob(".model.*"))
     assert load_model(folder).name == "model"
+
+
+def test_no_fold_stops_early_before_min_epochs(cohort, tmp_path):
+    """Early stopping waits for ``min_epochs`` (CLAM's stop_epoch): with patience 1 a fold
+    would stop at its second epoch without a better validation loss; with min_epochs 6
+    every fold runs at least 6 epochs, and the lowest-loss weights are still kept."""
+    config = TrainConfig(folds=2, test_fraction=0.0, epochs=7, patience=1, min_epochs=6,
+                         lr=5e-2)  # fmt: skip
+    model = train_model(cohort / "stores", cohort / "labels.csv", tmp_path / "m", config,
+                        encoder=ENC)  # fmt: skip
+    def epochs_run(folder: Path) -> list[int]:
+        out = []
+        for fold in ("fold_0", "fold_1"):
+            with open(folder / fold / "train_log.csv", newline="") as f:
+                out.append(len(list(csv.DictReader(f))))
+        return out
+
+    assert min(epochs_run(model)) >= 6
+    # the same without min_epochs: patience 1 stops a fold before 6 epochs
+    control = train_model(cohort / "stores", cohort / "labels.csv", tmp_path / "c",
+                          dataclasses.replace(config, min_epochs=0), encoder=ENC)  # fmt: skip
+    assert min(epochs_run(control)) < 6
+    with pytest.raises(ConfigError, match="min_epochs"):
+        TrainConfig(min_epochs=-1)
