@@ -19,7 +19,15 @@ from torch import nn
 from wsi.encoders.spec import EncoderSpec
 from wsi.encoders.weights import load_strict
 
-__all__ = ["BUILDERS", "build", "PooledTimm", "efficientnet_lite_keys"]
+__all__ = [
+    "BUILDERS",
+    "build",
+    "all_builders",
+    "pooled",
+    "PooledTimm",
+    "TokenPooled",
+    "efficientnet_lite_keys",
+]
 
 
 class PooledTimm(nn.Module):
@@ -37,6 +45,35 @@ class PooledTimm(nn.Module):
         return self.net(x)
 
 
+class TokenPooled(nn.Module):
+    """A timm ViT whose embedding is made from its output tokens (after the final norm).
+
+    ``cls``: the class token; ``mean``: the mean of the patch tokens; ``cls+mean``: both,
+    concatenated (Virchow's and H0-mini's published embedding). Register tokens
+    (timm's ``num_prefix_tokens`` beyond the class token) are never averaged.
+    """
+
+    def __init__(self, net: Any, pooling: str) -> None:
+        super().__init__()
+        self.net: Any = net
+        self.pooling = pooling
+        self.prefix = int(getattr(net, "num_prefix_tokens", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.net.forward_features(x)
+        cls, patches = tokens[:, 0], tokens[:, self.prefix :]
+        if self.pooling == "cls":
+            return cls
+        if self.pooling == "mean":
+            return patches.mean(1)
+        return torch.cat([cls, patches.mean(1)], dim=-1)
+
+
+def pooled(net: Any, spec: EncoderSpec) -> nn.Module:
+    """``net`` wrapped to give the embedding ``spec.pooling`` names."""
+    return PooledTimm(net) if spec.pooling == "model" else TokenPooled(net, spec.pooling)
+
+
 def _timm_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     """``spec.timm_kwargs`` with layer names resolved to timm classes."""
     import timm.layers
@@ -44,7 +81,12 @@ def _timm_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     kwargs = dict(spec.timm_kwargs)
     if isinstance(kwargs.get("mlp_layer"), str):
         kwargs["mlp_layer"] = getattr(timm.layers, kwargs["mlp_layer"])
+    if isinstance(kwargs.get("act_layer"), str) and kwargs["act_layer"] in _ACTS:
+        kwargs["act_layer"] = _ACTS[kwargs["act_layer"]]
     return kwargs
+
+
+_ACTS: dict[str, type[nn.Module]] = {"SiLU": nn.SiLU, "GELU": nn.GELU}
 
 
 def _create(spec: EncoderSpec, **extra: Any) -> Any:
@@ -150,17 +192,26 @@ def build_timm(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
         if k in expected or not any(k.startswith(f"{h}.") for h in heads)
     }
     load_strict(net, kept, path)
-    return PooledTimm(net)
+    return pooled(net, spec)
 
 
-BUILDERS: dict[str, Callable[[EncoderSpec, dict[str, Any], Path], nn.Module]] = {
+Builder = Callable[[EncoderSpec, dict[str, Any], Path], nn.Module]
+
+BUILDERS: dict[str, Builder] = {
     "efficientnet_lite": build_efficientnet_lite,
     "resnet_trunc": build_resnet_trunc,
     "timm": build_timm,
 }
 
 
+def all_builders() -> dict[str, Builder]:
+    """The builders here and those of the catalogue modules with their own key mappings."""
+    from wsi.encoders import conch, ctranspath, hf_layout
+
+    return {**BUILDERS, **hf_layout.BUILDERS, **conch.BUILDERS, **ctranspath.BUILDERS}
+
+
 def build(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
     """The encoder module of ``spec`` with the checkpoint ``sd`` (read from ``path``) loaded."""
-    module = BUILDERS[spec.builder](spec, sd, path)
+    module = all_builders()[spec.builder](spec, sd, path)
     return module.eval().requires_grad_(False)

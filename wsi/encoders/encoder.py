@@ -12,11 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wsi._files import sha256_file
 from wsi.encoders.builders import build
 from wsi.encoders.registry import DEFAULT_ENCODER, get_spec
 from wsi.encoders.spec import EncoderSpec, Preprocessing
-from wsi.encoders.weights import find_weights, read_state_dict, where_to_put
+from wsi.encoders.weights import read_state_dict, resolve_weights, weights_digest, where_to_put
 from wsi.errors import ConfigError, WeightsNotFoundError
 from wsi.precision import autocast_dtype
 from wsi.precision import resolve_precision as _resolve
@@ -44,18 +43,23 @@ class Preprocess(nn.Module):
     def __init__(self, p: Preprocessing) -> None:
         super().__init__()
         self.size = p.input_size
+        self.resize = p.resize_size or p.input_size
         self.mode = p.interpolation
         self.register_buffer("offset", torch.tensor(p.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("scale", 1.0 / (torch.tensor(p.std).view(1, 3, 1, 1) * 255.0))
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         x = tiles.permute(0, 3, 1, 2)  # a channels-last view, no copy
-        if x.shape[-2:] != (self.size, self.size):
+        r = self.resize
+        if x.shape[-2:] != (r, r):
             if not (x.device.type == "cpu" and x.dtype == torch.uint8 and self.mode == "bilinear"):
                 x = x.float()  # torch's fast uint8 path (rounds to whole levels) is CPU-only
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode=self.mode, antialias=True, align_corners=False
-            )
+            x = F.interpolate(x, size=(r, r), mode=self.mode, antialias=True, align_corners=False)
+            if x.dtype != torch.uint8 and self.mode == "bicubic":
+                x = x.clamp_(0.0, 255.0)  # bicubic overshoots; PIL's does not leave [0, 255]
+        if r != self.size:  # the published centre crop (timm's crop_pct)
+            top = (r - self.size) // 2
+            x = x[..., top : top + self.size, top : top + self.size]
         x = (
             x.float().sub_(self.offset).mul_(self.scale)
             if x.dtype == torch.uint8
@@ -143,11 +147,14 @@ def planned_identity(
 ) -> dict[str, Any] | None:
     """The identity ``load_encoder`` would give, without building the model (None: unknown)."""
     spec = get_spec(name)
-    path = Path(weights).expanduser() if weights is not None else find_weights(spec)
+    try:
+        path = resolve_weights(spec, weights)
+    except WeightsNotFoundError:
+        return None
     if path is None or not path.is_file():
         return None
     prec = resolve_precision(precision, resolve_device(device))
-    return identity_of(spec, path.resolve(), sha256_file(path), prec)
+    return identity_of(spec, path.resolve(), weights_digest(path), prec)
 
 
 def load_encoder(
@@ -169,9 +176,10 @@ def load_encoder(
             encoders`` lists them) or any timm architecture name, whose weights come from
             ``weights`` or ``$WSI_WEIGHTS_DIR/<name>/``.
         weights: a local ``.safetensors`` or state-dict file (``.pth``, ``.bin`` ...; read
-            without running pickled code). None: the registered source is searched
-            (an installed package, ``$WSI_WEIGHTS_DIR/<name>/``, the local Hugging Face
-            and torch hub caches).
+            without running pickled code), or a Hugging Face snapshot folder holding one
+            (the published file name is looked for; sharded ``.index.json`` too).
+            None: the registered source is searched (an installed package,
+            ``$WSI_WEIGHTS_DIR/<name>/``, the local Hugging Face and torch hub caches).
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, a ``torch.device``, or
             ``"auto"`` / None for the first GPU if there is one, else the CPU.
         precision: compute precision (autocast): ``"fp32"``, ``"bf16"``, ``"fp16"``, or
@@ -204,7 +212,7 @@ def load_encoder(
         uni = wsi.load_encoder("uni", weights="weights/uni/pytorch_model.bin", device="cuda")
     """
     spec = get_spec(name)
-    path = Path(weights).expanduser() if weights is not None else find_weights(spec)
+    path = resolve_weights(spec, weights)
     if path is None:
         raise WeightsNotFoundError(
             f"encoder {name!r}: no weight file on this machine. {where_to_put(spec)}."
@@ -212,7 +220,7 @@ def load_encoder(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     sd = read_state_dict(path)
-    digest = sha256_file(path)
+    digest = weights_digest(path)
     model = build(spec, sd, path)
     del sd
     model = model.to(dev).to(memory_format=torch.channels_last)

@@ -91,7 +91,17 @@ _SPECS = (
     ),
 )
 
-REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in _SPECS}
+# Foundation models published as timm checkpoints (timm key names, no prefix): see below.
+_TIMM_HUB: tuple[EncoderSpec, ...] = ()
+
+
+def _catalogue() -> tuple[EncoderSpec, ...]:
+    from wsi.encoders import conch, ctranspath, hf_layout
+
+    return _SPECS + _TIMM_HUB + hf_layout.SPECS + conch.SPECS + ctranspath.SPECS
+
+
+REGISTRY: dict[str, EncoderSpec] = {spec.name: spec for spec in _catalogue()}
 
 
 def registered() -> list[EncoderSpec]:

@@ -17,6 +17,10 @@ from wsi.errors import WeightsError, WeightsNotFoundError
 __all__ = [
     "weights_dir",
     "find_weights",
+    "checkpoint_in",
+    "resolve_weights",
+    "weight_files",
+    "weights_digest",
     "read_state_dict",
     "load_strict",
     "describe_mismatch",
@@ -45,13 +49,96 @@ def _package_file(source: WeightSource) -> Path | None:
 
 
 def _hf_cache_file(source: WeightSource) -> Path | None:
-    if not source.hf_repo or not source.hf_filename:
+    if not source.hf_repo or not source.filenames():
         return None
     home = os.environ.get("HF_HOME")
     hub = Path(home) / "hub" if home else Path.home() / ".cache" / "huggingface" / "hub"
     snapshots = hub / f"models--{source.hf_repo.replace('/', '--')}" / "snapshots"
-    found = sorted(snapshots.glob(f"*/{source.hf_filename}")) if snapshots.is_dir() else []
-    return found[-1] if found else None
+    for name in source.filenames():
+        found = sorted(snapshots.glob(f"*/{name}")) if snapshots.is_dir() else []
+        if found:
+            return found[-1]
+    return None
+
+
+_GENERIC_NAMES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+
+
+def checkpoint_in(spec: EncoderSpec, folder: Path) -> Path:
+    """The checkpoint file of ``spec`` inside a folder given as ``--weights``.
+
+    The folder is a Hugging Face snapshot (``config.json`` beside the weights), a
+    cache folder ``models--org--name`` (its newest snapshot is used), or any folder with
+    exactly one checkpoint file. The published file names come first, then the
+    Hugging Face defaults (single or sharded with an ``.index.json``).
+    """
+    snaps = folder / "snapshots"
+    if snaps.is_dir():
+        found = sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        if found:
+            folder = found[-1]
+    names = spec.weights.filenames() + tuple(
+        n for n in _GENERIC_NAMES if n not in spec.weights.filenames()
+    )
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    ckpts = [p for p in files if p.suffix in _CHECKPOINT_SUFFIXES]
+    if len(ckpts) == 1:
+        return ckpts[0]
+    shown = ", ".join(p.name for p in files[:_SHOWN]) or "nothing"
+    raise WeightsNotFoundError(
+        f"{folder}: no weight file of encoder {spec.name!r} in this folder (looked for "
+        f"{', '.join(names[:4])}; found {shown}). Pass the checkpoint file itself with "
+        "--weights FILE."
+    )
+
+
+def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike[str] | None) -> Path | None:
+    """The checkpoint file to load: ``weights`` (a file, or a snapshot folder), else found."""
+    if weights is None:
+        return find_weights(spec)
+    path = Path(weights).expanduser()
+    return checkpoint_in(spec, path) if path.is_dir() else path
+
+
+def _shards(index: Path) -> list[Path]:
+    import json
+
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise WeightsError(
+            f"{index}: not a readable shard index ({err}). Copy the snapshot folder again."
+        ) from err
+    return [index.parent / n for n in names]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files a checkpoint consists of: itself, or the shards its index names."""
+    return _shards(path) if path.name.endswith(".index.json") else [path]
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a checkpoint file; of a sharded one, sha256 of its shards' digests in order."""
+    import hashlib
+
+    from wsi._files import sha256_file
+
+    p = Path(path)
+    files = weight_files(p)
+    if files == [p]:
+        return sha256_file(p)
+    for f in files:
+        if not f.is_file():
+            raise WeightsNotFoundError(f"{p}: names shard {f.name}, which is not in {p.parent}.")
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 def _torch_hub_file(source: WeightSource) -> Path | None:
@@ -129,6 +216,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsNotFoundError(
             f"{p}: weight file not found. Check the path given to --weights."
         )
+    if p.name.endswith(".index.json"):
+        merged: dict[str, Any] = {}
+        for shard in _shards(p):
+            merged.update(read_state_dict(shard))
+        return merged
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -1,0 +1,11 @@
+"""Encoders published in the Hugging Face ``transformers`` layout, mapped onto timm modules."""
+
+from __future__ import annotations
+
+from wsi.encoders.builders import Builder
+from wsi.encoders.spec import EncoderSpec
+
+__all__ = ["SPECS", "BUILDERS"]
+
+SPECS: tuple[EncoderSpec, ...] = ()
+BUILDERS: dict[str, Builder] = {}
