@@ -182,7 +182,8 @@ def build_timm(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
     A checkpoint that still holds the classifier (the keys named by the model's
     ``pretrained_cfg["classifier"]``) has those keys dropped; all others must match.
     """
-    net = _create(spec, num_classes=0)
+    with torch.device("meta"):  # no memory and no random init for weights about to be loaded
+        net = _create(spec, num_classes=0)
     heads = net.pretrained_cfg.get("classifier") or ()
     heads = (heads,) if isinstance(heads, str) else tuple(heads)
     expected = net.state_dict()
@@ -191,8 +192,16 @@ def build_timm(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
         for k, v in sd.items()
         if k in expected or not any(k.startswith(f"{h}.") for h in heads)
     }
-    load_strict(net, kept, path)
+    load_strict(net, kept, path, assign=True)
+    _no_meta_left(net, spec)
     return pooled(net, spec)
+
+
+def _no_meta_left(net: nn.Module, spec: EncoderSpec) -> None:
+    """Every tensor of a module built on the meta device came from the checkpoint."""
+    left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:  # a non-persistent buffer: the architecture needs a real build
+        raise RuntimeError(f"encoder {spec.name}: tensors not in any checkpoint: {left[:4]}")
 
 
 Builder = Callable[[EncoderSpec, dict[str, Any], Path], nn.Module]

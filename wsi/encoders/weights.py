@@ -53,7 +53,11 @@ def _hf_cache_file(source: WeightSource) -> Path | None:
         return None
     home = os.environ.get("HF_HOME")
     hub = Path(home) / "hub" if home else Path.home() / ".cache" / "huggingface" / "hub"
-    snapshots = hub / f"models--{source.hf_repo.replace('/', '--')}" / "snapshots"
+    folder = f"models--{source.hf_repo.replace('/', '--')}"
+    if not (hub / folder).is_dir() and hub.is_dir():  # MahmoodLab/CONCH vs MahmoodLab/conch
+        same = [p for p in hub.iterdir() if p.name.lower() == folder.lower()]
+        folder = same[0].name if same else folder
+    snapshots = hub / folder / "snapshots"
     for name in source.filenames():
         found = sorted(snapshots.glob(f"*/{name}")) if snapshots.is_dir() else []
         if found:
@@ -151,9 +155,16 @@ def _torch_hub_file(source: WeightSource) -> Path | None:
 
 
 def _user_dir_file(name: str) -> Path | None:
+    from wsi.encoders.registry import REGISTRY
+
     folder = weights_dir() / name
     if not folder.is_dir():
         return None
+    if name in REGISTRY:  # a snapshot folder's published file names come first
+        try:
+            return checkpoint_in(REGISTRY[name], folder)
+        except WeightsNotFoundError:
+            return None
     found = sorted(p for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES)
     return found[0] if found else None
 
@@ -217,8 +228,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{p}: weight file not found. Check the path given to --weights."
         )
     if p.name.endswith(".index.json"):
+        shards = _shards(p)
+        absent = [s.name for s in shards if not s.is_file()]
+        if absent:
+            raise WeightsNotFoundError(
+                f"{p}: names shard(s) {', '.join(absent)}, not in {p.parent}. Copy the whole "
+                "snapshot folder again."
+            )
         merged: dict[str, Any] = {}
-        for shard in _shards(p):
+        for shard in shards:
             merged.update(read_state_dict(shard))
         return merged
     try:
@@ -254,8 +272,18 @@ def describe_mismatch(
     return missing, unexpected, shapes
 
 
-def load_strict(module: Any, state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Load every tensor of ``module`` from ``state_dict``; any mismatch is a WeightsError."""
+def load_strict(
+    module: Any,
+    state_dict: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    assign: bool = False,
+) -> None:
+    """Load every tensor of ``module`` from ``state_dict``; any mismatch is a WeightsError.
+
+    ``assign``: the module was built on the meta device (no memory, no random init); its
+    parameters become the checkpoint's tensors, cast to the module's dtypes.
+    """
     expected = module.state_dict()
     missing, unexpected, shapes = describe_mismatch(expected, state_dict)
     if missing or unexpected or shapes:
@@ -266,4 +294,8 @@ def load_strict(module: Any, state_dict: Mapping[str, Any], path: str | os.PathL
                 lines.append(f"  {label} ({len(keys)}): {', '.join(keys[:_SHOWN])}{more}")
         lines.append("Check that the file belongs to this encoder, or pick the matching --encoder.")
         raise WeightsError("\n".join(lines))
-    module.load_state_dict(state_dict, strict=True)
+    if assign:
+        cast = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
+        module.load_state_dict(cast, strict=True, assign=True)
+    else:
+        module.load_state_dict(state_dict, strict=True)
