@@ -342,9 +342,9 @@ def test_midnight_grid_resample_matches_transformers_small(tmp_path, he_tile):
     """
     from dataclasses import replace
 
-    from wsi.encoders.builders import build
     from wsi.encoders.encoder import Preprocess
     from wsi.encoders.hf_layout import _swiglu_ratio
+    from wsi.encoders.registry import build
     from wsi.encoders.weights import read_state_dict
 
     config = transformers.Dinov2Config(

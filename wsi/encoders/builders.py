@@ -21,8 +21,6 @@ from wsi.encoders.weights import load_strict
 
 __all__ = [
     "BUILDERS",
-    "build",
-    "all_builders",
     "pooled",
     "PooledTimm",
     "TokenPooled",
@@ -211,16 +209,3 @@ BUILDERS: dict[str, Builder] = {
     "resnet_trunc": build_resnet_trunc,
     "timm": build_timm,
 }
-
-
-def all_builders() -> dict[str, Builder]:
-    """The builders here and those of the catalogue modules with their own key mappings."""
-    from wsi.encoders import conch, ctranspath, hf_layout
-
-    return {**BUILDERS, **hf_layout.BUILDERS, **conch.BUILDERS, **ctranspath.BUILDERS}
-
-
-def build(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
-    """The encoder module of ``spec`` with the checkpoint ``sd`` (read from ``path``) loaded."""
-    module = all_builders()[spec.builder](spec, sd, path)
-    return module.eval().requires_grad_(False)

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from wsi.encoders.builders import build
-from wsi.encoders.registry import DEFAULT_ENCODER, get_spec
+from wsi.encoders.registry import DEFAULT_ENCODER, build, get_spec
 from wsi.encoders.spec import EncoderSpec, Preprocessing
 from wsi.encoders.weights import read_state_dict, resolve_weights, weights_digest, where_to_put
 from wsi.errors import ConfigError, WeightsNotFoundError

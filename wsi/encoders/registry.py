@@ -7,12 +7,18 @@ contract then comes from timm's own ``pretrained_cfg`` for that name.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wsi.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, Preprocessing, WeightSource
 from wsi.errors import UnknownEncoderError
 
-__all__ = ["DEFAULT_ENCODER", "REGISTRY", "get_spec", "registered"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from wsi.encoders.builders import Builder
+
+__all__ = ["DEFAULT_ENCODER", "REGISTRY", "build", "builders", "get_spec", "registered"]
 
 DEFAULT_ENCODER = "efficientnet_lite0"
 
@@ -322,3 +328,17 @@ def get_spec(name: str) -> EncoderSpec:
         f"unknown encoder {name!r}.{hint} Registered: {', '.join(REGISTRY)} (`wsi encoders`); "
         "any timm architecture name also works with --weights PATH."
     )
+
+
+def builders() -> dict[str, Builder]:
+    """Builder name -> function: the generic ones and those of the catalogue modules."""
+    from wsi.encoders import conch, ctranspath, hf_layout
+    from wsi.encoders.builders import BUILDERS
+
+    return {**BUILDERS, **hf_layout.BUILDERS, **conch.BUILDERS, **ctranspath.BUILDERS}
+
+
+def build(spec: EncoderSpec, sd: dict[str, Any], path: Path) -> nn.Module:
+    """The encoder module of ``spec`` with the checkpoint ``sd`` (read from ``path``) loaded."""
+    module = builders()[spec.builder](spec, sd, path)
+    return module.eval().requires_grad_(False)

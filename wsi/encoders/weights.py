@@ -154,19 +154,14 @@ def _torch_hub_file(source: WeightSource) -> Path | None:
     return found[-1] if found else None
 
 
-def _user_dir_file(name: str) -> Path | None:
-    from wsi.encoders.registry import REGISTRY
-
-    folder = weights_dir() / name
+def _user_dir_file(spec: EncoderSpec) -> Path | None:
+    folder = weights_dir() / spec.name
     if not folder.is_dir():
         return None
-    if name in REGISTRY:  # a snapshot folder's published file names come first
-        try:
-            return checkpoint_in(REGISTRY[name], folder)
-        except WeightsNotFoundError:
-            return None
-    found = sorted(p for p in folder.iterdir() if p.suffix in _CHECKPOINT_SUFFIXES)
-    return found[0] if found else None
+    try:  # the published file names first, then any single checkpoint
+        return checkpoint_in(spec, folder)
+    except WeightsNotFoundError:
+        return None
 
 
 def find_weights(spec: EncoderSpec) -> Path | None:
@@ -174,7 +169,7 @@ def find_weights(spec: EncoderSpec) -> Path | None:
     if spec.weights.kind == "package":
         return _package_file(spec.weights)
     for finder in (
-        lambda: _user_dir_file(spec.name),
+        lambda: _user_dir_file(spec),
         lambda: _hf_cache_file(spec.weights),
         lambda: _torch_hub_file(spec.weights),
     ):
