@@ -18,9 +18,10 @@ demo: $(STAMP) sysdeps-run
 
 ## System libraries from Debian, installed when missing and this is root with apt (otherwise a
 ## note, and the parts that need them say so): Pango for WeasyPrint's PDF reports (main job and
-## tests), Chromium for the browser tests, poppler-utils (pdftoppm) to check PDF pages in tests.
+## tests), Chromium for the browser tests, poppler-utils (pdftoppm) to check PDF pages in tests,
+## libturbojpeg0 for wsidicomizer (it makes the DICOM test slides).
 SYSDEPS_RUN  := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
-SYSDEPS_TEST := $(SYSDEPS_RUN) chromium poppler-utils
+SYSDEPS_TEST := $(SYSDEPS_RUN) chromium poppler-utils libturbojpeg0
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

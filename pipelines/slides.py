@@ -2,10 +2,10 @@
 one rule for two slides that would get the same id (and so the same store).
 
 A slide's id names its store (``<slide_id>.zarr``) and its report: the file name
-without its extension (``wsi.store.slide_id_for``), or a manifest's ``slide_id``
-column (use pseudonyms there). ``claim_ids`` is the rule ``wsi tile`` and ``wsi run``
-share: the first slide of an id keeps it; a later one of another file fails alone, with
-a message naming both files, and the others go on.
+without its extension (``wsi.store.slide_id_for``; a DICOM slide's folder name), or a
+manifest's ``slide_id`` column (use pseudonyms there). ``claim_ids`` is the rule
+``wsi tile`` and ``wsi run`` share: the first slide of an id keeps it; a later one of
+another file fails alone, with a message naming both files, and the others go on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pipelines.config import RunConfig
 from wsi import store as st
 from wsi.errors import ConfigError
 from wsi.outputs import is_output
+from wsi.slide.dicom import DICOM_SUFFIX, dicom_folder
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -118,8 +119,11 @@ def input_problem(path: str | os.PathLike[str]) -> str | None:
     readable), or None: the one check ``wsi run`` and ``wsi tile`` make before a slide,
     so a bad input fails that slide alone."""
     try:
-        if os.path.isdir(path):  # follows symlinks; False for a loop or a missing file
-            return f"{path}: is a folder, not a slide file. Give the slide files inside it."
+        if os.path.isdir(path) and dicom_folder(path) is None:  # follows symlinks
+            return (
+                f"{path}: is a folder with no DICOM (.dcm) files, not a slide file. Give the "
+                "slide files inside it."
+            )
         os.stat(path)
     except OSError as err:
         if err.errno == errno.ELOOP:
@@ -132,6 +136,18 @@ def input_problem(path: str | os.PathLike[str]) -> str | None:
 
 def _is_slide_name(path: Path) -> bool:
     return path.suffix.lower() in SLIDE_SUFFIXES and not path.is_dir()
+
+
+def _as_slides(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` with each ``.dcm`` file taken as its DICOM slide (the folder), and every
+    path once: the files of one DICOM slide are one slide."""
+    out: list[Path] = []
+    for p in paths:
+        if p.suffix.lower() == DICOM_SUFFIX and p.is_file():
+            p = p.parent
+        if p not in out:
+            out.append(p)
+    return out
 
 
 def _own_output(path: Path, exclude: Path | None) -> bool:
@@ -150,6 +166,11 @@ def find_slides(entries: Iterable[str], *, exclude: str | Path | None = None) ->
     """The slides of files, folders (every slide file directly inside, ``SLIDE_SUFFIXES``)
     and glob patterns, in order (a folder's and a pattern's sorted by name).
 
+    A DICOM slide is the folder of its ``.dcm`` files: a folder that holds ``.dcm`` files
+    is one slide (its id the folder's name), a folder's subfolders that hold them are one
+    slide each, and a ``.dcm`` file (given, or matched by a pattern) stands for its folder,
+    which is taken once.
+
     A path that is neither a folder nor a pattern is taken as it is: a missing file fails
     later as that slide, not the job; so does a folder named like a slide file (``x.svs/``)
     that holds none, and a symbolic link loop with a slide's name. What wsi wrote (files
@@ -163,8 +184,12 @@ def find_slides(entries: Iterable[str], *, exclude: str | Path | None = None) ->
         p = Path(entry).expanduser()
         if p.is_file() or not (p.is_dir() or glob.has_magic(entry)):
             found = [p]
+        elif dicom_folder(p) is not None:
+            found = [p]  # a DICOM slide: the folder of its .dcm files
         elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if _is_slide_name(f))
+            found = sorted(
+                f for f in p.iterdir() if _is_slide_name(f) or dicom_folder(f) is not None
+            )
             found = [f for f in found if not _own_output(f, out)]
             if not found and p.suffix.lower() in SLIDE_SUFFIXES:
                 found = [p]  # a folder named like a slide: it fails as that slide
@@ -172,20 +197,22 @@ def find_slides(entries: Iterable[str], *, exclude: str | Path | None = None) ->
             found = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             found = [
                 f for f in found
-                if (f.is_file() or _is_slide_name(f)) and not _own_output(f, out)
+                if (f.is_file() or _is_slide_name(f) or dicom_folder(f) is not None)
+                and not _own_output(f, out)
             ]  # fmt: skip
         if not found:
             raise ConfigError(
                 f"{entry}: no slide file there (not a file, a folder with slides, or a "
                 "glob pattern that matches files)"
             )
-        jobs += [SlideJob(st.slide_id_for(f), f) for f in found]
+        jobs += [SlideJob(st.slide_id_for(f), f) for f in _as_slides(found)]
     return jobs
 
 
 def slide_jobs(paths: Iterable[str | Path], mpp: float | None = None) -> list[SlideJob]:
-    """Slide files taken as they are (``wsi tile``): ids from the file names, one mpp."""
-    return [SlideJob(st.slide_id_for(p), Path(p), mpp) for p in paths]
+    """Slide files taken as they are (``wsi tile``): ids from the file names, one mpp; a
+    ``.dcm`` file stands for its DICOM slide (the folder)."""
+    return [SlideJob(st.slide_id_for(p), p, mpp) for p in _as_slides(map(Path, paths))]
 
 
 def resolve_slides(run: RunConfig) -> list[SlideJob]:

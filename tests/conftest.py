@@ -50,6 +50,84 @@ def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: The patient name and ID written into the metadata of ``dicom_svs``: never in an output.
+DICOM_PATIENT = ("Doe^Jane", "PID-0042")
+
+
+def dicomize(src: Path, out: Path, patient: tuple[str, str] | None = None, **kwargs) -> Path:
+    """``src`` converted with wsidicomizer into the DICOM slide ``out`` (a folder of .dcm
+    files; ``patient``: name and ID to write into its metadata). Skips, saying what to
+    install, where wsidicomizer or libturbojpeg is missing."""
+    try:
+        from turbojpeg import TurboJPEG
+
+        TurboJPEG()  # finds the native library, or raises
+    except (ImportError, OSError, RuntimeError) as err:
+        pytest.skip(
+            f"libturbojpeg or PyTurboJPEG missing ({err}): `apt-get install libturbojpeg0` "
+            "and `pip install -e '.[dev]'` (wsidicomizer) to make DICOM test slides"
+        )
+    try:
+        from wsidicomizer import WsiDicomizer
+    except ImportError as err:
+        pytest.skip(f"wsidicomizer missing ({err}): `pip install -e '.[dev]'`")
+    if patient is not None:
+        from pydicom import Dataset
+
+        meta = Dataset()
+        meta.PatientName, meta.PatientID = patient
+        kwargs["metadata_post_processor"] = meta
+    out.mkdir(parents=True)
+    WsiDicomizer.convert(src, out, **kwargs)
+    return out
+
+
+def data_images(html: str) -> list:
+    """The images embedded in ``html`` as ``data:`` URIs (JPEG or PNG), as RGB arrays."""
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    found = re.findall(r"data:image/(?:jpeg|png);base64,([A-Za-z0-9+/=]+)", html)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(d))).convert("RGB")) for d in found]
+
+
+def looks_like(a, b) -> bool:
+    """Whether RGB images ``a`` and ``b`` look alike (mean difference <= 15 of 255 at
+    48 x 48 px): the check that an output image is not a label or macro image."""
+    import numpy as np
+    from PIL import Image
+
+    small = [np.asarray(Image.fromarray(x).resize((48, 48))).astype(np.int16) for x in (a, b)]
+    return bool(np.abs(small[0] - small[1]).mean() <= 15)
+
+
+@pytest.fixture(scope="session")
+def dicom_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Aperio slide as a DICOM slide: a folder ``CMU-1-Small-Region`` of 4 .dcm files
+    (its one level, 2220 x 2967 px; label, overview (macro), thumbnail), with
+    ``DICOM_PATIENT`` in its metadata. Skips without ../shared. (wsidicomizer's
+    ``add_missing_levels`` writes edge tiles of the wrong size, which OpenSlide refuses.)"""
+    src = need(SVS)
+    out = tmp_path_factory.mktemp("dicom_svs") / src.stem
+    return dicomize(src, out, DICOM_PATIENT)
+
+
+@pytest.fixture(scope="session")
+def dicom_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic slide (4000 x 3000 px at 0.5 mpp; no ../shared needed) as a DICOM
+    slide: a folder ``synth_dicom`` of 5 .dcm files, one per level; the 4 below full
+    resolution are marked RESAMPLED in their DICOM ImageType."""
+    from wsi.synthetic import make_synthetic_slide
+
+    root = tmp_path_factory.mktemp("dicom_synthetic")
+    make_synthetic_slide(root / "synth.tiff", width=4000, height=3000, mpp=0.5, seed=3)
+    return dicomize(root / "synth.tiff", root / "synth_dicom")
+
+
 @pytest.fixture(scope="session")
 def predicted(tmp_path_factory):
     """A small real run: cohort slides, tiles, embeddings, ABMIL, predictions.

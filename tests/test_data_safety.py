@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import DICOM_PATIENT, data_images, looks_like
 from tests.heatmap.helpers import store_copy
 from wsi import store as st
 from wsi._lock import holding, lock_file, read_holder
@@ -119,6 +121,39 @@ def test_two_concurrent_tile_runs_never_mix(tmp_path, synthetic_slide):
     assert st.TILES in _stages(store)
     again = _wsi("-v", "tile", str(synthetic_slide), "--out", str(out))
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+# -- what a slide file holds besides its image ---------------------------------------------
+
+
+def test_a_dicom_slides_label_overview_and_patient_are_never_shown(dicom_svs):
+    """The Aperio slide as DICOM: label, overview (macro) and thumbnail images, and a
+    patient name and ID in the metadata of every file (OpenSlide lists them among its
+    properties). `wsi info` names the associated images and shows neither them nor the
+    patient; the slide's thumbnail and notebook view show the main image only. (`wsi run`
+    on DICOM slides: the stores and reports, tests/pipelines/test_run.py.)"""
+    import openslide
+
+    from wsi.slide import open_slide
+
+    with openslide.OpenSlide(str(next(dicom_svs.glob("*.dcm")))) as osr:
+        assert osr.properties["dicom.PatientID"] == DICOM_PATIENT[1]  # there to leak
+        hidden = [np.asarray(osr.associated_images[k].convert("RGB")) for k in ("label", "macro")]
+    text, as_json = _wsi("info", str(dicom_svs)), _wsi("info", "--json", str(dicom_svs))
+    assert text.returncode == as_json.returncode == 0, text.stderr
+    assert "associated images: label, macro, thumbnail" in text.stdout
+    with open_slide(dicom_svs) as slide:
+        view = slide._repr_html_()
+        images = [slide.thumbnail(384), *data_images(view)]
+    bare = re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "", view)  # base64: anything
+    for out in (text.stdout, as_json.stdout, text.stderr, bare):
+        for secret in (*DICOM_PATIENT, "PatientName", "PatientID"):
+            assert secret not in out, secret
+    assert "label" not in bare and "macro" not in bare and str(dicom_svs.parent) not in bare
+    assert len(images) == 2
+    for image in images:
+        for h in hidden:
+            assert not looks_like(image, h), "an image looks like the label or overview"
 
 
 # -- never delete what wsi did not make -----------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 from wsi._lock import holding, lock_file
 from wsi.errors import ConfigError, StageConflictError, StaleStageError, StoreError
+from wsi.slide.dicom import dicom_files, dicom_folder
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -204,7 +205,11 @@ _FINGERPRINT_BYTES = 1 << 20
 
 
 def slide_id_for(path: str | os.PathLike[str]) -> str:
-    """The store name of a slide: its file name without the extension."""
+    """The store name of a slide: its file name without the extension; of a DICOM slide
+    (a folder of ``.dcm`` files, or one of them), the folder's name."""
+    folder = dicom_folder(path)
+    if folder is not None:
+        return Path(os.path.abspath(folder)).name
     name = Path(path).name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
@@ -342,21 +347,42 @@ def store_lock(path: str | os.PathLike[str], *, wait: float | None = None) -> An
 
 
 def source_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Path, size, mtime and a fingerprint (sha256 of size, first and last MiB)."""
+    """Path, size, mtime and a fingerprint (sha256 of size, first and last MiB).
+
+    A DICOM slide (a folder of ``.dcm`` files, or one of them) is recorded as its folder:
+    the total size and latest mtime of its ``.dcm`` files, and a fingerprint of each
+    file's name, size, first and last MiB.
+    """
     p = Path(path).resolve()
-    st = p.stat()
-    digest = hashlib.sha256(str(st.st_size).encode())
-    with open(p, "rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        if st.st_size > _FINGERPRINT_BYTES:
-            f.seek(max(_FINGERPRINT_BYTES, st.st_size - _FINGERPRINT_BYTES))
-            digest.update(f.read(_FINGERPRINT_BYTES))
+    folder = dicom_folder(p)
+    if folder is None:
+        st = p.stat()
+        digest = hashlib.sha256()
+        _fingerprint(digest, p, st.st_size)
+        size, mtime = st.st_size, st.st_mtime
+    else:
+        p, digest, size, mtime = folder, hashlib.sha256(), 0, 0.0
+        for f in dicom_files(folder):
+            st = f.stat()
+            digest.update(f.name.encode() + b"\0")
+            _fingerprint(digest, f, st.st_size)
+            size, mtime = size + st.st_size, max(mtime, st.st_mtime)
     return {
         "path": str(p),
-        "size": st.st_size,
-        "mtime": st.st_mtime,
+        "size": size,
+        "mtime": mtime,
         "fingerprint": digest.hexdigest()[:32],
     }
+
+
+def _fingerprint(digest: Any, path: Path, size: int) -> None:
+    """Feed ``size`` and the first and last MiB of the file at ``path`` to ``digest``."""
+    digest.update(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+            digest.update(f.read(_FINGERPRINT_BYTES))
 
 
 def now_iso() -> str:

@@ -4,19 +4,29 @@ Each task opens the slide itself (one cached handle per worker process), reads i
 tiles, computes their QC, and writes its own Zarr chunk; no pixels pass through the
 scheduler. ``tiles/done`` is written last per chunk, and the stage record last of all,
 so a killed run resumes where it stopped and never trusts a half-written chunk.
+
+A task reads by region, not tile by tile: the tiles of a chunk that touch along a grid
+row are read as one strip of the level (``plan_regions``, at most
+``ReadOptions.max_region_px`` level pixels each) by a few reader threads, and cut out
+in memory, so no source tile of a strip is decoded twice. Where a reader cannot promise
+that a cut equals a read of the tile alone (``Slide.exact_region_reads``), each tile
+is read on its own, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import logging
 import math
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +36,209 @@ import numpy as np
 from wsi import store as st
 from wsi.codecs import CODECS
 from wsi.config import TilingConfig
-from wsi.errors import NoTissueError, OutputFullError, StoreError, WsiError
+from wsi.errors import (
+    ConfigError,
+    NoTissueError,
+    OutputFullError,
+    SlideReadError,
+    StoreError,
+    WsiError,
+)
 from wsi.grid import TileGrid, make_grid
 from wsi.progress import progress_reporter
 from wsi.qc import QC_COLUMNS, tile_qc
 from wsi.slide import open_slide, tile_backend
-from wsi.slide.base import LevelChoice, Slide
+from wsi.slide.base import LevelChoice, Slide, resize_rgb
 from wsi.store import params_hash
 from wsi.tissue import TissueMask, detect_tissue
 
-__all__ = ["tile_slide", "NoTissueError", "ChunkJob", "tile_chunk", "peak_rss", "STAGE"]
+__all__ = [
+    "tile_slide",
+    "NoTissueError",
+    "ReadOptions",
+    "Region",
+    "plan_regions",
+    "read_tiles",
+    "ChunkJob",
+    "tile_chunk",
+    "peak_rss",
+    "STAGE",
+]
 
 log = logging.getLogger(__name__)
 
 STAGE = st.TILES
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How chunk tasks read their tiles. It never changes a pixel, so it is not a parameter
+    of the stage (re-running with other options is a no-op).
+
+    ``by_region``: read the strips of ``plan_regions`` and cut the tiles out (False: one
+    read per tile, the path before 2026-12; kept for benchmarks). ``threads``: reader
+    threads per task; None: the cores each worker task has (``os.sched_getaffinity``
+    divided by the tasks that run at once on that machine: ``reader_threads``), at least
+    1. ``max_region_px``: the most level pixels one read may cover (a longer strip is
+    split); a strip takes up to about 16 bytes per pixel while OpenSlide's RGBA becomes
+    RGB, so a task holds at most about ``threads * max_region_px * 16`` bytes of strips
+    (32 MiB per thread by default) besides its chunk of tiles.
+    """
+
+    by_region: bool = True
+    threads: int | None = None
+    max_region_px: int = 2**21
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and not 1 <= self.threads <= 64:
+            raise ConfigError(f"ReadOptions.threads must be 1..64 or None, got {self.threads}")
+        if self.max_region_px < 1:
+            raise ConfigError(
+                f"ReadOptions.max_region_px must be positive, got {self.max_region_px}"
+            )
+
+
+@dataclass(frozen=True)
+class Region:
+    """One read: ``size`` = (w, h) pixels of the level at level-0 ``location`` = (x, y),
+    and the tiles cut from it: (index in the chunk, x, y offset in pixels of the level)."""
+
+    location: tuple[int, int]
+    size: tuple[int, int]
+    tiles: tuple[tuple[int, int, int], ...]
+
+
+def plan_regions(
+    coords: np.ndarray, src_px: int, level_downsample: float, max_region_px: int
+) -> list[Region]:
+    """The reads that cover tiles of ``src_px`` level pixels at level-0 ``coords`` (n, 2).
+
+    Tiles of one grid row that touch or overlap (row-major, as ``make_grid`` orders them)
+    share one strip ``src_px`` high and at most ``max(src_px, max_region_px // src_px)``
+    wide; a gap between tiles starts a new strip, because reading a gap costs more than
+    decoding the source tiles at its two edges again. A tile whose origin is not a whole
+    pixel of the level is read on its own (a cut could not place it exactly), and so is
+    every tile when ``max_region_px`` is 0. Returns the regions in the tiles' order.
+    """
+    ds = float(level_downsample)
+    max_w = max(src_px, max_region_px // src_px) if max_region_px > 0 else 0
+    regions: list[Region] = []
+    run: list[tuple[int, int, int]] = []  # (index, level x, level y) of the open strip
+    origin = (0, 0)
+
+    def close() -> None:
+        if run:
+            x0 = run[0][1]
+            width = run[-1][1] + src_px - x0
+            cuts = tuple((i, lx - x0, 0) for i, lx, _ in run)
+            regions.append(Region(origin, (width, src_px), cuts))
+            run.clear()
+
+    for i, (x, y) in enumerate(np.asarray(coords).tolist()):
+        lx, ly = x / ds, y / ds
+        whole = lx == int(lx) and ly == int(ly)
+        if not whole or max_w == 0:
+            close()
+            size = (src_px, src_px)
+            regions.append(Region((int(x), int(y)), size, ((i, 0, 0),)))
+            continue
+        lx, ly = int(lx), int(ly)
+        if run:
+            last_x, last_y = run[-1][1], run[-1][2]
+            touches = ly == last_y and last_x <= lx <= last_x + src_px
+            if not touches or lx + src_px - run[0][1] > max_w:
+                close()
+        if not run:
+            origin = (int(x), int(y))
+        run.append((i, lx, ly))
+    close()
+    return regions
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _reader_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` reader threads (never one made before a fork)."""
+    key = (os.getpid(), threads)
+    with _CACHE_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="wsi-read")
+        return pool
+
+
+def reader_threads(tasks_per_machine: int = 1) -> int:
+    """Reader threads per task when ``ReadOptions.threads`` is None: the cores this process
+    may use, shared by the ``tasks_per_machine`` tasks that run at once, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, tasks_per_machine))
+
+
+def read_tiles(
+    slide: Slide,
+    coords: np.ndarray,
+    tile_size: int,
+    choice: LevelChoice,
+    options: ReadOptions | None = None,
+) -> np.ndarray:
+    """The tiles at level-0 ``coords`` (n, 2): uint8 (n, tile_size, tile_size, 3) RGB.
+
+    Each tile has exactly the pixels of ``slide.read_scaled((x, y), (tile_size,
+    tile_size), choice)``: where the reader promises exact cuts
+    (``slide.exact_region_reads``) the tiles are cut from the strips of ``plan_regions``
+    (and resized from there, as ``read_scaled`` resizes), read by ``options.threads``
+    threads; otherwise one read per tile. A failed read raises its ``SlideReadError``
+    (naming the file) once the reads in flight have stopped; no tile is returned.
+    """
+    options = options or ReadOptions()
+    n = len(coords)
+    tiles = np.empty((n, tile_size, tile_size, 3), dtype=np.uint8)
+    if n == 0:
+        return tiles
+    scale = choice.scale
+    src = tile_size if scale == 1.0 else max(1, round(tile_size * scale))
+    exact = options.by_region and slide.exact_region_reads(choice.level)
+    plan = plan_regions(coords, src, choice.level_downsample, options.max_region_px if exact else 0)
+
+    def read(region: Region) -> None:
+        pixels = slide.read_level_region(region.location, choice.level, region.size)
+        for i, ox, oy in region.tiles:
+            cut = pixels[oy : oy + src, ox : ox + src]
+            tiles[i] = (
+                cut
+                if scale == 1.0
+                else resize_rgb(np.ascontiguousarray(cut), (tile_size, tile_size))
+            )
+
+    threads = options.threads or reader_threads()
+    if threads == 1 or len(plan) == 1:
+        for region in plan:
+            read(region)
+        return tiles
+    pool = _reader_pool(threads)
+    pending: deque[Future[None]] = deque()
+    todo = iter(plan)
+    try:
+        # at most ``threads`` reads in flight, so strips in memory stay bounded
+        for region in itertools.islice(todo, threads):
+            pending.append(pool.submit(read, region))
+        while pending:
+            pending.popleft().result()  # in plan order: the first bad region is raised
+            region_left = next(todo, None)
+            if region_left is not None:
+                pending.append(pool.submit(read, region_left))
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        for fut in pending:  # let reads in flight finish before the caller moves on
+            if not fut.cancelled():
+                fut.exception()
+        raise
+    return tiles
 
 
 @dataclass(frozen=True)
@@ -56,6 +255,8 @@ class ChunkJob:
     tile_size: int
     choice: LevelChoice
     run_id: str  #: identity of this layout of the store: cached array handles never outlive it
+    reading: ReadOptions = ReadOptions()
+    tasks_per_machine: int = 1  #: tasks run at once on a worker's machine (reader threads)
 
     def __repr__(self) -> str:
         return (
@@ -65,7 +266,7 @@ class ChunkJob:
 
 # -- worker side ------------------------------------------------------------------------
 
-_SLIDES: dict[tuple[str, int, int, float | None, str], Slide] = {}
+_SLIDES: dict[tuple[int, str, int, int, float | None, str], Slide] = {}
 _ARRAYS: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 _MAX_CACHED = 4
 # workers of an existing cluster may run several task threads; an evicted handle is only
@@ -73,9 +274,15 @@ _MAX_CACHED = 4
 _CACHE_LOCK = threading.Lock()
 
 
+def _slide_key(
+    path: str, mpp: float | None, backend: str
+) -> tuple[int, str, int, int, float | None, str]:
+    stat = os.stat(path)  # a replaced file gets a new handle; a forked process its own
+    return (os.getpid(), path, stat.st_size, stat.st_mtime_ns, mpp, backend)
+
+
 def _worker_slide(path: str, mpp: float | None, backend: str) -> Slide:
-    stat = os.stat(path)  # a replaced file gets a new handle
-    key = (path, stat.st_size, stat.st_mtime_ns, mpp, backend)
+    key = _slide_key(path, mpp, backend)
     with _CACHE_LOCK:
         slide = _SLIDES.get(key)
         if slide is None:
@@ -105,10 +312,19 @@ def _worker_arrays(store_path: str, run_id: str) -> tuple[Any, Any, Any]:
 def tile_chunk(job: ChunkJob) -> dict[str, Any]:
     """Run one chunk job in this process; returns small counts for the driver."""
     slide = _worker_slide(job.slide_path, job.mpp_override, job.backend)
-    n, size = len(job.coords), job.tile_size
-    tiles = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i, (x, y) in enumerate(job.coords):
-        tiles[i] = slide.read_scaled((int(x), int(y)), (size, size), job.choice)
+    n = len(job.coords)
+    try:
+        reading = job.reading
+        if reading.threads is None:
+            reading = dataclasses.replace(reading, threads=reader_threads(job.tasks_per_machine))
+        tiles = read_tiles(slide, job.coords, job.tile_size, job.choice, reading)
+    except SlideReadError:
+        # OpenSlide refuses every later read of a handle that failed once: let a retry
+        # of this chunk in this process open the slide again
+        with _CACHE_LOCK:
+            for key in [k for k, v in _SLIDES.items() if v is slide]:
+                del _SLIDES[key]
+        raise
     qc = tile_qc(tiles)
     pixels, qc_arr, done = _worker_arrays(job.store_path, job.run_id)
     pixels[job.start : job.start + n] = tiles
@@ -267,6 +483,21 @@ def _existing_store(
     return group, state
 
 
+def _tasks_per_machine(client: Any) -> int:
+    """The most tasks a cluster runs at once on one machine (its workers' threads there)."""
+    if client is None:
+        return 1
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # distributed before the n_workers argument lists every worker
+        workers = client.scheduler_info().get("workers", {})
+    per_host: dict[str, int] = {}
+    for info in workers.values():
+        host = str(info.get("host", ""))
+        per_host[host] = per_host.get(host, 0) + int(info.get("nthreads", 1))
+    return max(per_host.values(), default=1)
+
+
 def _run_jobs(
     jobs: list[ChunkJob], client: Any, update: Callable[[int], None]
 ) -> list[dict[str, Any]]:
@@ -305,6 +536,7 @@ def tile_slide(
     overwrite: bool = False,
     progress: bool | None = None,
     slide_id: str | None = None,
+    reading: ReadOptions | None = None,
 ) -> Path:
     """Tile one slide into ``<out_dir>/<slide_id>.zarr`` and return the store path.
 
@@ -344,6 +576,8 @@ def tile_slide(
         slide_id: names the store and is what reports show (e.g. a manifest's
             pseudonymous id); None (or empty): the file name without its extension
             (``s1.svs`` -> ``s1``, ``s1.ome.tiff`` -> ``s1``).
+        reading: how tasks read (``ReadOptions``: strips or tile by tile, reader threads,
+            strip size); None: ``ReadOptions()``. The tiles are the same either way.
 
     Returns:
         The store folder, ``Path(out_dir) / f"{slide_id}.zarr"``.
@@ -380,7 +614,9 @@ def tile_slide(
     sid = st.check_slide_id(slide_id) if slide_id is not None else st.slide_id_for(slide_path)
     store_path = st.store_path(out, sid)
     with st.store_lock(store_path):  # one writer per store; a second is refused
-        return _tile_locked(slide_path, store_path, sid, config, mpp, client, overwrite, progress)
+        return _tile_locked(
+            slide_path, store_path, sid, config, mpp, client, overwrite, progress, reading
+        )
 
 
 def _tile_locked(
@@ -392,6 +628,7 @@ def _tile_locked(
     client: Any,
     overwrite: bool,
     progress: bool | None,
+    reading: ReadOptions | None,
 ) -> Path:
     with open_slide(slide_path, mpp=mpp, backend="openslide") as slide:
         _ = slide.mpp  # no resolution: stop here, before anything is written
@@ -446,6 +683,7 @@ def _tile_locked(
     coords = np.asarray(group[st.TILES_COORDS][:])
     done = np.asarray(group[st.TILES_DONE][:])
     k = config.chunk_tiles
+    tasks = _tasks_per_machine(client)
     jobs = [
         ChunkJob(
             str(slide_path.resolve()),
@@ -458,6 +696,8 @@ def _tile_locked(
             config.tile_size,
             choice,
             run_id,
+            reading or ReadOptions(),
+            tasks,
         )
         for c in range(len(done))
         if not done[c]

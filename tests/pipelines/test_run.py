@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.cli import main
@@ -496,3 +497,42 @@ def test_a_patient_level_model_reads_each_patients_slides_as_one_bag(predicted, 
         for s in by_patient[p]:
             html = (out / "reports" / f"{s}.html").read_text()
             assert "A patient-level call" in html and p not in html  # slide ids only
+
+
+def test_a_folder_of_dicom_slides(predicted, dicom_svs, dicom_synthetic, tmp_path):
+    """A folder of DICOM slides, each a folder of .dcm files, and a loose .dcm file of
+    one of them: each slide is found and done once, under its folder's name; its store
+    and report hold nothing of its label, overview (macro) or patient."""
+    import openslide
+
+    from tests.conftest import DICOM_PATIENT, data_images, looks_like
+
+    root, _, _ = predicted
+    cohort = tmp_path / "cohort"
+    a = shutil.copytree(dicom_svs, cohort / "case_a")
+    b = shutil.copytree(dicom_synthetic, cohort / "case_b")
+    (cohort / "notes.txt").write_text("not a slide")
+    loose = sorted(b.glob("*.dcm"))[0]
+    for entries in ([cohort, loose], [cohort / "**" / "*.dcm"], [cohort / "case_*"]):
+        jobs = resolve_slides(RunConfig(out="o", model="m", slides=tuple(map(str, entries))))
+        claimed = [job for job, msg in claim_ids(jobs) if msg is None]
+        assert [(j.slide_id, j.path) for j in claimed] == [("case_a", a), ("case_b", b)]
+        assert len(claim_ids(jobs)) == 2  # the loose file is its folder's slide, once
+
+    out = tmp_path / "run"
+    run = RunConfig(out=str(out), model=str(root / "abmil"), slides=(str(cohort), str(loose)))
+    result = run_job(run, ClusterConfig(n_workers=1), report=NO_PDF, progress=False)
+    assert result.exit_code == 0, result.slides
+    assert [(s["slide_id"], s["status"]) for s in result.slides] == [
+        ("case_a", "ok"), ("case_b", "ok")
+    ]  # fmt: skip
+    with openslide.OpenSlide(str(next(a.glob("*.dcm")))) as osr:
+        hidden = [np.asarray(osr.associated_images[k].convert("RGB")) for k in ("label", "macro")]
+    store_text = "".join(p.read_text() for p in (out / "stores").rglob("zarr.json"))
+    html = (out / "reports" / "case_a.html").read_text()
+    for secret in (*DICOM_PATIENT, "PatientName", "PatientID"):
+        assert secret not in store_text and secret not in html, secret
+    assert "label" not in html and "macro" not in html
+    images = data_images(html)
+    assert len(images) > 2  # the thumbnail and tiles
+    assert not any(looks_like(img, h) for img in images for h in hidden)

@@ -1,15 +1,33 @@
-"""The contract every slide backend passes, on real slides."""
+"""The contract every slide backend passes, on real slides: the Aperio SVS, the generic
+pyramidal TIFF, and the SVS converted to DICOM (a folder of .dcm files)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import wsi
+from tests.conftest import PYRAMID, SVS, need
 from wsi.slide import open_slide
 
+#: (slide, backend) of the contract; libvips does not decode DICOM: it refuses it
+#: (tests/slide/test_dicom.py), and DICOM slides are read through OpenSlide.
+CASES = [("svs", "openslide"), ("svs", "pyvips"), ("pyramid", "openslide"),
+         ("pyramid", "pyvips"), ("dicom", "openslide")]  # fmt: skip
 
-def test_metadata(real_slide, backend):
+
+@pytest.fixture(params=CASES, ids=[f"{name}-{backend}" for name, backend in CASES])
+def slide_backend(request: pytest.FixtureRequest) -> tuple[Path, str]:
+    name, backend = request.param
+    if name == "dicom":
+        return request.getfixturevalue("dicom_svs"), backend
+    return need(SVS if name == "svs" else PYRAMID), backend
+
+
+def test_metadata(slide_backend):
+    real_slide, backend = slide_backend
     with open_slide(real_slide, backend=backend) as s:
         assert s.backend == backend
         assert s.dimensions == (2220, 2967)
@@ -34,7 +52,8 @@ def test_mpp_source_and_associated_images(svs, pyramid):
         assert (s.mpp.x, s.mpp.source) == (0.25, "override")
 
 
-def test_read_region_by_level(real_slide, backend):
+def test_read_region_by_level(slide_backend):
+    real_slide, backend = slide_backend
     with open_slide(real_slide, backend=backend) as s:
         for level in range(s.level_count):
             px = s.read_region((1000, 1500), (300, 200), level=level)
@@ -50,7 +69,8 @@ def test_backends_agree_at_level_0(real_slide):
             assert np.array_equal(x, y)
 
 
-def test_outside_the_slide_is_white(real_slide, backend):
+def test_outside_the_slide_is_white(slide_backend):
+    real_slide, backend = slide_backend
     with open_slide(real_slide, backend=backend) as s:
         w, h = s.dimensions
         px = s.read_region((w - 50, h - 50), (100, 100), level=0)
@@ -70,7 +90,8 @@ def test_read_region_by_mpp_picks_coarser_level(pyramid, backend):
         assert s.read_region((100, 100), (64, 32), mpp=1.5).shape == (32, 64, 3)
 
 
-def test_thumbnail(real_slide, backend):
+def test_thumbnail(slide_backend):
+    real_slide, backend = slide_backend
     with open_slide(real_slide, backend=backend) as s:
         t = s.thumbnail(300)
         assert max(t.shape[:2]) <= 300 and min(t.shape[:2]) > 200

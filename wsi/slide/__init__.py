@@ -12,6 +12,7 @@ from typing import cast
 
 from wsi.errors import ConfigError, SlideNotFoundError, SlideOpenError
 from wsi.slide.base import LevelChoice, Slide, SlideInfo
+from wsi.slide.dicom import dicom_folder
 from wsi.slide.mpp import Mpp, check_mpp
 
 __all__ = [
@@ -69,7 +70,9 @@ def open_slide(
     white. The slide holds a file handle: close it, or use it as a context manager.
 
     Args:
-        path: the slide file (SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM, tiled TIFF ...).
+        path: the slide file (SVS, NDPI, MRXS, SCN, Philips TIFF, tiled TIFF ...), or a
+            DICOM slide: the folder of its ``.dcm`` files, or any one of them (the slide's
+            ``path`` is then the folder; ``wsi.slide.dicom``).
         mpp: level-0 resolution in micrometres per pixel, the same for x and y; it
             overrides what the file states (for slides whose metadata lacks it, or states
             it wrongly) and is recorded with source ``"override"``. None: read it from the
@@ -86,8 +89,10 @@ def open_slide(
 
     Raises:
         SlideNotFoundError: ``path`` does not exist.
-        SlideOpenError: ``path`` is a directory, an empty file, not a slide format the
-            backend can read, or corrupt or truncated.
+        SlideOpenError: ``path`` is a folder without ``.dcm`` files, an empty file, not a
+            slide format the backend can read, or corrupt or truncated; a DICOM folder
+            holds two slides' files or lacks the full-resolution level; ``"pyvips"`` is
+            asked to read DICOM.
         MppError: ``mpp`` is given but not a number between 0.05 and 20 µm/px. A slide
             without a (plausible) stated resolution still opens: ``slide.mpp`` raises
             ``MppError`` when it is first asked for (``slide.has_mpp`` tells beforehand).
@@ -109,9 +114,15 @@ def open_slide(
         raise ConfigError(f"unknown slide backend {backend!r}; choose one of {tuple(BACKENDS)}")
     if not p.exists():
         raise SlideNotFoundError(f"{p}: no such file. Check the path.")
-    if p.is_dir():
-        raise SlideOpenError(f"{p}: is a directory, not a slide file.")
-    if p.stat().st_size == 0:
+    folder = dicom_folder(p)
+    if folder is not None:  # a DICOM slide: the folder of its .dcm files is the slide
+        p = folder
+    elif p.is_dir():
+        raise SlideOpenError(
+            f"{p}: is a folder with no DICOM (.dcm) files, not a slide. Give a slide file, "
+            "or a folder that holds the .dcm files of one DICOM slide."
+        )
+    elif p.stat().st_size == 0:
         raise SlideOpenError(f"{p}: the file is empty (0 bytes). Re-copy it from the scanner.")
     override = None if mpp is None else Mpp(check_mpp(mpp, p), check_mpp(mpp, p), "override")
     return BACKENDS[backend].opener()(p, override)

@@ -163,6 +163,13 @@ class Slide(ABC):
             raise ValueError(f"size must be positive, got {size}")
         return self._read_level((int(location[0]), int(location[1])), level, (int(w), int(h)))
 
+    def exact_region_reads(self, level: int) -> bool:
+        """Whether pixels cut from a read of ``level`` at a whole-pixel offset are exactly
+        the pixels of reading just that part (what ``wsi.tiling`` needs to cut tiles from
+        strips). False unless a backend knows its reads are plain copies of decoded pixels.
+        """
+        return False
+
     def choose_level(self, downsample: float) -> LevelChoice:
         """Best level at or finer than ``downsample`` (level-0 pixels per output pixel)."""
         if downsample <= 0:

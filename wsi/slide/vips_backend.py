@@ -37,6 +37,12 @@ class VipsSlide(OpenSlideSlide):
 
     def __init__(self, path: Path, mpp_override: Mpp | None = None) -> None:
         super().__init__(path, mpp_override)
+        if self.vendor == "dicom":
+            self.close()
+            raise SlideOpenError(
+                f"{path}: a DICOM slide; libvips does not decode DICOM. Use "
+                "backend='openslide' (the default; `--backend openslide`)."
+            )
         pyvips = import_pyvips()
         self._pages: list[Any] = []
         self._local = threading.local()  # a libvips Region must not be shared by threads
