@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from wsi.errors import WsiError
+from wsi.errors import ConfigError, WsiError
 from wsi.mil.tasks import KINDS
 
 __all__ = ["main"]
@@ -135,6 +135,9 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
         rows.append(
             {
                 **spec.summary(),
+                "pooling": spec.pooling,
+                "layout": spec.layout,
+                "gated": spec.gated,
                 "description": spec.description,
                 "weights": str(path) if path else None,
                 "how_to_get_weights": None if path else where_to_put(spec),
@@ -143,14 +146,35 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not args.long:
+        width = max(len(r["name"]) for r in rows)
+        print(f"{'name':<{width}}  {'dim':>5}  input  gated  weights  licence")
+        for r in rows:
+            size = r["preprocessing"]["input_size"]
+            print(
+                f"{r['name']:<{width}}  {r['feature_dim']:>5}  {size:>5}"
+                f"  {'yes' if r['gated'] else 'no':<5}  {'here' if r['weights'] else '-':<7}"
+                f"  {r['licence'].split(' (')[0]}"
+            )
+        here = sum(bool(r["weights"]) for r in rows)
+        print(
+            f"{len(rows)} encoders, weights for {here} on this machine. `wsi encoders --long` "
+            "says where each one's weights go; any timm architecture name also works as "
+            "--encoder NAME --weights PATH."
+        )
+        return 0
     for row in rows:
         pre = row["preprocessing"]
+        crop = (
+            f", resized to {pre['resize_size']} then centre-cropped" if "resize_size" in pre else ""
+        )
         print(f"{row['name']}  ({row['architecture']}, {row['feature_dim']}-d)")
         print(f"  {row['description']}")
         print(
-            f"  input {pre['input_size']} px, mean {pre['mean']}, std {pre['std']}; "
-            f"licence {row['licence'] or '-'}"
+            f"  input {pre['input_size']} px{crop} ({pre['interpolation']}), mean {pre['mean']}, "
+            f"std {pre['std']}; embedding: {row['pooling']}; checkpoint layout: {row['layout']}"
         )
+        print(f"  licence {row['licence'] or '-'}; {'gated' if row['gated'] else 'not gated'}")
         print(f"  weights: {row['weights'] or 'not on this machine. ' + row['how_to_get_weights']}")
     print("Any timm architecture name also works as --encoder NAME --weights PATH.")
     return 0
@@ -161,12 +185,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from pipelines.tasks import embed_stores, print_results
     from wsi.config import EmbedConfig
 
+    names = args.encoder or []
+    weights, by_name = _weights_options(args.weights or [])
     config = load_job_section(
         args.config,
         "embed",
         EmbedConfig,
-        encoder=args.encoder,
-        weights=args.weights,
+        encoder=names[0] if names else None,
+        # one --encoder replaces a config file's list; several make the list
+        encoders=(names if len(names) > 1 else []) if names else None,
+        weights=weights,
+        encoder_weights=by_name,
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
@@ -179,7 +208,31 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     results = embed_stores(args.stores, config, overwrite=args.overwrite, progress=progress)
     ok = sum(r.status == "ok" for r in results)
-    return print_results(f"embedded {ok} of {len(results)} store(s) with {config.encoder}", results)
+    used = ", ".join(config.names)
+    return print_results(f"embedded {ok} of {len(results)} store(s) with {used}", results)
+
+
+def _weights_options(values: Sequence[str]) -> tuple[str | None, dict[str, str] | None]:
+    """``--weights`` values as (one weight file, files by encoder name): ``NAME=PATH``
+    where the text before ``=`` is a name (no path separator) and the whole value is no
+    existing file; ConfigError for two plain files."""
+    plain: list[str] = []
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, eq, path = value.partition("=")
+        if eq and name and path and not any(c in name for c in "/\\") and not os.path.exists(value):
+            if name in pairs:
+                raise ConfigError(f"--weights {value}: {name} is given weights twice")
+            pairs[name] = path
+        else:
+            plain.append(value)
+    if len(plain) > 1:
+        raise ConfigError(
+            f"--weights given {len(plain)} plain files ({', '.join(plain)}): which encoder "
+            "takes which is ambiguous. Give NAME=PATH for each (--weights uni=PATH "
+            "--weights conch_v1_5=PATH)."
+        )
+    return (plain[0] if plain else None), (pairs or None)
 
 
 def _cmd_stain_target(args: argparse.Namespace) -> int:
@@ -434,13 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.config import mpp_arg
 
     p = sub.add_parser("info", help="print slide metadata")
-    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("slides", nargs="+", help="slide files, or DICOM slide folders (.dcm)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--mpp", type=mpp_arg, help="override the level-0 mpp")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("tile", help="tile slides into per-slide Zarr stores")
-    p.add_argument("slides", nargs="+", help="slide files")
+    p.add_argument("slides", nargs="+", help="slide files, or DICOM slide folders (.dcm)")
     p.add_argument("--out", required=True, help="output folder for <slide_id>.zarr stores")
     _add_tiling_options(p)
     add_wait_option(p)
@@ -448,14 +501,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encoders", help="list registered encoders and whether weights are here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--long", action="store_true", help="every entry's contract and where its weights go"
+    )
     p.set_defaults(func=_cmd_encoders)
 
-    p = sub.add_parser("embed", help="embed the tiles of stores with a frozen encoder")
+    p = sub.add_parser("embed", help="embed the tiles of stores with frozen encoders")
     p.add_argument("stores", nargs="+", help="slide stores (<slide_id>.zarr) made by `wsi tile`")
     p.add_argument(
-        "--encoder", help="registered name or timm architecture (default efficientnet_lite0)"
+        "--encoder",
+        action="append",
+        help="registered name or timm architecture (default efficientnet_lite0); repeat it "
+        "to embed with several in one pass, each tile batch read once",
     )
-    p.add_argument("--weights", help="local weight file (.safetensors or a torch state dict)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        help="local weight file (.safetensors or a torch state dict); with several "
+        "encoders NAME=PATH, once per encoder",
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(
         "--precision",

@@ -115,11 +115,18 @@ def run_job(
     model = load_model(run.model)  # a missing or damaged model stops the run here
     encoder = model.card["encoder"]["name"]
     embed = embed or EmbedConfig(encoder=encoder)
-    if embed.encoder != encoder:
-        raise ConfigError(
-            f"embed.encoder is {embed.encoder!r} but the model {run.model} was trained on "
-            f"{encoder!r} features; use its encoder (or leave the embed section out)."
+    if embed.names != (encoder,):
+        which = (
+            f"embed.encoders are {list(embed.names)}"
+            if len(embed.names) > 1
+            else f"embed.encoder is {embed.names[0]!r}"
         )
+        raise ConfigError(
+            f"{which} but the model {run.model} was trained on {encoder!r} features; use "
+            "its encoder (or leave the embed section out). `wsi run` embeds with the "
+            "model's encoder only: embed others with `wsi embed --encoder`."
+        )
+    embed = embed.for_encoder(encoder)  # the one-encoder form: weights, no list
     _check_weights(embed, model, run.model, local=cluster.scheduler is None)
     if report.pdf:
         check_pdf()
@@ -132,7 +139,12 @@ def run_job(
         finish=tasks.Finish(str(Path(run.model).resolve()), model_id, str(out), heatmap, report),
         parts={
             "tiling": dataclasses.asdict(tiling),
-            "embed": dataclasses.asdict(embed),
+            # the pass keys (empty here) stay out: keys of earlier runs stay the same
+            "embed": {
+                k: v
+                for k, v in dataclasses.asdict(embed).items()
+                if k not in ("encoders", "encoder_weights")
+            },
             "heatmap": dataclasses.asdict(heatmap),
             "report": dataclasses.asdict(report),
         },

@@ -141,14 +141,16 @@ class _Cache:
         self.tables: dict[str, OrderedDict[Hashable, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, table: str, key: Hashable, load: Callable[[], Any]) -> Any:
+    def get(self, table: str, key: Hashable, load: Callable[[], Any], keep: int = _KEEP) -> Any:
+        """The value of ``key``, loaded if missing; the table keeps the ``keep`` most
+        recently used (at least ``_KEEP``)."""
         with self._lock:
             values = self.tables.setdefault(table, OrderedDict())
             if key in values:
                 values.move_to_end(key)
                 return values[key]
             value = values[key] = load()
-            while len(values) > _KEEP:
+            while len(values) > max(keep, _KEEP):
                 values.popitem(last=False)
             return value
 
@@ -167,8 +169,9 @@ def _stamp(path: str | None) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def cached_encoder(config: EmbedConfig) -> Any:
-    """The encoder of ``config`` (``wsi.load_encoder``), loaded once per process."""
+def cached_encoder(config: EmbedConfig, keep: int = _KEEP) -> Any:
+    """The encoder of one-encoder ``config`` (``wsi.load_encoder``), loaded once per
+    process; ``keep``: how many encoders the cache holds (those of a whole pass)."""
     from wsi.encoders import load_encoder
 
     key = (config.encoder, config.weights, _stamp(config.weights), config.device,
@@ -181,8 +184,14 @@ def cached_encoder(config: EmbedConfig) -> Any:
             weights=config.weights,
             device=config.device,
             precision=config.precision,
-        ),  # fmt: skip
+        ),
+        keep,
     )
+
+
+def _needed(store: str | Path, config: EmbedConfig) -> list[EmbedConfig]:
+    """The one-encoder configs of ``config``'s pass whose features ``store`` lacks."""
+    return [c for c in map(config.for_encoder, config.names) if not _is_embedded(store, c)]
 
 
 def cached_model(folder: str | Path, model_id: str | None = None) -> Any:
@@ -270,11 +279,14 @@ def _is_embedded(store: str | Path, config: EmbedConfig) -> bool:
 def embed_task(
     store: str | Path, config: EmbedConfig, *, overwrite: bool = False, progress: bool | None = None
 ) -> Path:
-    """Embed ``store``'s tiles with the cached encoder (none is loaded when they are done)."""
+    """Embed ``store``'s tiles with the cached encoder(s) of ``config``, all in one pass
+    (none is loaded for features that are done)."""
     from wsi.embed import embed_store
 
-    encoder = None if _is_embedded(store, config) else cached_encoder(config)
-    return embed_store(store, config, encoder=encoder, overwrite=overwrite, progress=progress)
+    keep = len(config.names)
+    encoders = [cached_encoder(c, keep) for c in _needed(store, config)]
+    return embed_store(store, config, encoders=encoders or None, overwrite=overwrite,
+                       progress=progress)  # fmt: skip
 
 
 def predict_task(
@@ -425,17 +437,19 @@ def embed_stores(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> list[ItemResult]:
-    """Embed each store's tiles; the encoder is loaded once, for the first store needing it.
+    """Embed each store's tiles with every encoder of ``config`` (``config.names``, in one
+    pass per store); each encoder is loaded once, for the first store needing it.
 
-    Stores already embedded with this encoder and weights are skipped without loading
-    it. A missing weight file or an unknown encoder stops the batch at once (it would
-    fail for every store); an error of one store is logged and the others go on.
+    Features already embedded with an encoder and its weights are skipped without
+    loading it. A missing weight file or an unknown encoder stops the batch at once (it
+    would fail for every store); an error of one store is logged and the others go on.
     """
     embed = partial(embed_task, config=config, overwrite=overwrite, progress=progress)
+    keep = len(config.names)
     results = []
     for store in stores:
-        if not _is_embedded(store, config):
-            cached_encoder(config)  # here, outside run_item: a bad encoder stops the batch
+        for one in _needed(store, config):
+            cached_encoder(one, keep)  # here, outside run_item: a bad encoder stops the batch
         results.append(run_item(store, embed))
     return results
 

@@ -10,8 +10,8 @@ naming ``<section>.<field>``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -162,6 +162,14 @@ class EmbedConfig:
     (``stain_jitter``: the scale range of each stain) are embedded beside the tiles, for
     stain augmentation in training (``TrainConfig.stain_augment``).
 
+    ``encoders`` names several encoders embedded in one pass (each tile batch is read and
+    decoded once and fed to each; ``names`` is the pass, ``encoders`` or else
+    ``(encoder,)``); ``encoder`` is then left at its default or is one of them. One
+    ``weights`` file is for one encoder only; with several, ``encoder_weights`` maps
+    names to files (``--weights NAME=PATH``). Every other key (device, precision, batch
+    size, dtype, loaders, stain options) applies to every encoder of the pass, and each
+    encoder's features keep the identity they would have alone (``for_encoder``).
+
     Raises ``ConfigError`` naming ``embed.<field>`` for a value of the wrong type or out
     of range.
 
@@ -170,6 +178,10 @@ class EmbedConfig:
         config = EmbedConfig(encoder="uni", weights="weights/uni/pytorch_model.bin",
                              device="cuda:0", dtype="float16")
         wsi.embed_store("stores/s1.zarr", config)
+
+        both = EmbedConfig(encoders=("uni", "resnet50_trunc"), device="cuda",
+                           encoder_weights={"uni": "weights/uni/pytorch_model.bin"})
+        wsi.embed_store("stores/s1.zarr", both)    # features/uni and features/resnet50_trunc
     """
 
     encoder: str = "efficientnet_lite0"  #: registered name or timm architecture (`wsi encoders`)
@@ -192,13 +204,22 @@ class EmbedConfig:
     stain_views: int = 0
     #: HED jitter of those views: each stain scaled by 1 + U(-s, s) (Tellez et al. 2018)
     stain_jitter: float = 0.2
+    #: several encoders in one pass (each tile batch read once, fed to each); empty:
+    #: ``encoder`` alone
+    encoders: tuple[str, ...] = ()
+    #: weight files by encoder name (``--weights NAME=PATH``), for a pass of several
+    encoder_weights: dict[str, str] = field(default_factory=dict, metadata=_PATH)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"embed.{name} = {getattr(self, name)!r}: {why}")
 
-        if isinstance(self.stain_views, bool) or not isinstance(self.stain_views, int) or not (
-            0 <= self.stain_views <= 16
+        self._check_encoders(bad)
+
+        if (
+            isinstance(self.stain_views, bool)
+            or not isinstance(self.stain_views, int)
+            or not (0 <= self.stain_views <= 16)
         ):
             raise bad("stain_views", "must be a whole number from 0 to 16")
         if not isinstance(self.stain_jitter, (int, float)) or not 0 < self.stain_jitter <= 1:
@@ -222,6 +243,64 @@ class EmbedConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
             raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def _check_encoders(self, bad: Callable[[str, str], ConfigError]) -> None:
+        if not isinstance(self.encoders, (tuple, list)) or not all(
+            isinstance(e, str) and e for e in self.encoders
+        ):
+            raise bad("encoders", "must be a list of encoder names")
+        object.__setattr__(self, "encoders", tuple(self.encoders))  # a list given in Python
+        if len(set(self.encoders)) != len(self.encoders):
+            raise bad("encoders", "names an encoder twice")
+        default = type(self).__dataclass_fields__["encoder"].default
+        if self.encoders and self.encoder != default and self.encoder not in self.encoders:
+            raise bad(
+                "encoders",
+                f"embed.encoder is {self.encoder!r}, not one of them: list every encoder of "
+                "the pass in embed.encoders (or give embed.encoder alone)",
+            )
+        names = self.names
+        if self.weights is not None and len(names) > 1:
+            raise bad(
+                "weights",
+                f"one weight file for {len(names)} encoders ({', '.join(names)}) is "
+                "ambiguous: give each encoder its own, `--weights NAME=PATH` (repeatable) "
+                "on the command line or `encoder_weights: {NAME: PATH}` in the embed section",
+            )
+        if not isinstance(self.encoder_weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.encoder_weights.items()
+        ):
+            raise bad("encoder_weights", "must map encoder names to weight files")
+        for name in self.encoder_weights:
+            if name not in names:
+                raise bad(
+                    "encoder_weights",
+                    f"{name!r} is not an encoder of this pass ({', '.join(names)}): add it "
+                    "to embed.encoders (--encoder), or drop its weights",
+                )
+        if self.weights is not None and self.encoder_weights:
+            raise bad(
+                "weights",
+                f"embed.encoder_weights gives the weights of {names[0]!r} too: give one",
+            )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The encoders of the pass, in order: ``encoders``, or else ``(encoder,)``."""
+        return self.encoders or (self.encoder,)
+
+    def weights_for(self, name: str) -> str | None:
+        """The weight file given for encoder ``name`` (None: its registered source)."""
+        if name in self.encoder_weights:
+            return self.encoder_weights[name]
+        return self.weights if self.names == (name,) else None
+
+    def for_encoder(self, name: str) -> EmbedConfig:
+        """The one-encoder config of ``name`` in this pass: what embedding it alone would
+        take (its features' identity is the same either way)."""
+        return replace(
+            self, encoder=name, encoders=(), weights=self.weights_for(name), encoder_weights={}
+        )
 
     def loaders_for(self, device_type: str) -> int:
         if self.loader_threads is not None:

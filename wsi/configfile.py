@@ -178,7 +178,12 @@ def _resolve_paths(cls: type[Any], data: dict[Any, Any], base: Path) -> dict[Any
             continue
         value = out[f.name]
         if f.metadata.get("path"):
-            out[f.name] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+            if isinstance(value, list):
+                out[f.name] = [resolve(v) for v in value]
+            elif isinstance(value, dict):  # paths by name (embed.encoder_weights)
+                out[f.name] = {k: resolve(v) for k, v in value.items()}
+            else:
+                out[f.name] = resolve(value)
         elif f.name in nested and isinstance(value, dict):
             out[f.name] = _resolve_paths(nested[f.name], value, base)
     return out

@@ -1,7 +1,8 @@
-"""Embed the tiles of a slide store with a frozen encoder: ``features/<encoder>/``.
+"""Embed the tiles of a slide store with frozen encoders: ``features/<encoder>/``.
 
 Background threads read and decode tile chunks while the model runs, so the model does
-not wait on I/O. Batches are aligned to fixed row ranges (batch ``b`` is rows
+not wait on I/O; with several encoders in one pass each batch is read and decoded once
+and fed to each. Batches are aligned to fixed row ranges (batch ``b`` is rows
 ``b*B .. (b+1)*B``), so a resumed or repeated run feeds the model the very same batches
 and, on a CPU, writes the same bytes. ``done[b]`` is written after batch ``b``'s rows;
 the stage record last of all.
@@ -15,8 +16,9 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,15 +96,19 @@ def _prefetch(
     pin: bool,
     normaliser: Any = None,
     failed: list[int] | None = None,
-) -> Iterator[tuple[int, Any]]:
+    read_log: list[int] | None = None,
+) -> Generator[tuple[int, Any], None, None]:
     """Yield (b, uint8 tiles of batch b) in order, read by ``threads`` background threads
     (stain-normalised where a ``normaliser`` is given; batches with a tile it could not
-    normalise, left as stored, are appended to ``failed``)."""
+    normalise, left as stored, are appended to ``failed``; every batch read and decoded
+    to ``read_log``)."""
 
     def read(b: int) -> Any:
         import torch
 
         arr = np.asarray(pixels[b * size : min((b + 1) * size, n)])
+        if read_log is not None:
+            read_log.append(b)
         if normaliser is not None:
             arr, ok, _ = normaliser.apply_with_status(arr)
             if not ok and failed is not None:
@@ -280,9 +286,9 @@ def fit_stain_target(
 
 def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None) -> bool:
     """True if ``store`` holds complete features that ``embed_store(store, config)`` would
-    keep as they are.
+    keep as they are (of every encoder of ``config.names``).
 
-    That is: the tiles stage is complete, and the features stage of ``config.encoder`` is
+    That is: the tiles stage is complete, and the features stage of each encoder is
     complete with the same encoder contract (architecture, feature dimension, input size
     and normalisation), the same weights (sha256 and file name), the same compute
     precision, the same stored ``dtype`` and the same tiles run. ``batch_size``,
@@ -298,11 +304,11 @@ def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None
 
     Returns:
         True or False; also False where the tiles are not complete or no weight file of
-        ``config.encoder`` is found on this machine.
+        an encoder of the config is found on this machine.
 
     Raises:
         StoreError: ``store`` is not a slide store.
-        UnknownEncoderError: ``config.encoder`` is neither registered nor a timm name.
+        UnknownEncoderError: an encoder is neither registered nor a timm name.
         ConfigError: ``config.device`` asks for CUDA where torch sees no GPU.
 
     Example::
@@ -312,14 +318,21 @@ def is_embedded(store: str | os.PathLike[str], config: EmbedConfig | None = None
         cfg = wsi.EmbedConfig(encoder="efficientnet_lite0", device="cpu")
         todo = [s for s in sorted(Path("stores").glob("*.zarr")) if not is_embedded(s, cfg)]
     """
-    from wsi.encoders.encoder import planned_identity
-
     config = config or EmbedConfig()
     path = Path(store)
     group = st.open_store(path, mode="r")
     tiles = _tiles_record(group)
+    if tiles is None:
+        return False
+    return all(_has_features(group, tiles, config.for_encoder(n)) for n in config.names)
+
+
+def _has_features(group: Any, tiles: dict[str, Any], config: EmbedConfig) -> bool:
+    """Whether ``group`` holds the complete features of one-encoder ``config``."""
+    from wsi.encoders.encoder import planned_identity
+
     identity = planned_identity(config.encoder, config.weights, config.device, config.precision)
-    if tiles is None or identity is None:
+    if identity is None:
         return False
     keys = st.features_keys(config.encoder)
     done = st.stage_entry(group, keys[0])
@@ -333,10 +346,12 @@ def embed_store(
     config: EmbedConfig | None = None,
     *,
     encoder: Any = None,
+    encoders: Sequence[Any] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Embed every tile of ``store`` into ``features/<encoder>/embeddings``; returns the store.
+    """Embed every tile of ``store`` into ``features/<encoder>/embeddings``, for one
+    encoder or several in one pass; returns the store.
 
     Writes ``features/<encoder>/embeddings``, (N, D) in ``config.dtype`` (float32 by
     default), row i the tile at ``tiles/coords[i]``, with the encoder's identity in its
@@ -347,16 +362,27 @@ def embed_store(
     precision, dtype and tiles is a no-op (see ``is_embedded``); features of other
     weights or parameters under the same encoder name are refused unless ``overwrite``.
 
+    With several encoders (``config.encoders``, or ``encoders``) each tile batch is read
+    and decoded once and fed to every encoder that still needs it: each encoder's group,
+    ``done`` flags, attrs and stage record are those it would get alone (the same bytes
+    on a CPU), an encoder whose features are complete is skipped, a half-done one
+    resumes, and a batch every encoder has is not read. An encoder that gives non-finite
+    features is dropped from the pass, the others finish, then its error is raised.
+
     Args:
         store: a slide store whose tiles stage is complete (``wsi.tile_slide``).
-        config: encoder name, weight file, device, precision, batch size (tiles per
+        config: encoder name(s), weight file(s), device, precision, batch size (tiles per
             forward pass), stored dtype and loader threads; None: ``EmbedConfig()``
             (``efficientnet_lite0`` with its packaged ImageNet weights, a GPU if there is
-            one, 64 tiles per batch on a CPU and 256 on a GPU).
+            one, 64 tiles per batch on a CPU and 256 on a GPU). Stain normalisation and
+            views apply to every encoder of the pass.
         encoder: an already loaded ``Encoder`` (``wsi.load_encoder``), to embed many
             stores without reloading it. Its name, weights, device and precision are then
-            used, and ``config``'s ``encoder``, ``weights``, ``device`` and ``precision``
-            are ignored (its batch size, dtype, loader threads and prefetch still apply).
+            used, and ``config``'s ``encoder``, ``encoders``, ``weights``, ``device`` and
+            ``precision`` are ignored (its batch size, dtype, loader threads, prefetch and
+            stain options still apply).
+        encoders: several loaded encoders for one pass (as ``encoder``, which must then
+            be None); their names must differ, and they must agree on the batch size.
         overwrite: replace features of the same encoder name made with other weights or
             other parameters.
         progress: True shows a progress bar, False logs every 10 %, None shows a bar when
@@ -371,13 +397,14 @@ def embed_store(
             reading or computing stopped (an ``OSError``, ``ValueError`` or
             ``RuntimeError`` such as CUDA out of memory, chained as the cause); the
             batches done so far are kept and a re-run resumes.
-        StageConflictError: features of this encoder name exist with other weights or
-            other parameters and ``overwrite`` is False.
-        EmbeddingError: the encoder gave NaN or infinite features (``wsi.embed``; also an
+        StageConflictError: features of an encoder name exist with other weights or
+            other parameters and ``overwrite`` is False (nothing is written then).
+        EmbeddingError: an encoder gave NaN or infinite features (``wsi.embed``; also an
             ``ArithmeticError``); below fp32 re-run with ``precision="fp32"``, at fp32
             check the weights file.
-        UnknownEncoderError, WeightsNotFoundError, WeightsError, ConfigError: loading the
-            encoder failed (see ``wsi.load_encoder``).
+        UnknownEncoderError, WeightsNotFoundError, WeightsError, ConfigError: loading an
+            encoder failed (see ``wsi.load_encoder``), or ``encoders`` repeat a name or
+            need different batch sizes.
 
     Example::
 
@@ -389,36 +416,91 @@ def embed_store(
         enc = wsi.load_encoder(cfg.encoder, weights=cfg.weights, device=cfg.device)
         for path in sorted(Path("stores").glob("*.zarr")):
             wsi.embed_store(path, cfg, encoder=enc, progress=False)
+
+        two = wsi.EmbedConfig(encoders=("efficientnet_lite0", "resnet50_trunc"), device="cpu")
+        wsi.embed_store(store, two)       # features/efficientnet_lite0 and resnet50_trunc
     """
     config = config or EmbedConfig()
+    if encoder is not None and encoders is not None:
+        raise ConfigError("embed_store: give `encoder` or `encoders`, not both")
+    loaded = [encoder] if encoder is not None else None if encoders is None else list(encoders)
     path = Path(store)
     st.open_store(path, mode="r")  # not a store: say so before taking its lock
     with st.store_lock(path):  # one writer per store; a second is refused
-        return _embed_locked(path, config, encoder, overwrite, progress)
+        return _embed_locked(path, config, loaded, overwrite, progress)
+
+
+@dataclass
+class _Part:
+    """One encoder's share of a pass: its stage, its arrays, the batches it still needs."""
+
+    encoder: Any
+    keys: tuple[str, str, str]  # stage, embeddings, done
+    params: dict[str, Any]
+    phash: str
+    state: str  # "fresh" or "resume"
+    todo: list[int] = field(default_factory=list)
+    emb: Any = None
+    done: Any = None
+    views: Any = None
+    error: WsiError | None = None
 
 
 def _embed_locked(
-    path: Path, config: EmbedConfig, encoder: Any, overwrite: bool, progress: bool | None
-) -> Path:
-    import torch
-
+    path: Path, config: EmbedConfig, loaded: list[Any] | None, overwrite: bool,
+    progress: bool | None,
+) -> Path:  # fmt: skip
     from wsi.encoders.encoder import load_encoder
 
     group = st.open_store(path, mode="r+")
     tiles_id = _tiles_identity(group, path)
-    if encoder is None and is_embedded(path, config):
-        log.info("%s: features of %s already complete, nothing to do", path, config.encoder)
+    if loaded is None:  # load only what is not complete already
+        loaded = []
+        for name in config.names:
+            one = config.for_encoder(name)
+            if is_embedded(path, one):
+                log.info("%s: features of %s already complete, nothing to do", path, name)
+                continue
+            loaded.append(load_encoder(name, weights=one.weights, device=one.device,
+                                       precision=one.precision))  # fmt: skip
+    if not loaded:
         return path
-    if encoder is None:
-        encoder = load_encoder(
-            config.encoder,
-            weights=config.weights,
-            device=config.device,
-            precision=config.precision,
+    batch = _pass_batch(loaded, config)
+    pixels = group[st.TILES_PIXELS]
+    n = int(pixels.shape[0])
+    parts = []
+    for enc in loaded:  # every conflict is raised before anything is written
+        part = _plan_part(group, path, enc, config, tiles_id, overwrite)
+        if part is not None:
+            parts.append(part)
+    for part in parts:
+        _open_part(group, path, part, config, n, batch, tiles_id)
+    if parts:
+        _run_pass(path, config, parts, pixels, n, batch, progress)
+    return path
+
+
+def _pass_batch(encoders: list[Any], config: EmbedConfig) -> int:
+    """The batch size every encoder of a pass shares; ConfigError where they differ."""
+    names = [e.name for e in encoders]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"one pass names an encoder twice ({', '.join(names)})")
+    sizes = {config.batch_for(e.device.type) for e in encoders}
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"the encoders of one pass ({', '.join(names)}) are on different devices with "
+            "different default batch sizes: give embed.batch_size (--batch-size)"
         )
-    batch = config.batch_for(encoder.device.type)
+    return sizes.pop()
+
+
+def _plan_part(
+    group: Any, path: Path, encoder: Any, config: EmbedConfig, tiles_id: dict[str, Any],
+    overwrite: bool,
+) -> _Part | None:  # fmt: skip
+    """One encoder's part of the pass, or None where its features are complete; the
+    stage rules (conflicts, never mixed weights) are checked here, nothing is written."""
     keys = st.features_keys(encoder.name)
-    stage = keys[0]
     params = _params(encoder.identity(), config, tiles_id)
     phash = params_hash(params)
     never_mix = st.NeverMix(
@@ -428,16 +510,26 @@ def _embed_locked(
         "register the new weights under another name",
     )
     state = st.stage_state(
-        group, stage, phash, overwrite=overwrite, where=str(path), never_mix=never_mix
+        group, keys[0], phash, overwrite=overwrite, where=str(path), never_mix=never_mix
     )
     if state == "complete":
-        log.info("%s: %s already complete (%s), nothing to do", path, stage, phash)
-        return path
-    pixels = group[st.TILES_PIXELS]
-    n, d = pixels.shape[0], encoder.spec.feature_dim
-    if state == "resume" and not _layout_fits(group, keys, n, d, batch):
-        state = "fresh"  # another batch size: its rows are fine but its chunks are not
-    if state == "fresh":
+        log.info("%s: %s already complete (%s), nothing to do", path, keys[0], phash)
+        return None
+    return _Part(encoder, keys, params, phash, state)
+
+
+def _open_part(
+    group: Any, path: Path, part: _Part, config: EmbedConfig, n: int, batch: int,
+    tiles_id: dict[str, Any],
+) -> None:  # fmt: skip
+    """Make (fresh) or reopen (resume) one encoder's arrays; its batches still to do."""
+    import torch
+
+    encoder, keys = part.encoder, part.keys
+    d = encoder.spec.feature_dim
+    if part.state == "resume" and not _layout_fits(group, keys, n, d, batch):
+        part.state = "fresh"  # another batch size: its rows are fine but its chunks are not
+    if part.state == "fresh":
         emb = _write_layout(group, keys, n, d, batch, config.dtype)
         if config.stain_views:
             group.create_array(st.feature_views_key(encoder.name), shape=(n, config.stain_views, d),
@@ -445,7 +537,7 @@ def _embed_locked(
                                fill_value=0)  # fmt: skip
         emb.attrs.update(
             {
-                **params,
+                **part.params,
                 "rows": "tile i of tiles/coords",
                 "device": str(encoder.device),
                 # CPU results are bit-identical for the same batches and thread count
@@ -456,86 +548,150 @@ def _embed_locked(
         norm = stain_normaliser(config)
         if norm is not None:  # the target itself, so a model can carry it on
             emb.attrs["stain_target"] = {"method": norm.method, "target": norm.target}
-        st.begin_stage(group, stage, params, phash, made_from=tiles_id.get("stage", st.TILES))
+        st.begin_stage(group, keys[0], part.params, part.phash,
+                       made_from=tiles_id.get("stage", st.TILES))  # fmt: skip
     else:
-        log.info("%s: resuming %s", path, stage)
-    emb = group[keys[1]]
-    done_arr = group[keys[2]]
-    view_arr = group[st.feature_views_key(encoder.name)] if config.stain_views else None
-    done = np.asarray(done_arr[:])
-    todo = [b for b in range(len(done)) if not done[b]]
-    update, close = progress_reporter(n, f"{st.slide_id_for(path)} {encoder.name}", progress)
-    update(n - sum(min((b + 1) * batch, n) - b * batch for b in todo))
-    pin = encoder.device.type == "cuda"
+        log.info("%s: resuming %s", path, keys[0])
+    part.emb = group[keys[1]]
+    part.done = group[keys[2]]
+    part.views = group[st.feature_views_key(encoder.name)] if config.stain_views else None
+    done = np.asarray(part.done[:])
+    part.todo = [b for b in range(len(done)) if not done[b]]
+
+
+class _SharedViews:
+    """The stain-jittered views of one batch, made once for every encoder that needs them."""
+
+    def __init__(self, tiles: Any, b: int, config: EmbedConfig) -> None:
+        self.tiles, self.b, self.config = tiles, b, config
+        self._views: list[Any] | None = None
+
+    def get(self) -> list[Any]:
+        if self._views is None:
+            self._views = _views(self.tiles, self.b, self.config)
+        return self._views
+
+
+def _embed_batch(
+    path: Path, part: _Part, b: int, tiles: Any, batch: int, config: EmbedConfig,
+    views: _SharedViews,
+) -> None:  # fmt: skip
+    """One encoder on batch ``b``: its rows (and views), then its done flag."""
+    import torch
+
+    encoder = part.encoder
+    feats = encoder(tiles)
+    if not bool(torch.isfinite(feats).all()):
+        fix = (
+            "Re-run with --precision fp32."
+            if encoder.precision != "fp32"
+            else f"At fp32 this comes from the encoder's weights: check the weights "
+            f"file {encoder.weights_path} (sha256 {encoder.weights_sha256[:12]})."
+        )
+        raise EmbeddingError(
+            f"{path}: {encoder.name} gave non-finite features for tiles "
+            f"{b * batch}..{b * batch + len(tiles) - 1} at precision "
+            f"{encoder.precision}. {fix}"
+        )
+    part.emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
+    if part.views is not None:
+        out = [encoder(v).cpu().numpy() for v in views.get()]
+        part.views[b * batch : b * batch + len(tiles)] = np.stack(out, 1).astype(config.dtype)
+    part.done[b] = True  # last: this batch is trusted from here on
+
+
+def _run_pass(
+    path: Path, config: EmbedConfig, parts: list[_Part], pixels: Any, n: int, batch: int,
+    progress: bool | None,
+) -> None:  # fmt: skip
+    """Read each batch some encoder still needs once, feed it to each that needs it;
+    then each encoder's stage record (an encoder that failed gets none, its error is
+    raised once the others are complete)."""
+    import torch
+
+    def rows(b: int) -> int:
+        return min((b + 1) * batch, n) - b * batch
+
+    todo = [set(p.todo) for p in parts]
+    union = sorted(set().union(*todo))
+    names = "+".join(p.encoder.name for p in parts)
+    update, close = progress_reporter(n, f"{st.slide_id_for(path)} {names}", progress)
+    update(n - sum(rows(b) for b in union))
+    devices = [p.encoder.device.type for p in parts]
+    pin = "cuda" in devices
+    threads = max(config.loaders_for(t) for t in devices)
     unnormalised: list[int] = []  # batches holding a tile the stain normaliser left as is
+    read: list[int] = []  # batches read and decoded by the loader
+    active = list(range(len(parts)))
+    current = parts[0]
     t0 = time.perf_counter()
     waited = 0.0  # time the model sat waiting for the loader
+    batches = _prefetch(pixels, union, batch, n, threads, config.prefetch, pin,
+                        stain_normaliser(config), unnormalised, read)  # fmt: skip
     try:
-        threads = config.loaders_for(encoder.device.type)
-        batches = _prefetch(pixels, todo, batch, n, threads, config.prefetch, pin,
-                            stain_normaliser(config), unnormalised)  # fmt: skip
-        while True:
+        while active:
             t_wait = time.perf_counter()
             item = next(batches, None)
             waited += time.perf_counter() - t_wait
             if item is None:
                 break
             b, tiles = item
-            feats = encoder(tiles)
-            if not bool(torch.isfinite(feats).all()):
-                fix = (
-                    "Re-run with --precision fp32."
-                    if encoder.precision != "fp32"
-                    else f"At fp32 this comes from the encoder's weights: check the weights "
-                    f"file {encoder.weights_path} (sha256 {encoder.weights_sha256[:12]})."
-                )
-                raise EmbeddingError(
-                    f"{path}: {encoder.name} gave non-finite features for tiles "
-                    f"{b * batch}..{b * batch + len(tiles) - 1} at precision "
-                    f"{encoder.precision}. {fix}"
-                )
-            emb[b * batch : b * batch + len(tiles)] = feats.cpu().numpy().astype(config.dtype)
-            if view_arr is not None:
-                views = [encoder(v).cpu().numpy() for v in _views(tiles, b, config)]
-                view_arr[b * batch : b * batch + len(tiles)] = np.stack(views, 1).astype(
-                    config.dtype
-                )
-            done_arr[b] = True  # last: this batch is trusted from here on
+            views = _SharedViews(tiles, b, config)
+            for i in [i for i in active if b in todo[i]]:
+                current = parts[i]
+                try:
+                    _embed_batch(path, current, b, tiles, batch, config, views)
+                except EmbeddingError as err:
+                    current.error = err  # dropped from the pass; the others go on
+                    active.remove(i)
+                    log.error("%s", err)
             update(len(tiles))
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, WsiError):
             raise
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            written = int(np.asarray(done_arr[:]).sum())
-            unit = f"batches of {encoder.name} features of {path.name}"
-            raise OutputFullError.of(path.parent, written, len(done), unit, err) from err
+            written = int(np.asarray(current.done[:]).sum())
+            unit = f"batches of {current.encoder.name} features of {path.name}"
+            raise OutputFullError.of(path.parent, written, len(current.done), unit, err) from err
         raise StoreError(
             f"{path}: embedding stopped ({type(err).__name__}: {err}). Batches done so far "
             "are kept; fix the cause and re-run to resume."
         ) from err
     finally:
+        batches.close()
         close()
     seconds = time.perf_counter() - t0
-    done_now = sum(min((b + 1) * batch, n) - b * batch for b in todo)
-    counts = {
-        "tiles": int(n),
-        "feature_dim": int(d),
-        "batch_size": batch,
-        "batches_this_run": len(todo),
-        "resumed": state == "resume",
-        "tiles_per_s_this_run": round(done_now / seconds, 1) if todo and seconds > 0 else None,
-        "loader_wait_s": round(waited, 2),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if config.stain_target:
-        counts["batches_with_unnormalised_tiles"] = len(unnormalised)
-        if unnormalised:
-            log.warning(
-                "%s: %d batch(es) hold tiles the stain normaliser could not estimate "
-                "(near-white, pen): embedded as stored",
-                path,
-                len(unnormalised),
-            )
-    st.complete_stage(group, stage, counts)
-    log.info("%s: %s, %d tiles in %.1f s", path, stage, n, seconds)
-    return path
+    for i, part in enumerate(parts):
+        if part.error is not None:
+            continue
+        done_now = sum(rows(b) for b in part.todo)
+        counts: dict[str, Any] = {
+            "tiles": n,
+            "feature_dim": int(part.encoder.spec.feature_dim),
+            "batch_size": batch,
+            "batches_this_run": len(part.todo),
+            "resumed": part.state == "resume",
+            "tiles_per_s_this_run": round(done_now / seconds, 1)
+            if part.todo and seconds > 0
+            else None,
+            "loader_wait_s": round(waited, 2),
+            "torch_threads": torch.get_num_threads(),
+            "batches_read": len(read),  # by the whole pass, for every encoder of it
+        }
+        if len(parts) > 1:
+            counts["one_pass_with"] = [p.encoder.name for p in parts if p is not part]
+        if config.stain_target:
+            counts["batches_with_unnormalised_tiles"] = len(todo[i].intersection(unnormalised))
+        group = st.open_store(path, mode="r+")
+        st.complete_stage(group, part.keys[0], counts)
+        log.info("%s: %s, %d tiles in %.1f s", path, part.keys[0], n, seconds)
+    if config.stain_target and unnormalised:
+        log.warning(
+            "%s: %d batch(es) hold tiles the stain normaliser could not estimate "
+            "(near-white, pen): embedded as stored",
+            path,
+            len(unnormalised),
+        )
+    failed = [p.error for p in parts if p.error is not None]
+    if failed:
+        raise failed[0]

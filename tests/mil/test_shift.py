@@ -42,8 +42,7 @@ def test_in_site_slides_rarely_flagged_and_shifted_ones_mostly() -> None:
 
     def status(b: dict, s: dict) -> list[str]:
         return [
-            check_slide(card, slide_measures(card, b[k], s[k], ref, centre))["status"]
-            for k in b
+            check_slide(card, slide_measures(card, b[k], s[k], ref, centre))["status"] for k in b
         ]
 
     in_site = status(new_bags, new_stains)

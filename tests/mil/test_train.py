@@ -351,6 +351,7 @@ def test_no_fold_stops_early_before_min_epochs(cohort, tmp_path):
                          lr=5e-2)  # fmt: skip
     model = train_model(cohort / "stores", cohort / "labels.csv", tmp_path / "m", config,
                         encoder=ENC)  # fmt: skip
+
     def epochs_run(folder: Path) -> list[int]:
         out = []
         for fold in ("fold_0", "fold_1"):

@@ -295,8 +295,10 @@ def _check_stain(path: Path, group: Any, model: TrainedModel) -> None:
     if have != want_id:
 
         def words(x: dict[str, Any] | None) -> str:
-            return "no stain normalisation" if not x else (
-                f"{x['method']} normalisation (target {x['target_sha256'][:12]})"
+            return (
+                "no stain normalisation"
+                if not x
+                else (f"{x['method']} normalisation (target {x['target_sha256'][:12]})")
             )
 
         fix = (

@@ -234,8 +234,11 @@ def check_slide(
         entry: dict[str, Any] = {"value": value, "threshold": threshold}
         if threshold is None:
             entry["note"] = ref.get("note") or "not checked"
-        elif value is None and stain_note.startswith(ESTIMATE_FAILED) and name == "stain" and (
-            ref.get("failed_estimate_fails", False)
+        elif (
+            value is None
+            and stain_note.startswith(ESTIMATE_FAILED)
+            and name == "stain"
+            and (ref.get("failed_estimate_fails", False))
         ):
             # unlike every training slide, whose stain was estimated: flag, say why
             entry["failed"] = True

@@ -176,8 +176,10 @@ class TrainConfig:
             raise ConfigError(f"target_sensitivity = {self.target_sensitivity}: must be in (0, 1]")
         if self.epochs < 1 or self.patience < 1:
             raise ConfigError("epochs and patience must be at least 1")
-        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or (
-            self.min_epochs < 0
+        if (
+            isinstance(self.min_epochs, bool)
+            or not isinstance(self.min_epochs, int)
+            or (self.min_epochs < 0)
         ):
             raise ConfigError(f"min_epochs = {self.min_epochs!r}: must be a whole number >= 0")
 
